@@ -1,0 +1,1 @@
+"""wecom-hub: verified, durable WeCom callbacks, customer state and automations."""

@@ -1,0 +1,45 @@
+"""Why a callback was refused: an HTTP status and a short machine-readable code.
+
+WeCom retries anything but a 200, so the status matters: 4xx for input that will never be
+valid (WeCom's retries stop mattering, an operator reads the code), 503 when our database is
+down and a retry will succeed.
+"""
+
+from app.crypto import (
+    ReceiveIdError,
+    SignatureError,
+    WXBizMsgCryptError,
+)
+
+
+class CallbackRejected(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, *, wecom_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.wecom_code = wecom_code
+
+
+def missing_parameter(names: list[str]) -> CallbackRejected:
+    return CallbackRejected(400, "missing_parameter", f"missing query parameter(s): {', '.join(names)}")
+
+
+def unknown_app(slug: str) -> CallbackRejected:
+    return CallbackRejected(404, "unknown_app", f"no app with slug {slug[:64]!r}")
+
+
+def body_too_large(limit: int) -> CallbackRejected:
+    return CallbackRejected(413, "body_too_large", f"body exceeds {limit} bytes")
+
+
+def database_unavailable() -> CallbackRejected:
+    return CallbackRejected(503, "database_unavailable", "database unreachable; retry later")
+
+
+def from_crypto(error: WXBizMsgCryptError) -> CallbackRejected:
+    """Authentication failures are 403; malformed ciphertext and plaintext are 400."""
+    status = 403 if isinstance(error, SignatureError | ReceiveIdError) else 400
+    return CallbackRejected(status, error.reason, str(error), wecom_code=error.code)

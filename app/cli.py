@@ -1,0 +1,195 @@
+"""`wecom-hub`: serve, migrate, manage apps. Thin: each command calls the same functions as HTTP."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import logs, runtime, wecom_apps
+from app.config import Settings, get_settings
+from app.crypto.at_rest import SecretBox, generate_key
+from app.db import create_engine, create_sessionmaker, upgrade_database
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+apps_cli = typer.Typer(no_args_is_help=True, help="WeCom apps: one callback URL each.")
+cli.add_typer(apps_cli, name="apps")
+console = Console()
+T = TypeVar("T")
+
+
+def _prepare(settings: Settings) -> str:
+    """Database URL, starting the embedded Postgres if needed, migrated to head."""
+    try:
+        url = runtime.database_url(settings)
+    except runtime.ConfigurationError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    upgrade_database(url)
+    return url
+
+
+def _box(settings: Settings) -> SecretBox:
+    try:
+        return runtime.secret_box(settings)
+    except runtime.ConfigurationError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _in_transaction(work: Callable[[AsyncSession, SecretBox], Awaitable[T]]) -> T:
+    """Run one unit of work in one transaction, committed when `work` returns."""
+    settings = get_settings()
+    url = _prepare(settings)
+    box = _box(settings)
+
+    async def run() -> T:
+        engine = create_engine(url, settings, pool_size=1)
+        try:
+            async with create_sessionmaker(engine).begin() as session:
+                return await work(session, box)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the service: callback endpoint, API, health and metrics."""
+    from app.main import create_app
+
+    settings = get_settings()
+    logs.configure(settings.log_level)
+    url = _prepare(settings)
+    _box(settings)  # fail now, not on the first callback
+    console.print(f"[bold]wecom-hub[/bold] listening on http://{host}:{port}")
+    console.print(f"  callback URL for an app:  http://{host}:{port}/callback/<slug>")
+    console.print(
+        "  add an app:  wecom-hub apps add --slug S --corp-id C --token T --aes-key K --secret X"
+    )
+    if not settings.database_url:
+        console.print(f"  embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
+    uvicorn.run(
+        create_app(settings, database_url=url),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Run the database migrations to the latest version, and nothing else."""
+    logs.configure(get_settings().log_level)
+    _prepare(get_settings())
+    console.print("database is at the latest migration")
+
+
+@cli.command("secret-key")
+def secret_key() -> None:
+    """Print a new value for WECOM_HUB_SECRET_KEY."""
+    print(generate_key())
+
+
+@apps_cli.command("add")
+def apps_add(
+    slug: Annotated[str, typer.Option(help="Last part of the callback URL.")],
+    corp_id: Annotated[str, typer.Option(help="CorpID (ww…), the ReceiveId of callbacks.")],
+    token: Annotated[str, typer.Option(help="Callback Token from the admin console.")],
+    aes_key: Annotated[str, typer.Option(help="Callback EncodingAESKey (43 characters).")],
+    secret: Annotated[str, typer.Option(help="The app's Secret, for API calls.")],
+    agent_id: Annotated[int | None, typer.Option(help="AgentId; none for 客户联系.")] = None,
+    label: Annotated[str, typer.Option(help="A name for people.")] = "",
+) -> None:
+    """Register a WeCom app; its callback URL is /callback/SLUG."""
+    try:
+        spec = wecom_apps.AppSpec.model_validate(
+            {"slug": slug, "corp_id": corp_id, "token": token, "aes_key": aes_key,
+             "secret": secret, "agent_id": agent_id, "label": label}
+        )
+    except ValidationError as exc:
+        for error in exc.errors():
+            console.print(f"[red]{'.'.join(map(str, error['loc']))}: {error['msg']}[/red]")
+        raise typer.Exit(2) from None
+
+    async def add(session: AsyncSession, box: SecretBox) -> None:
+        await wecom_apps.add_app(session, box, spec)
+
+    try:
+        _in_transaction(add)
+    except wecom_apps.AppExists as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"added app {slug!r}: callback URL path /callback/{slug}")
+
+
+@apps_cli.command("list")
+def apps_list() -> None:
+    """List the apps."""
+
+    async def rows(session: AsyncSession, box: SecretBox) -> list[tuple[str, ...]]:
+        return [
+            (a.slug, a.corp_id, str(a.agent_id or ""), a.label, f"/callback/{a.slug}")
+            for a in await wecom_apps.list_apps(session)
+        ]
+
+    table = Table("slug", "corp_id", "agent_id", "label", "callback path")
+    for row in _in_transaction(rows):
+        table.add_row(*row)
+    console.print(table)
+
+
+@apps_cli.command("show")
+def apps_show(slug: Annotated[str, typer.Argument()]) -> None:
+    """Show one app; secrets are masked."""
+
+    async def describe(session: AsyncSession, box: SecretBox) -> dict[str, str] | None:
+        app = await wecom_apps.find_app(session, slug)
+        if app is None:
+            return None
+        return {
+            "slug": app.slug,
+            "corp_id": app.corp_id,
+            "agent_id": str(app.agent_id or ""),
+            "label": app.label,
+            "callback path": f"/callback/{app.slug}",
+            "token": wecom_apps.mask(box.open(app.token_sealed, purpose="app.token")),
+            "aes_key": wecom_apps.mask(box.open(app.aes_key_sealed, purpose="app.aes_key")),
+            "secret": wecom_apps.mask(box.open(app.secret_sealed, purpose="app.secret")),
+            "created": app.created_at.isoformat(),
+        }
+
+    info = _in_transaction(describe)
+    if info is None:
+        console.print(f"[red]no app {slug!r}[/red]")
+        raise typer.Exit(1)
+    for key, value in info.items():
+        console.print(f"{key:>14}: {value}")
+
+
+@apps_cli.command("remove")
+def apps_remove(slug: Annotated[str, typer.Argument()]) -> None:
+    """Stop accepting callbacks for an app; its stored events are kept."""
+
+    async def remove(session: AsyncSession, box: SecretBox) -> bool:
+        return await wecom_apps.remove_app(session, slug)
+
+    if not _in_transaction(remove):
+        console.print(f"[red]no app {slug!r}[/red]")
+        raise typer.Exit(1)
+    console.print(f"removed app {slug!r}")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,63 @@
+"""All settings, read from the environment with the prefix WECOM_HUB_ (and a .env file)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WECOM_HUB_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres URL. Unset: start an embedded Postgres in data_dir.",
+    )
+    data_dir: Path = Field(
+        default=Path(".wecom-hub"),
+        description="Embedded Postgres data and the generated secret key live here.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="URL-safe Base64 of 32 bytes; encrypts stored secrets. Required with "
+        "database_url; in embedded mode one is generated into data_dir.",
+    )
+
+    callback_timestamp_window: int = Field(
+        default=600,
+        ge=0,
+        description="Reject callbacks whose timestamp is further than this many seconds from "
+        "now, either way. 0 turns the check off.",
+    )
+    callback_max_body_bytes: int = Field(default=256 * 1024, gt=0)
+
+    ingest_commit_window_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Group commit: how long the first callback of a batch waits for others.",
+    )
+    ingest_batch_max: int = Field(default=256, gt=0)
+    ingest_flushers: int = Field(
+        default=2, gt=0, description="Batches committed concurrently."
+    )
+    app_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long an app's keys are cached in memory; a removed app stops "
+        "verifying on other replicas after at most this long.",
+    )
+    database_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="Connect and statement timeout, kept well under WeCom's 5 s so an "
+        "unreachable database becomes a 503 that WeCom retries.",
+    )
+
+    wecom_api_base_url: str = "https://qyapi.weixin.qq.com"
+    log_level: str = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

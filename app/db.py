@@ -1,0 +1,57 @@
+"""Engine and session factory. Created in the lifespan or a CLI command, never at import."""
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from app.config import Settings
+
+
+def create_engine(url: str, settings: Settings, *, pool_size: int = 10) -> AsyncEngine:
+    timeout = settings.database_timeout_seconds
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=timeout,
+        pool_pre_ping=True,  # after a database restart, the first request must not fail too
+        connect_args={"timeout": timeout, "command_timeout": timeout},
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres could not be reached or did not answer in time."""
+
+
+# What a lost, refused or timed-out connection raises through SQLAlchemy and asyncpg.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    OSError,
+    TimeoutError,
+)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, UNAVAILABLE_ERRORS)
+
+
+def upgrade_database(url: str) -> None:
+    """Run the Alembic migrations to head. Blocking; call it before the event loop starts."""
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, "head")

@@ -1,0 +1,1 @@
+"""WeCom events: what a decrypted callback is (family/type), and when two are the same."""

@@ -1,0 +1,67 @@
+"""The ASGI application: create_app() and the lifespan that owns every long-lived resource."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app import runtime
+from app.callbacks.writer import EventWriter
+from app.config import Settings, get_settings
+from app.db import create_engine, create_sessionmaker
+from app.routers import callback, health
+from app.wecom_apps import AppDirectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Hub:
+    """Everything a request may use, created once per process in the lifespan."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    apps: AppDirectory
+    writer: EventWriter
+
+
+def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
+    """database_url overrides the settings (the CLI passes the one it has migrated)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = database_url or await asyncio.to_thread(runtime.database_url, settings)
+        box = runtime.secret_box(settings)
+        engine = create_engine(url, settings)
+        sessionmaker = create_sessionmaker(engine)
+        writer = EventWriter(
+            engine,
+            window=settings.ingest_commit_window_ms / 1000,
+            max_batch=settings.ingest_batch_max,
+            flushers=settings.ingest_flushers,
+        )
+        writer.start()
+        app.state.hub = Hub(
+            settings=settings,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            apps=AppDirectory(sessionmaker, box, ttl=settings.app_cache_seconds),
+            writer=writer,
+        )
+        try:
+            yield
+        finally:
+            await writer.stop()
+            await engine.dispose()
+
+    app = FastAPI(title="wecom-hub", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.include_router(callback.router)
+    app.include_router(health.router)
+    callback.install_error_handler(app)
+    return app

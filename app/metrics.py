@@ -1,0 +1,14 @@
+"""Prometheus metrics, served at /metrics."""
+
+from prometheus_client import Counter, Histogram
+
+CALLBACKS = Counter(
+    "wecom_hub_callbacks_total",
+    "Callbacks answered, by outcome: stored, duplicate, url_verified, or the rejection code.",
+    ["outcome"],
+)
+CALLBACK_SECONDS = Histogram(
+    "wecom_hub_callback_seconds",
+    "Time from receiving a POST callback to answering it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -1,0 +1,38 @@
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base
+
+
+class Event(Base):
+    """One callback as WeCom delivered it, stored once however often it was delivered.
+
+    raw_body is the encrypted body exactly as received (evidence); xml is its decrypted
+    inner message; payload is the same as JSON for queries. (app_id, dedup_key) is unique:
+    that constraint, not application code, is what makes a retried callback a no-op.
+    """
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="RESTRICT"))
+    received_at: Mapped[datetime]
+    create_time: Mapped[datetime | None]
+    family: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    msg_id: Mapped[str | None] = mapped_column(String(128))
+    dedup_key: Mapped[str] = mapped_column(String(160))
+    raw_body: Mapped[str] = mapped_column(Text)
+    xml: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+
+    __table_args__ = (
+        UniqueConstraint("app_id", "dedup_key"),
+        Index("ix_events_pending", "id", postgresql_where=text("status = 'pending'")),
+        Index("ix_events_app_id_received_at", "app_id", "received_at"),
+    )

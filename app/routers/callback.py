@@ -1,0 +1,109 @@
+"""GET|POST /callback/{slug}: the URL WeCom's servers call (PROTOCOL.md §1)."""
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from app.callbacks import errors, verify
+from app.callbacks.errors import CallbackRejected
+from app.callbacks.writer import NewEvent
+from app.db import DatabaseUnavailable, is_unavailable
+from app.events.identity import identify
+from app.metrics import CALLBACK_SECONDS, CALLBACKS
+from app.routers.deps import HubDep
+from app.wecom_apps import AppDirectory, AppKeys
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["callback"])
+
+
+@router.get("/callback/{slug}", response_class=PlainTextResponse)
+async def verify_url(slug: str, request: Request, hub: HubDep) -> PlainTextResponse:
+    query = verify.CallbackQuery.from_params(request.query_params, url_verification=True)
+    app = await _app_keys(hub.apps, slug)
+    echo = verify.verify_url(
+        app.crypt, query, now=time.time(), window=hub.settings.callback_timestamp_window
+    )
+    CALLBACKS.labels("url_verified").inc()
+    # The raw plaintext: no quotes, no newline, or WeCom refuses the URL.
+    return PlainTextResponse(echo)
+
+
+@router.post("/callback/{slug}", response_class=PlainTextResponse)
+async def receive(slug: str, request: Request, hub: HubDep) -> PlainTextResponse:
+    started = time.perf_counter()
+    received_at = datetime.now(UTC)
+    query = verify.CallbackQuery.from_params(request.query_params, url_verification=False)
+    app = await _app_keys(hub.apps, slug)
+    body = await _read_body(request, hub.settings.callback_max_body_bytes)
+    delivery = verify.open_delivery(
+        app.crypt, query, body, now=time.time(), window=hub.settings.callback_timestamp_window
+    )
+    identity = identify(delivery.fields)
+    event = NewEvent(
+        app_id=app.id,
+        received_at=received_at,
+        create_time=identity.create_time,
+        family=identity.family,
+        type=identity.type,
+        msg_id=identity.msg_id,
+        dedup_key=identity.dedup_key,
+        raw_body=body.decode("utf-8", errors="replace"),
+        xml=delivery.xml,
+        payload_json=json.dumps(delivery.fields, ensure_ascii=False),
+    )
+    try:
+        is_new = await hub.writer.store(event)
+    except DatabaseUnavailable:
+        raise errors.database_unavailable() from None
+    CALLBACKS.labels("stored" if is_new else "duplicate").inc()
+    CALLBACK_SECONDS.observe(time.perf_counter() - started)
+    return PlainTextResponse("success")
+
+
+async def _app_keys(apps: AppDirectory, slug: str) -> AppKeys:
+    try:
+        app = await apps.get(slug)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise errors.database_unavailable() from None
+        raise
+    if app is None:
+        raise errors.unknown_app(slug)
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most `limit` bytes; a larger body is refused without being buffered."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise errors.body_too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.body_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def install_error_handler(app: FastAPI) -> None:
+    async def rejected(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, CallbackRejected)
+        CALLBACKS.labels(exc.code).inc()
+        log.warning(
+            "callback rejected",
+            extra={"path": request.url.path, "code": exc.code, "status": exc.status,
+                   "detail": exc.message},
+        )
+        content: dict[str, object] = {"error": exc.code, "message": exc.message}
+        if exc.wecom_code is not None:
+            content["wecom_code"] = exc.wecom_code
+        return JSONResponse(content, status_code=exc.status)
+
+    app.add_exception_handler(CallbackRejected, rejected)

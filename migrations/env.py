@@ -1,0 +1,47 @@
+import asyncio
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.config import get_settings
+from app.models import Base
+from app.runtime import database_url
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    return url if url else database_url(get_settings())
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        # Never queue behind a long lock on a busy database: fail and let devops retry.
+        connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+        # Replicas starting together migrate one after the other, not over each other.
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('wecom-hub migrations'))")
+        context.run_migrations()
+
+
+async def run_migrations_online() -> None:
+    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(_run)
+    await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(run_migrations_online())
