@@ -12,3 +12,8 @@ CALLBACK_SECONDS = Histogram(
     "Time from receiving a POST callback to answering it.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+INGEST_BATCH_SIZE = Histogram(
+    "wecom_hub_ingest_batch_size",
+    "Callbacks committed together in one transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import DatabaseUnavailable, is_unavailable
+from app.metrics import INGEST_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class EventWriter:
                 inserted = {(row.app_id, row.dedup_key) for row in result}
                 if inserted:
                     await connection.execute(_NOTIFY)
+            INGEST_BATCH_SIZE.observe(len(batch))
         except Exception as exc:
             unavailable = is_unavailable(exc)
             log.error(
