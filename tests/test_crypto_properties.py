@@ -24,8 +24,11 @@ from app.crypto import (
 
 KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
 CRYPT = WXBizMsgCrypt(token="QDG6eK", encoding_aes_key=KEY, receive_id="ww1234567890")
-keys = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
-               min_size=43, max_size=43)
+keys = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+    min_size=43,
+    max_size=43,
+)
 
 
 @given(payload=st.text(), key=keys, receive_id=st.from_regex(r"ww[0-9a-f]{1,30}", fullmatch=True))
@@ -45,9 +48,12 @@ def test_roundtrip_chinese_and_emoji_with_every_pad_length(payload: str) -> None
 def test_signed_delivery_roundtrip(payload: bytes, timestamp: int, nonce: str) -> None:
     encrypted = CRYPT.encrypt(payload)
     signature = sign(token=CRYPT.token, timestamp=str(timestamp), nonce=nonce, encrypted=encrypted)
-    assert CRYPT.decrypt_message(
-        signature=signature, timestamp=str(timestamp), nonce=nonce, encrypted=encrypted
-    ) == payload
+    assert (
+        CRYPT.decrypt_message(
+            signature=signature, timestamp=str(timestamp), nonce=nonce, encrypted=encrypted
+        )
+        == payload
+    )
 
 
 def _raw_cipher(plain: bytes) -> str:
@@ -65,8 +71,11 @@ def _raw_cipher(plain: bytes) -> str:
         (_raw_cipher(b"\x00" * 31 + b"\x00"), PaddingError, -40008),  # pad byte 0
         (_raw_cipher(b"\x00" * 31 + b"\x21"), PaddingError, -40008),  # pad byte 33
         (_raw_cipher(b"\x00" * 29 + b"\x01\x03\x03"), PaddingError, -40008),  # inconsistent
-        (_raw_cipher(b"r" * 16 + struct.pack(">I", 9999) + b"x" * 11 + b"\x01"),
-         LengthPrefixError, -40008),
+        (
+            _raw_cipher(b"r" * 16 + struct.pack(">I", 9999) + b"x" * 11 + b"\x01"),
+            LengthPrefixError,
+            -40008,
+        ),
         (_raw_cipher(b"r" * 10 + b"\x16" * 22), LengthPrefixError, -40008),  # shorter than 20
     ],
 )

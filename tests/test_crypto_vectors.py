@@ -138,7 +138,10 @@ def test_v2_echostr_with_plus_turned_into_space_fails_the_signature() -> None:
             signature="5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3",
             timestamp="1409659589",
             nonce="263014780",
-            echostr="P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp 4RPcs8TgAE7OaBO FZXvnaqQ==",
+            echostr=(
+                "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp 4RPcs8TgAE7OaBO "
+                "FZXvnaqQ=="
+            ),
         )
 
 
@@ -154,7 +157,9 @@ def test_v2_message_with_pad_30() -> None:
 
 
 def test_v3_signature_and_a_nonce_off_by_one() -> None:
-    echostr = "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q=="
+    echostr = (
+        "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q=="
+    )
     echo = V3.verify_url(
         signature="dd6b9c95b495b3f7e2901bfbc76c664930ffdb96",
         timestamp="1411443780",
@@ -190,7 +195,9 @@ def test_v3_deterministic_encryption_and_reply_signature() -> None:
         V3_PLAINTEXT, timestamp="1411525903", nonce="461056294", random16=b"1234567890123456"
     )
     assert f"<Encrypt><![CDATA[{V3_ENCRYPTED}]]></Encrypt>" in reply
-    assert "<MsgSignature><![CDATA[407518b7649e86ef23978113f92d27afa9296533]]></MsgSignature>" in reply
+    assert (
+        "<MsgSignature><![CDATA[407518b7649e86ef23978113f92d27afa9296533]]></MsgSignature>" in reply
+    )
     assert "<TimeStamp>1411525903</TimeStamp>" in reply
     assert "<Nonce><![CDATA[461056294]]></Nonce>" in reply
 

@@ -1,8 +1,7 @@
 """Interoperability with wechatpy 1.8 (`wechatpy.enterprise.crypto`), an independent
 implementation: what it encrypts we decrypt, and what we encrypt it decrypts."""
 
-import xml.etree.ElementTree as ET
-
+import defusedxml.ElementTree as ET
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wechatpy.enterprise.crypto import WeChatCrypto
@@ -46,7 +45,9 @@ def test_we_decrypt_what_wechatpy_encrypts(content: str) -> None:
 def test_wechatpy_decrypts_what_we_encrypt(content: str) -> None:
     encrypted = OURS.encrypt(_message(content).encode())
     signature = sign(token=TOKEN, timestamp="1700000000", nonce="777", encrypted=encrypted)
-    envelope = f"<xml><ToUserName>{CORP}</ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+    envelope = (
+        f"<xml><ToUserName>{CORP}</ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+    )
     assert THEIRS.decrypt_message(envelope, signature, "1700000000", "777") == _message(content)
 
 
@@ -54,9 +55,10 @@ def test_wechatpy_opens_our_passive_reply() -> None:
     reply_xml = _message("收到，谢谢")
     envelope = OURS.encrypt_reply(reply_xml, timestamp="1700000001", nonce="42")
     root = ET.fromstring(envelope)
-    assert THEIRS.decrypt_message(
-        envelope, root.findtext("MsgSignature"), "1700000001", "42"
-    ) == reply_xml
+    assert (
+        THEIRS.decrypt_message(envelope, root.findtext("MsgSignature"), "1700000001", "42")
+        == reply_xml
+    )
 
 
 def test_url_verification_echo_both_ways() -> None:

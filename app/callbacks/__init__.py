@@ -1,5 +1,5 @@
-"""The path of one callback: verify and decrypt (verify.py), parse (xml.py), store (writer.py).
+"""The path of one callback: verify and decrypt (verify.py), parse (safexml.py), store (writer.py).
 
-verify.py and xml.py are pure; writer.py owns the one transaction that makes a callback
+verify.py and safexml.py are pure; writer.py owns the one transaction that makes a callback
 durable before WeCom is told "success".
 """

@@ -24,7 +24,9 @@ class CallbackRejected(Exception):
 
 
 def missing_parameter(names: list[str]) -> CallbackRejected:
-    return CallbackRejected(400, "missing_parameter", f"missing query parameter(s): {', '.join(names)}")
+    return CallbackRejected(
+        400, "missing_parameter", f"missing query parameter(s): {', '.join(names)}"
+    )
 
 
 def unknown_app(slug: str) -> CallbackRejected:

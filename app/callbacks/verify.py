@@ -7,7 +7,7 @@ unauthenticated input never reaches AES or the inner XML parser.
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.callbacks import xml
+from app.callbacks import safexml
 from app.callbacks.errors import CallbackRejected, from_crypto, missing_parameter
 from app.crypto import WXBizMsgCrypt, WXBizMsgCryptError
 
@@ -40,7 +40,7 @@ class Delivery:
     """A verified, decrypted callback."""
 
     xml: str
-    fields: dict[str, xml.XmlValue]
+    fields: dict[str, safexml.XmlValue]
 
 
 def check_timestamp(timestamp: str, *, now: float, window: int) -> None:
@@ -57,9 +57,7 @@ def check_timestamp(timestamp: str, *, now: float, window: int) -> None:
         raise CallbackRejected(403, "future_timestamp", f"timestamp is {int(skew)} s ahead")
 
 
-def verify_url(
-    crypt: WXBizMsgCrypt, query: CallbackQuery, *, now: float, window: int
-) -> str:
+def verify_url(crypt: WXBizMsgCrypt, query: CallbackQuery, *, now: float, window: int) -> str:
     """The decrypted echostr to answer a URL verification with."""
     try:
         crypt.verify_signature(
@@ -83,8 +81,8 @@ def open_delivery(
 ) -> Delivery:
     """Envelope → signature → timestamp → decrypt → ReceiveId → inner XML."""
     try:
-        envelope = xml.parse(body)
-    except xml.XmlRejected as exc:
+        envelope = safexml.parse(body)
+    except safexml.XmlRejected as exc:
         code = "forbidden_xml" if exc.kind == "forbidden" else "invalid_xml"
         raise CallbackRejected(400, code, str(exc), wecom_code=-40002) from None
     encrypted = envelope.findtext("Encrypt")
@@ -106,10 +104,10 @@ def open_delivery(
 
     try:
         text = plaintext.decode("utf-8")
-        root = xml.parse(text)
+        root = safexml.parse(text)
     except UnicodeDecodeError:
         raise CallbackRejected(400, "invalid_inner_xml", "decrypted message is not UTF-8") from None
-    except xml.XmlRejected as exc:
+    except safexml.XmlRejected as exc:
         code = "forbidden_inner_xml" if exc.kind == "forbidden" else "invalid_inner_xml"
         raise CallbackRejected(400, code, f"decrypted message: {exc}") from None
-    return Delivery(xml=text, fields=xml.to_dict(root))
+    return Delivery(xml=text, fields=safexml.to_dict(root))

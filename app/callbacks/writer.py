@@ -125,7 +125,11 @@ class EventWriter:
             unavailable = is_unavailable(exc)
             log.error(
                 "event batch not stored",
-                extra={"events": len(batch), "error": type(exc).__name__, "unavailable": unavailable},
+                extra={
+                    "events": len(batch),
+                    "error": type(exc).__name__,
+                    "unavailable": unavailable,
+                },
             )
             for _, future in batch:
                 if not future.done():

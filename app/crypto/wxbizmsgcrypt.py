@@ -68,20 +68,30 @@ class WXBizMsgCrypt:
         self.receive_id = receive_id.encode()
         self._key = decode_aes_key(encoding_aes_key)
 
-    def verify_signature(self, *, signature: str, timestamp: str, nonce: str, encrypted: str) -> None:
+    def verify_signature(
+        self, *, signature: str, timestamp: str, nonce: str, encrypted: str
+    ) -> None:
         expected = sign(token=self.token, timestamp=timestamp, nonce=nonce, encrypted=encrypted)
         # compare_digest refuses non-ASCII str, so compare bytes: a hostile signature is any text.
         if not hmac.compare_digest(expected.encode(), signature.encode()):
-            raise SignatureError("msg_signature does not match token, timestamp, nonce and ciphertext")
+            raise SignatureError(
+                "msg_signature does not match token, timestamp, nonce and ciphertext"
+            )
 
     def verify_url(self, *, signature: str, timestamp: str, nonce: str, echostr: str) -> str:
         """URL verification (GET): the echostr plaintext, to be answered as the raw body."""
-        self.verify_signature(signature=signature, timestamp=timestamp, nonce=nonce, encrypted=echostr)
+        self.verify_signature(
+            signature=signature, timestamp=timestamp, nonce=nonce, encrypted=echostr
+        )
         return self.decrypt(echostr).decode("utf-8", errors="strict")
 
-    def decrypt_message(self, *, signature: str, timestamp: str, nonce: str, encrypted: str) -> bytes:
+    def decrypt_message(
+        self, *, signature: str, timestamp: str, nonce: str, encrypted: str
+    ) -> bytes:
         """Verify, then decrypt: the signature is checked before any AES work is done."""
-        self.verify_signature(signature=signature, timestamp=timestamp, nonce=nonce, encrypted=encrypted)
+        self.verify_signature(
+            signature=signature, timestamp=timestamp, nonce=nonce, encrypted=encrypted
+        )
         return self.decrypt(encrypted)
 
     def _cipher(self) -> CbcMode:

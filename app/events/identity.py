@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from app.callbacks.xml import XmlValue
+from app.callbacks.safexml import XmlValue
 
 
 @dataclass(frozen=True, slots=True)

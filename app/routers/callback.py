@@ -98,8 +98,12 @@ def install_error_handler(app: FastAPI) -> None:
         CALLBACKS.labels(exc.code).inc()
         log.warning(
             "callback rejected",
-            extra={"path": request.url.path, "code": exc.code, "status": exc.status,
-                   "detail": exc.message},
+            extra={
+                "path": request.url.path,
+                "code": exc.code,
+                "status": exc.status,
+                "detail": exc.message,
+            },
         )
         content: dict[str, object] = {"error": exc.code, "message": exc.message}
         if exc.wecom_code is not None:

@@ -52,7 +52,12 @@ def build_url_verification(
 
 
 def text_message(
-    *, corp_id: str, from_user: str, content: str, msg_id: str, agent_id: str = "1000002",
+    *,
+    corp_id: str,
+    from_user: str,
+    content: str,
+    msg_id: str,
+    agent_id: str = "1000002",
     create_time: int | None = None,
 ) -> str:
     created = int(time.time()) if create_time is None else create_time
@@ -66,8 +71,13 @@ def text_message(
 
 
 def add_external_contact(
-    *, corp_id: str, user_id: str, external_user_id: str, state: str = "",
-    welcome_code: str = "", create_time: int | None = None,
+    *,
+    corp_id: str,
+    user_id: str,
+    external_user_id: str,
+    state: str = "",
+    welcome_code: str = "",
+    create_time: int | None = None,
 ) -> str:
     created = int(time.time()) if create_time is None else create_time
     return (
