@@ -1,6 +1,8 @@
 """Engine and session factory. Created in the lifespan or a CLI command, never at import."""
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -31,11 +33,20 @@ class DatabaseUnavailable(Exception):
     """Postgres could not be reached or did not answer in time."""
 
 
-# What a lost, refused or timed-out connection raises through SQLAlchemy and asyncpg.
+def asyncpg_dsn(url: str) -> str:
+    """The SQLAlchemy URL as plain asyncpg wants it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+# What a lost, refused or timed-out connection raises, through SQLAlchemy or asyncpg.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
     OSError,
     TimeoutError,
 )

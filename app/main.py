@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app import runtime
 from app.callbacks.writer import EventWriter
 from app.config import Settings, get_settings
-from app.db import create_engine, create_sessionmaker
+from app.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.routers import callback, health
 from app.wecom_apps import AppDirectory
 
@@ -43,12 +43,13 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         engine = create_engine(url, config)
         sessionmaker = create_sessionmaker(engine)
         writer = EventWriter(
-            engine,
+            asyncpg_dsn(url),
             window=config.ingest_commit_window_ms / 1000,
             max_batch=config.ingest_batch_max,
             flushers=config.ingest_flushers,
+            timeout=config.database_timeout_seconds,
         )
-        writer.start()
+        await writer.start()
         app.state.hub = Hub(
             settings=config,
             engine=engine,
@@ -63,7 +64,6 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             await engine.dispose()
 
     app = FastAPI(title="wecom-hub", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.include_router(callback.router)
+    callback.install(app)
     app.include_router(health.router)
-    callback.install_error_handler(app)
     return app

@@ -85,9 +85,8 @@ def open_delivery(
     except safexml.XmlRejected as exc:
         code = "forbidden_xml" if exc.kind == "forbidden" else "invalid_xml"
         raise CallbackRejected(400, code, str(exc), wecom_code=-40002) from None
-    encrypted = envelope.findtext("Encrypt")
-    encrypted = encrypted.strip() if encrypted else ""
-    if not encrypted:
+    encrypted = envelope.get("Encrypt")
+    if not encrypted or not isinstance(encrypted, str):
         raise CallbackRejected(400, "missing_encrypt", "envelope has no Encrypt", wecom_code=-40002)
 
     try:
@@ -104,10 +103,10 @@ def open_delivery(
 
     try:
         text = plaintext.decode("utf-8")
-        root = safexml.parse(text)
+        fields = safexml.parse(text)
     except UnicodeDecodeError:
         raise CallbackRejected(400, "invalid_inner_xml", "decrypted message is not UTF-8") from None
     except safexml.XmlRejected as exc:
         code = "forbidden_inner_xml" if exc.kind == "forbidden" else "invalid_inner_xml"
         raise CallbackRejected(400, code, f"decrypted message: {exc}") from None
-    return Delivery(xml=text, fields=safexml.to_dict(root))
+    return Delivery(xml=text, fields=fields)

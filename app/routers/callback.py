@@ -1,12 +1,17 @@
-"""GET|POST /callback/{slug}: the URL WeCom's servers call (PROTOCOL.md §1)."""
+"""GET|POST /callback/{slug}: the URL WeCom's servers call (PROTOCOL.md §1).
+
+Plain Starlette routes, not FastAPI ones: this is the hot path, it takes no JSON and needs
+no schema, and FastAPI's per-request dependency solving cost a fifth of its throughput.
+"""
 
 import json
 import logging
 import time
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
 
 from app.callbacks import errors, verify
 from app.callbacks.errors import CallbackRejected
@@ -14,15 +19,14 @@ from app.callbacks.writer import NewEvent
 from app.db import DatabaseUnavailable, is_unavailable
 from app.events.identity import identify
 from app.metrics import CALLBACK_SECONDS, CALLBACKS
-from app.routers.deps import HubDep
+from app.routers.deps import hub_of
 from app.wecom_apps import AppDirectory, AppKeys
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["callback"])
 
 
-@router.get("/callback/{slug}", response_class=PlainTextResponse)
-async def verify_url(slug: str, request: Request, hub: HubDep) -> PlainTextResponse:
+async def verify_url(request: Request) -> PlainTextResponse:
+    hub, slug = hub_of(request), request.path_params["slug"]
     query = verify.CallbackQuery.from_params(request.query_params, url_verification=True)
     app = await _app_keys(hub.apps, slug)
     echo = verify.verify_url(
@@ -33,9 +37,9 @@ async def verify_url(slug: str, request: Request, hub: HubDep) -> PlainTextRespo
     return PlainTextResponse(echo)
 
 
-@router.post("/callback/{slug}", response_class=PlainTextResponse)
-async def receive(slug: str, request: Request, hub: HubDep) -> PlainTextResponse:
+async def receive(request: Request) -> PlainTextResponse:
     started = time.perf_counter()
+    hub, slug = hub_of(request), request.path_params["slug"]
     received_at = datetime.now(UTC)
     query = verify.CallbackQuery.from_params(request.query_params, url_verification=False)
     app = await _app_keys(hub.apps, slug)
@@ -92,7 +96,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def install_error_handler(app: FastAPI) -> None:
+routes = [
+    Route("/callback/{slug}", verify_url, methods=["GET"]),
+    Route("/callback/{slug}", receive, methods=["POST"]),
+]
+
+
+def install(app: FastAPI) -> None:
+    # First in the table: every callback is matched against the routes before it.
+    app.router.routes[:0] = routes
+
     async def rejected(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CallbackRejected)
         CALLBACKS.labels(exc.code).inc()
