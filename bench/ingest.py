@@ -122,29 +122,40 @@ class Connection:
     concurrency 64 on this machine, which would benchmark the client, not the server; this
     does ~4,000/s, like wrk, and leaves the CPU to the servers under test."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    @classmethod
-    async def open(cls, port: int) -> "Connection":
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
+    async def post(self, path: str, callback: SignedCallback) -> bytes:
+        """The response body; a keep-alive connection the server closed while idle is
+        reopened once, as any HTTP client does. b"" when the request failed."""
+        for _ in range(2):
+            try:
+                return await self._post(path, callback)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                self.close()
+        return b""
 
-    async def post(self, path: str, callback: SignedCallback) -> tuple[int, bytes]:
-        target = f"{path}?{urlencode(callback.params)}"
+    async def _post(self, path: str, callback: SignedCallback) -> bytes:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self.streams
         head = (
-            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
-            f"Content-Length: {len(callback.body)}\r\n\r\n"
+            f"POST {path}?{urlencode(callback.params)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: text/xml\r\nContent-Length: {len(callback.body)}\r\n\r\n"
         )
-        self.writer.write(head.encode() + callback.body)
-        await self.writer.drain()
-        status_line, *headers = (await self.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+        writer.write(head.encode() + callback.body)
+        await writer.drain()
+        headers = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
         length = next(
             int(h.split(b":", 1)[1]) for h in headers if h.lower().startswith(b"content-length:")
         )
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
+        return await reader.readexactly(length)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
 
 
 async def closed_loop(
@@ -156,10 +167,10 @@ async def closed_loop(
 
     async def worker() -> None:
         nonlocal failures
-        connection = await Connection.open(port)
+        connection = Connection(port)
         for callback in queue:
             sent = time.perf_counter()
-            _, body = await connection.post(PATH, callback)
+            body = await connection.post(PATH, callback)
             latencies.append(time.perf_counter() - sent)
             failures += body != b"success"
         connection.close()
@@ -177,14 +188,14 @@ async def open_loop(name: str, port: int, callbacks: list[SignedCallback], rate:
     latencies: list[float] = []
     lags: list[float] = []
     failures = 0
-    idle = [await Connection.open(port) for _ in range(256)]
+    idle = [Connection(port) for _ in range(256)]
     in_flight: set[asyncio.Task[None]] = set()
 
     async def send(scheduled: float, callback: SignedCallback) -> None:
         nonlocal failures
         lags.append(time.perf_counter() - scheduled)
-        connection = idle.pop() if idle else await Connection.open(port)
-        _, body = await connection.post(PATH, callback)
+        connection = idle.pop() if idle else Connection(port)
+        body = await connection.post(PATH, callback)
         latencies.append(time.perf_counter() - scheduled)
         failures += body != b"success"
         idle.append(connection)
@@ -250,6 +261,7 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="wecom-hub-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
     env |= {"WECOM_HUB_DATA_DIR": str(data_dir), "WECOM_HUB_LOG_LEVEL": "WARNING"}
+    env |= {k[6:]: v for k, v in os.environ.items() if k.startswith("BENCH_WECOM_HUB_")}
     wecom_hub = shutil.which("wecom-hub", path=str(Path(sys.executable).parent)) or "wecom-hub"
     hub_port, noop_port = free_port(), free_port()
     print(f"preparing {args.events:,} distinct encrypted callbacks…", flush=True)

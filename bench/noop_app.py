@@ -1,5 +1,7 @@
 """The ceiling for bench/ingest.py: same framework and server, no crypto, no database."""
 
+import gc
+
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
@@ -10,3 +12,6 @@ app = FastAPI()
 async def receive(slug: str, request: Request) -> PlainTextResponse:
     await request.body()
     return PlainTextResponse("success")
+
+
+gc.freeze()  # as `wecom-hub serve` does, so both run with the same collector setting

@@ -4,7 +4,6 @@ Plain Starlette routes, not FastAPI ones: this is the hot path, it takes no JSON
 no schema, and FastAPI's per-request dependency solving cost a fifth of its throughput.
 """
 
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -17,7 +16,6 @@ from app.callbacks import errors, verify
 from app.callbacks.errors import CallbackRejected
 from app.callbacks.writer import NewEvent
 from app.db import DatabaseUnavailable, is_unavailable
-from app.events.identity import identify
 from app.metrics import CALLBACK_SECONDS, CALLBACKS
 from app.routers.deps import hub_of
 from app.wecom_apps import AppDirectory, AppKeys
@@ -47,21 +45,8 @@ async def receive(request: Request) -> PlainTextResponse:
     delivery = verify.open_delivery(
         app.crypt, query, body, now=time.time(), window=hub.settings.callback_timestamp_window
     )
-    identity = identify(delivery.fields)
-    event = NewEvent(
-        app_id=app.id,
-        received_at=received_at,
-        create_time=identity.create_time,
-        family=identity.family,
-        type=identity.type,
-        msg_id=identity.msg_id,
-        dedup_key=identity.dedup_key,
-        raw_body=body.decode("utf-8", errors="replace"),
-        xml=delivery.xml,
-        payload_json=json.dumps(delivery.fields, ensure_ascii=False),
-    )
     try:
-        is_new = await hub.writer.store(event)
+        is_new = await hub.writer.store(NewEvent.received(app.id, received_at, body, delivery))
     except DatabaseUnavailable:
         raise errors.database_unavailable() from None
     CALLBACKS.labels("stored" if is_new else "duplicate").inc()
