@@ -21,6 +21,8 @@ from app.routers.deps import hub_of
 from app.wecom_apps import AppDirectory, AppKeys
 
 log = logging.getLogger(__name__)
+# Bound once: labels() costs a lock and a dict lookup, ~10 µs, on every callback.
+_STORED, _DUPLICATE = CALLBACKS.labels("stored"), CALLBACKS.labels("duplicate")
 
 
 async def verify_url(request: Request) -> PlainTextResponse:
@@ -49,7 +51,7 @@ async def receive(request: Request) -> PlainTextResponse:
         is_new = await hub.writer.store(NewEvent.received(app.id, received_at, body, delivery))
     except DatabaseUnavailable:
         raise errors.database_unavailable() from None
-    CALLBACKS.labels("stored" if is_new else "duplicate").inc()
+    (_STORED if is_new else _DUPLICATE).inc()
     CALLBACK_SECONDS.observe(time.perf_counter() - started)
     return PlainTextResponse("success")
 
