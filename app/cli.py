@@ -80,13 +80,14 @@ def serve(
     logs.configure(settings.log_level)
     url = _prepare(settings)
     _box(settings)  # fail now, not on the first callback
-    console.print(f"[bold]wecom-hub[/bold] listening on http://{host}:{port}")
-    console.print(f"  callback URL for an app:  http://{host}:{port}/callback/<slug>")
-    console.print(
-        "  add an app:  wecom-hub apps add --slug S --corp-id C --token T --aes-key K --secret X"
-    )
+    lines = [
+        f"wecom-hub listening on http://{host}:{port}",
+        f"  callback URL of an app:  http://{host}:{port}/callback/<slug>",
+        "  add an app:  wecom-hub apps add --slug S --corp-id C --token T --aes-key K --secret X",
+    ]
     if not settings.database_url:
-        console.print(f"  embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
+        lines.append(f"  embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
+    console.print("\n".join(lines), soft_wrap=True, highlight=False)
     app = create_app(settings, database_url=url)
     freeze_startup_objects()
     uvicorn.run(
