@@ -1,0 +1,76 @@
+"""`wecom-hub serve` as a user runs it: embedded Postgres, real HTTP, a clean stop."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from app.simulator.callbacks import build_callback, build_url_verification, text_message
+from tests.conftest import random_app
+
+WECOM_HUB = str(Path(sys.executable).parent / "wecom-hub")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_serve_embedded_end_to_end_and_stop_on_sigterm(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
+    env["WECOM_HUB_DATA_DIR"] = str(tmp_path / "data")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = subprocess.Popen(
+        [WECOM_HUB, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert _wait_until(lambda: _ready(f"{base}/readyz"), 60), "serve did not become ready"
+        app = random_app("shop")
+        subprocess.run(
+            [WECOM_HUB, "apps", "add", "--slug", "shop", "--corp-id", app.corp_id, "--token",
+             app.token, "--aes-key", app.aes_key, "--secret", app.secret],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        verified = httpx.get(
+            f"{base}/callback/shop", params=build_url_verification(app.crypt, "42")
+        )
+        assert verified.text == "42"
+        callback = build_callback(app.crypt, text_message(
+            corp_id=app.corp_id, from_user="u", content="hi", msg_id="1"))  # fmt: skip
+        stored = httpx.post(f"{base}/callback/shop", params=callback.params, content=callback.body)
+        assert stored.text == "success"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        output, _ = serve.communicate(timeout=30)
+
+    assert serve.returncode == 0, output.decode()
+    assert b"/callback/<slug>" in output
+    # The embedded Postgres was stopped, not left behind.
+    assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
