@@ -1,7 +1,32 @@
 """SQLAlchemy tables. Only ORM classes live here; wire schemas live next to their routers."""
 
+from app.models.action import Action
 from app.models.base import Base
+from app.models.customer import ExternalContact, Follow
 from app.models.event import Event
+from app.models.group_chat import CustomerGroup, GroupMember
+from app.models.member import Department, Member
+from app.models.message import Message
+from app.models.sync_run import SyncRun
+from app.models.tag import Tag, TagGroup
+from app.models.wecom_api import AccessToken, ApiCall
 from app.models.wecom_app import WecomApp
 
-__all__ = ["Base", "Event", "WecomApp"]
+__all__ = [
+    "AccessToken",
+    "Action",
+    "ApiCall",
+    "Base",
+    "CustomerGroup",
+    "Department",
+    "Event",
+    "ExternalContact",
+    "Follow",
+    "GroupMember",
+    "Member",
+    "Message",
+    "SyncRun",
+    "Tag",
+    "TagGroup",
+    "WecomApp",
+]

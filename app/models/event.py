@@ -29,7 +29,15 @@ class Event(Base):
     raw_body: Mapped[str] = mapped_column(Text)
     xml: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # Processing (app/processing/processor.py): pending → processed | failed. A claim is a
+    # lease: locked_by holds it until locked_until, after which any processor may take over.
     status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    next_attempt_at: Mapped[datetime | None]
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("app_id", "dedup_key"),

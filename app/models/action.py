@@ -1,0 +1,50 @@
+"""Side effects, one row each: written in the processor's transaction, run by the action
+runner (app/processing/actions.py), every attempt and outcome visible."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base
+
+
+class Action(Base):
+    """status: pending → running → succeeded | failed | expired | skipped.
+
+    idempotency_key is unique: writing the same action twice (a duplicate event, a second
+    replica) is a no-op. deadline is when trying stops (a welcome_code lives 20 s)."""
+
+    __tablename__ = "actions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="RESTRICT"))
+    corp_id: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256))
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="RESTRICT"))
+    idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deadline: Mapped[datetime | None]
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None]
+    errcode: Mapped[int | None]
+    errmsg: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_actions_due",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'running')"),
+        ),
+        Index("ix_actions_event_id", "event_id"),
+    )
