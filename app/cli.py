@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import logs, runtime, wecom_apps
 from app.config import Settings, get_settings
 from app.crypto.at_rest import SecretBox, generate_key
-from app.db import create_engine, create_sessionmaker, upgrade_database
+from app.db import asyncpg_dsn, create_engine, create_sessionmaker, upgrade_database
+from app.processing import workers
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 apps_cli = typer.Typer(no_args_is_help=True, help="WeCom apps: one callback URL each.")
@@ -108,6 +109,33 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+@cli.command()
+def worker() -> None:
+    """Process events and run actions, without HTTP: scale out with more of these."""
+    settings = get_settings()
+    logs.configure(settings.log_level)
+    url = _prepare(settings)
+    _box(settings)
+
+    async def run() -> None:
+        engine = create_engine(url, settings)
+        try:
+            async with workers.running(
+                settings, create_sessionmaker(engine), asyncpg_dsn(url)
+            ) as tasks:
+                console.print(f"wecom-hub worker running ({len(tasks)} loops)", highlight=False)
+                await asyncio.gather(*tasks)
+        finally:
+            await engine.dispose()
+
+    freeze_startup_objects()
+    exit_cleanly_on_sigterm()
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()

@@ -52,6 +52,20 @@ class Settings(BaseSettings):
         "unreachable database becomes a 503 that WeCom retries.",
     )
 
+    process_in_serve: bool = Field(
+        default=True,
+        description="Run the event processor and action runner inside `serve`. Turn off "
+        "when separate `wecom-hub worker` processes do it.",
+    )
+    processor_batch_size: int = Field(default=100, gt=0)
+    processor_lease_seconds: float = Field(
+        default=60.0, gt=0, description="How long a claim lasts before another may take over."
+    )
+    processor_max_attempts: int = Field(default=8, gt=0)
+    processor_poll_seconds: float = Field(
+        default=1.0, gt=0, description="Fallback poll, in case a NOTIFY is missed."
+    )
+
     wecom_api_base_url: str = "https://qyapi.weixin.qq.com"
     log_level: str = "INFO"
 

@@ -1,6 +1,7 @@
 """The ASGI application: create_app() and the lifespan that owns every long-lived resource."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from app import runtime
 from app.callbacks.writer import EventWriter
 from app.config import Settings, get_settings
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker
+from app.processing import workers
 from app.routers import callback, health
 from app.wecom_apps import AppDirectory
 
@@ -42,8 +44,9 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         box = runtime.secret_box(config)
         engine = create_engine(url, config)
         sessionmaker = create_sessionmaker(engine)
+        dsn = asyncpg_dsn(url)
         writer = EventWriter(
-            asyncpg_dsn(url),
+            dsn,
             window=config.ingest_commit_window_ms / 1000,
             max_batch=config.ingest_batch_max,
             flushers=config.ingest_flushers,
@@ -58,8 +61,11 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             writer=writer,
         )
         try:
-            yield
-        finally:
+            async with contextlib.AsyncExitStack() as background:
+                if config.process_in_serve:
+                    await background.enter_async_context(workers.running(config, sessionmaker, dsn))
+                yield
+        finally:  # background loops stop first, then ingest, then the pool
             await writer.stop()
             await engine.dispose()
 

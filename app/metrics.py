@@ -17,3 +17,8 @@ INGEST_BATCH_SIZE = Histogram(
     "Callbacks committed together in one transaction (group commit).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+EVENTS_PROCESSED = Counter(
+    "wecom_hub_events_processed_total",
+    "Events taken through processing, by outcome: processed, retry, failed.",
+    ["outcome"],
+)

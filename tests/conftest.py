@@ -23,8 +23,14 @@ from app.crypto import WXBizMsgCrypt
 from app.crypto.at_rest import SecretBox, generate_key, parse_key
 from app.db import create_engine, create_sessionmaker, upgrade_database
 from app.main import create_app
+from app.models import Base
 from app.runtime import asyncpg_url
 from app.wecom_apps import AppSpec, add_app
+
+
+TRUNCATE_ALL = "TRUNCATE {} RESTART IDENTITY CASCADE".format(
+    ", ".join(table.name for table in Base.metadata.sorted_tables)
+)
 
 
 def _plain(url: str) -> str:
@@ -71,7 +77,7 @@ def database_url(server_url: str) -> Iterator[str]:
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A plain connection to the test database, after emptying every table."""
     connection = await asyncpg.connect(_plain(database_url))
-    await connection.execute("TRUNCATE events, apps RESTART IDENTITY CASCADE")
+    await connection.execute(TRUNCATE_ALL)
     yield connection
     await connection.close()
 
@@ -88,6 +94,7 @@ def settings(database_url: str, secret_key: str) -> Settings:
         database_url=database_url,
         secret_key=secret_key,
         app_cache_seconds=0,
+        process_in_serve=False,  # tests drive processing themselves, step by step
     )
 
 

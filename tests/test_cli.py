@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings, get_settings
 from app.runtime import ConfigurationError, asyncpg_url, secret_box
-from tests.conftest import random_app
+from tests.conftest import TRUNCATE_ALL, random_app
 
 runner = CliRunner()
 
@@ -22,7 +22,7 @@ def env(database_url: str, secret_key: str, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("WECOM_HUB_DATABASE_URL", database_url)
     monkeypatch.setenv("WECOM_HUB_SECRET_KEY", secret_key)
     get_settings.cache_clear()
-    asyncio.run(_sql(database_url, "TRUNCATE events, apps RESTART IDENTITY CASCADE"))
+    asyncio.run(_sql(database_url, TRUNCATE_ALL))
     yield
     get_settings.cache_clear()
 

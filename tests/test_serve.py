@@ -54,16 +54,32 @@ def test_serve_embedded_end_to_end_and_stop_on_sigterm(tmp_path: Path) -> None:
         assert _wait_until(lambda: _ready(f"{base}/readyz"), 60), "serve did not become ready"
         app = random_app("shop")
         subprocess.run(
-            [WECOM_HUB, "apps", "add", "--slug", "shop", "--corp-id", app.corp_id, "--token",
-             app.token, "--aes-key", app.aes_key, "--secret", app.secret],
-            env=env, check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                WECOM_HUB,
+                "apps",
+                "add",
+                "--slug",
+                "shop",
+                "--corp-id",
+                app.corp_id,
+                "--token",
+                app.token,
+                "--aes-key",
+                app.aes_key,
+                "--secret",
+                app.secret,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         verified = httpx.get(
             f"{base}/callback/shop", params=build_url_verification(app.crypt, "42")
         )
         assert verified.text == "42"
-        callback = build_callback(app.crypt, text_message(
-            corp_id=app.corp_id, from_user="u", content="hi", msg_id="1"))  # fmt: skip
+        callback = build_callback(
+            app.crypt, text_message(corp_id=app.corp_id, from_user="u", content="hi", msg_id="1")
+        )
         stored = httpx.post(f"{base}/callback/shop", params=callback.params, content=callback.body)
         assert stored.text == "success"
     finally:

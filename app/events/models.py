@@ -5,7 +5,7 @@ empty, MsgId may be Base64-like, tag ids start with `et`). Anything without a mo
 an `UnknownEvent`: stored, listed, never rejected.
 """
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -272,14 +272,40 @@ class UnknownEvent(WecomEvent):
 MODELS: dict[tuple[str, str], type[WecomEvent]] = {
     model.kind: model
     for model in (
-        AddExternalContact, AddHalfExternalContact, EditExternalContact, DelExternalContact,
-        DelFollowUser, TransferFail, ChatCreate, ChatUpdate, ChatDismiss, TagCreate, TagUpdate,
-        TagDelete, TagShuffle, TextMessage, ImageMessage, VoiceMessage, VideoMessage,
-        LocationMessage, LinkMessage, Subscribe, Unsubscribe, EnterAgent, Click, View,
-        LocationReport, KfMsgOrEvent, CreateUser, UpdateUser, DeleteUser, CreateParty,
-        UpdateParty, DeleteParty,
+        AddExternalContact,
+        AddHalfExternalContact,
+        EditExternalContact,
+        DelExternalContact,
+        DelFollowUser,
+        TransferFail,
+        ChatCreate,
+        ChatUpdate,
+        ChatDismiss,
+        TagCreate,
+        TagUpdate,
+        TagDelete,
+        TagShuffle,
+        TextMessage,
+        ImageMessage,
+        VoiceMessage,
+        VideoMessage,
+        LocationMessage,
+        LinkMessage,
+        Subscribe,
+        Unsubscribe,
+        EnterAgent,
+        Click,
+        View,
+        LocationReport,
+        KfMsgOrEvent,
+        CreateUser,
+        UpdateUser,
+        DeleteUser,
+        CreateParty,
+        UpdateParty,
+        DeleteParty,
     )
-}  # fmt: skip
+}
 
 
 class InvalidEvent(Exception):
@@ -295,5 +321,3 @@ def parse_event(family: str, type: str, fields: dict[str, XmlValue]) -> WecomEve
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise InvalidEvent(f"{family}/{type}: {problems}") from None
-
-

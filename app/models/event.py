@@ -37,6 +37,7 @@ class Event(Base):
     locked_by: Mapped[str | None] = mapped_column(String(64))
     locked_until: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
+    processed_by: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (

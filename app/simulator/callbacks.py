@@ -91,3 +91,26 @@ def add_external_contact(
         f"<State><![CDATA[{state}]]></State><WelcomeCode><![CDATA[{welcome_code}]]></WelcomeCode>"
         "</xml>"
     )
+
+
+def event_xml(
+    corp_id: str, event: str, fields: dict[str, str | list[str]], *, create_time: int | None = None
+) -> str:
+    """Any event WeCom sends as `sys`: change_external_contact, change_external_chat, …
+
+    A list value becomes <Item> children (MemChangeList)."""
+    created = int(time.time()) if create_time is None else create_time
+    parts = [
+        f"<ToUserName><![CDATA[{corp_id}]]></ToUserName>",
+        "<FromUserName><![CDATA[sys]]></FromUserName>",
+        f"<CreateTime>{created}</CreateTime>",
+        "<MsgType><![CDATA[event]]></MsgType>",
+        f"<Event><![CDATA[{event}]]></Event>",
+    ]
+    for name, value in fields.items():
+        if isinstance(value, list):
+            items = "".join(f"<Item><![CDATA[{item}]]></Item>" for item in value)
+            parts.append(f"<{name}>{items}</{name}>")
+        else:
+            parts.append(f"<{name}><![CDATA[{value}]]></{name}>")
+    return "<xml>" + "".join(parts) + "</xml>"

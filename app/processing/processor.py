@@ -1,0 +1,231 @@
+"""The event processor: claims stored events, projects each exactly once, records failures.
+
+Claims are leases (SELECT … FOR UPDATE SKIP LOCKED, then locked_by/locked_until), so any
+number of processes can run this on one database, and the events of a process that died are
+taken over once its lease runs out. Each event is projected in its own transaction that
+first marks it processed *if this processor still holds it*: a processor whose lease was
+taken over finds nothing to mark and rolls its projection back, so an event is projected
+once even when two processors briefly hold it.
+
+It wakes at once on the NOTIFY that ingest sends, and polls as a fallback in case a
+notification is lost (a dropped LISTEN connection, another writer).
+"""
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy import func, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.callbacks.writer import NOTIFY_CHANNEL
+from app.events.models import InvalidEvent, parse_event
+from app.metrics import EVENTS_PROCESSED
+from app.models import Event
+from app.processing.projection import Context, project
+
+log = logging.getLogger(__name__)
+
+_CLAIM = text(
+    """
+    UPDATE events AS e
+    SET locked_by = :worker, locked_until = now() + make_interval(secs => :lease),
+        attempts = e.attempts + 1
+    FROM apps AS a
+    WHERE a.id = e.app_id AND e.id IN (
+        SELECT id FROM events
+        WHERE status = 'pending'
+          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+          AND (locked_until IS NULL OR locked_until < now())
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING e.id, e.app_id, a.corp_id, e.family, e.type, e.payload, e.received_at,
+              e.attempts
+    """
+)
+
+
+def worker_id() -> str:
+    """Unique per process, readable in the events table: host:pid:random."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{random.randrange(16**4):04x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    app_id: int
+    corp_id: str
+    family: str
+    type: str
+    payload: dict[str, Any]
+    received_at: datetime
+    attempts: int
+
+
+class LostClaim(Exception):
+    """Another processor took this event over (our lease ran out)."""
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Exponential backoff with jitter: ~2 s, 4 s, 8 s … capped at 5 minutes."""
+    base = min(2.0**attempts, 300.0)
+    return timedelta(seconds=base * random.uniform(0.5, 1.0))
+
+
+class EventProcessor:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        listen_dsn: str | None = None,
+        batch_size: int = 100,
+        lease_seconds: float = 60.0,
+        max_attempts: int = 8,
+        poll_seconds: float = 1.0,
+        worker: str | None = None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._listen_dsn = listen_dsn
+        self._batch_size = batch_size
+        self._lease_seconds = lease_seconds
+        self._max_attempts = max_attempts
+        self._poll_seconds = poll_seconds
+        self.worker = worker or worker_id()
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """Process events until cancelled."""
+        listener = asyncio.create_task(self._listen()) if self._listen_dsn else None
+        try:
+            while True:
+                try:
+                    done = await self.run_once()
+                except Exception as exc:  # the database is down: keep trying, do not die
+                    log.warning("event processing paused", extra={"error": repr(exc)})
+                    done = 0
+                if done == 0:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+                    except TimeoutError:
+                        pass
+        finally:
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+
+    async def run_once(self) -> int:
+        """Claim one batch and process it; the number of events claimed."""
+        claimed = await self.claim()
+        for event in claimed:
+            await self.process(event)
+        return len(claimed)
+
+    async def claim(self) -> list[Claimed]:
+        async with self._sessionmaker.begin() as session:
+            rows = await session.execute(
+                _CLAIM,
+                {"worker": self.worker, "lease": self._lease_seconds, "limit": self._batch_size},
+            )
+            return sorted((Claimed(**row._mapping) for row in rows), key=lambda c: c.id)
+
+    async def process(self, claimed: Claimed) -> None:
+        context = Context(
+            event_id=claimed.id,
+            app_id=claimed.app_id,
+            corp_id=claimed.corp_id,
+            received_at=claimed.received_at,
+        )
+        try:
+            async with self._sessionmaker.begin() as session:
+                await self._mark(
+                    session,
+                    claimed.id,
+                    status="processed",
+                    processed_at=func.now(),
+                    processed_by=self.worker,
+                    error=None,
+                )
+                typed = parse_event(claimed.family, claimed.type, claimed.payload)
+                await project(session, typed, context)
+        except LostClaim:
+            log.info("event taken over by another processor", extra={"event_id": claimed.id})
+            return
+        except InvalidEvent as exc:
+            await self._failed(claimed, str(exc), permanent=True)
+            return
+        except Exception as exc:
+            await self._failed(claimed, f"{type(exc).__name__}: {exc}", permanent=False)
+            return
+        EVENTS_PROCESSED.labels("processed").inc()
+
+    async def _mark(
+        self, session: AsyncSession, event_id: int, *, status: str, **values: Any
+    ) -> None:
+        """Set the outcome, only if this processor still holds the claim."""
+        result = await session.execute(
+            update(Event)
+            .where(Event.id == event_id, Event.locked_by == self.worker, Event.status == "pending")
+            .values(status=status, locked_by=None, locked_until=None, **values)
+            .returning(Event.id)
+        )
+        if result.first() is None:
+            raise LostClaim(event_id)
+
+    async def _failed(self, claimed: Claimed, reason: str, *, permanent: bool) -> None:
+        """Keep the reason; retry later with backoff, or give up after max_attempts. One
+        poison event never blocks the others: it just waits for its next attempt."""
+        final = permanent or claimed.attempts >= self._max_attempts
+        log.warning(
+            "event processing failed",
+            extra={
+                "event_id": claimed.id,
+                "attempt": claimed.attempts,
+                "final": final,
+                "reason": reason[:500],
+            },
+        )
+        try:
+            async with self._sessionmaker.begin() as session:
+                if final:
+                    await self._mark(session, claimed.id, status="failed", error=reason)
+                else:
+                    await self._mark(
+                        session,
+                        claimed.id,
+                        status="pending",
+                        error=reason,
+                        next_attempt_at=func.now() + retry_delay(claimed.attempts),
+                    )
+        except LostClaim:
+            return
+        EVENTS_PROCESSED.labels("failed" if final else "retry").inc()
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection, reconnecting after a loss; polling covers gaps."""
+        assert self._listen_dsn is not None
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(self._listen_dsn, timeout=5)
+                await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                closed = asyncio.Event()
+                connection.add_termination_listener(lambda *_, closed=closed: closed.set())
+                self._wake.set()  # events may have arrived while we were not listening
+                await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("LISTEN connection failed", extra={"error": repr(exc)})
+            finally:
+                if connection is not None and not connection.is_closed():
+                    await connection.close()
+            await asyncio.sleep(self._poll_seconds)

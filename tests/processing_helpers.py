@@ -1,0 +1,34 @@
+"""Deliver callbacks over HTTP and drive the processor step by step."""
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db import create_engine, create_sessionmaker
+from app.processing.processor import EventProcessor
+from app.simulator.callbacks import build_callback
+from tests.conftest import RegisteredApp
+
+
+async def deliver(client: httpx.AsyncClient, app: RegisteredApp, message_xml: str) -> None:
+    callback = build_callback(app.crypt, message_xml)
+    response = await client.post(
+        f"/callback/{app.slug}", params=callback.params, content=callback.body
+    )
+    assert response.text == "success", response.text
+
+
+async def drain(processor: EventProcessor, *, max_rounds: int = 100) -> int:
+    """Process until nothing is due; the number of events claimed."""
+    total = 0
+    for _ in range(max_rounds):
+        claimed = await processor.run_once()
+        if claimed == 0:
+            return total
+        total += claimed
+    raise AssertionError("processor still busy after max_rounds")
+
+
+def sessionmaker_for(settings: Settings) -> async_sessionmaker[AsyncSession]:
+    assert settings.database_url
+    return create_sessionmaker(create_engine(settings.database_url, settings, pool_size=2))
