@@ -27,7 +27,6 @@ from app.models import Base
 from app.runtime import asyncpg_url
 from app.wecom_apps import AppSpec, add_app
 
-
 TRUNCATE_ALL = "TRUNCATE {} RESTART IDENTITY CASCADE".format(
     ", ".join(table.name for table in Base.metadata.sorted_tables)
 )

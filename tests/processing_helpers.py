@@ -1,5 +1,6 @@
 """Deliver callbacks over HTTP and drive the processor step by step."""
 
+import asyncpg
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,3 +33,10 @@ async def drain(processor: EventProcessor, *, max_rounds: int = 100) -> int:
 def sessionmaker_for(settings: Settings) -> async_sessionmaker[AsyncSession]:
     assert settings.database_url
     return create_sessionmaker(create_engine(settings.database_url, settings, pool_size=2))
+
+
+async def row(db: asyncpg.Connection, query: str, *args: object) -> asyncpg.Record:
+    """The one row a query must find."""
+    found = await db.fetchrow(query, *args)
+    assert found is not None, f"no row for {query}"
+    return found

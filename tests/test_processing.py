@@ -14,7 +14,7 @@ from app.db import asyncpg_dsn
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, event_xml, text_message
 from tests.conftest import RegisteredApp
-from tests.processing_helpers import deliver, drain, sessionmaker_for
+from tests.processing_helpers import deliver, drain, row, sessionmaker_for
 
 T0 = 1_700_000_000
 
@@ -56,10 +56,10 @@ async def test_new_customer_projects_contact_follow_and_enrichment(
     )
     assert await drain(processor) == 1
 
-    contact = await db.fetchrow("SELECT * FROM external_contacts")
+    contact = await row(db, "SELECT * FROM external_contacts")
     assert (contact["corp_id"], contact["external_userid"]) == (wecom_app.corp_id, "wmA")
     assert contact["first_seen_at"].timestamp() == T0
-    follow = await db.fetchrow("SELECT * FROM follows")
+    follow = await row(db, "SELECT * FROM follows")
     assert (follow["userid"], follow["status"], follow["state"]) == (
         "zhangsan",
         "active",
@@ -68,7 +68,7 @@ async def test_new_customer_projects_contact_follow_and_enrichment(
     assert follow["added_at"].timestamp() == T0
     [action] = await db.fetch("SELECT kind, target, status FROM actions")
     assert tuple(action) == ("enrich_contact", "wmA", "pending")
-    event = await db.fetchrow("SELECT status, processed_by, error FROM events")
+    event = await row(db, "SELECT status, processed_by, error FROM events")
     assert tuple(event) == ("processed", "test-processor", None)
 
 
@@ -106,7 +106,7 @@ async def test_a_late_add_does_not_undo_a_later_deletion(
     await drain(processor)
     await deliver(client, wecom_app, contact_event(wecom_app, "add_external_contact", "wmA", T0))
     await drain(processor)
-    follow = await db.fetchrow("SELECT status, changed_at FROM follows")
+    follow = await row(db, "SELECT status, changed_at FROM follows")
     assert follow["status"] == "deleted_by_customer"
     assert follow["changed_at"].timestamp() == T0 + 20
     # …but a newer add (the customer came back) does.
@@ -176,7 +176,7 @@ async def test_customer_group_lifecycle(
     await deliver(client, wecom_app, chat("dismiss", T0 + 3))
     await drain(processor)
 
-    group = await db.fetchrow("SELECT * FROM customer_groups")
+    group = await row(db, "SELECT * FROM customer_groups")
     assert group["created_at"].timestamp() == T0
     assert group["dismissed_at"].timestamp() == T0 + 3
     members = {r["member_id"]: r for r in await db.fetch("SELECT * FROM group_members")}
@@ -245,9 +245,9 @@ async def test_app_message_and_contact_changes(
     await deliver(client, wecom_app, event_xml(wecom_app.corp_id, "some_future_event", {"X": "1"}))
     assert await drain(processor) == 4
 
-    message = await db.fetchrow("SELECT source, sender, msg_type, content, msg_id FROM messages")
+    message = await row(db, "SELECT source, sender, msg_type, content, msg_id FROM messages")
     assert tuple(message) == ("app", "lisi", "text", "菜单", "m1")
-    assert tuple(await db.fetchrow("SELECT name, department FROM members")) == ("李四", "1,2")
+    assert tuple(await row(db, "SELECT name, department FROM members")) == ("李四", "1,2")
     assert await db.fetchval("SELECT name FROM departments WHERE id = '2'") == "销售部"
     statuses = await db.fetch("SELECT type, status FROM events ORDER BY id")
     assert {r["status"] for r in statuses} == {"processed"}
@@ -317,11 +317,12 @@ async def test_two_processors_process_each_of_1000_events_exactly_once(
     for maker in makers:
         await maker.kw["bind"].dispose()
 
-    counts = dict(
-        await db.fetch(
+    counts: dict[str, int] = {
+        r[0]: r[1]
+        for r in await db.fetch(
             "SELECT processed_by, count(*) FROM events WHERE status = 'processed' GROUP BY 1"
         )
-    )
+    }
     assert sum(counts.values()) == 1000
     assert set(counts) == {"p0", "p1"}  # both did real work, side by side
     assert await db.fetchval("SELECT count(*) FROM messages") == 1000

@@ -5,6 +5,7 @@ Used by tests, the benchmarks and (later) `wecom-hub sim send`.
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -94,7 +95,11 @@ def add_external_contact(
 
 
 def event_xml(
-    corp_id: str, event: str, fields: dict[str, str | list[str]], *, create_time: int | None = None
+    corp_id: str,
+    event: str,
+    fields: Mapping[str, str | list[str]],
+    *,
+    create_time: int | None = None,
 ) -> str:
     """Any event WeCom sends as `sys`: change_external_contact, change_external_chat, …
 
