@@ -66,7 +66,19 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Fallback poll, in case a NOTIFY is missed."
     )
 
-    wecom_api_base_url: str = "https://qyapi.weixin.qq.com"
+    wecom_api_base_url: str = Field(
+        default="https://qyapi.weixin.qq.com",
+        description="Where the WeCom API is; point it at `wecom-hub sim serve` to simulate.",
+    )
+    wecom_api_timeout_seconds: float = Field(default=5.0, gt=0)
+    wecom_api_calls_per_minute: float = Field(
+        default=5000,
+        gt=0,
+        description="Per corp and API, per process (WeCom allows 10,000/min per corp).",
+    )
+    wecom_api_concurrency: int = Field(
+        default=8, gt=0, description="Calls in flight per corp and API (45033 beyond that)."
+    )
     log_level: str = "INFO"
 
 

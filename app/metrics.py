@@ -22,3 +22,9 @@ EVENTS_PROCESSED = Counter(
     "Events taken through processing, by outcome: processed, retry, failed.",
     ["outcome"],
 )
+WECOM_API_CALLS = Counter(
+    "wecom_hub_wecom_api_calls_total",
+    "Calls to the WeCom API, by API and errcode (or HTTP status when WeCom gave none).",
+    ["api", "errcode"],
+)
+WECOM_API_SECONDS = Histogram("wecom_hub_wecom_api_seconds", "WeCom API call latency.", ["api"])

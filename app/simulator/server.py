@@ -1,0 +1,352 @@
+"""The simulated WeCom server API, faithful to WeCom's errcodes (PROTOCOL.md §5), plus a
+/sim control API: seed corps, inject faults, read the record of calls.
+
+Run it with `wecom-hub sim serve`; point WECOM_HUB_WECOM_API_BASE_URL at it.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from app.simulator.state import (
+    WELCOME_CODE_SECONDS,
+    Call,
+    Contact,
+    Corp,
+    Fault,
+    SimState,
+)
+
+Handler = Callable[[Corp, dict[str, Any], dict[str, str]], Awaitable[dict[str, Any]]]
+
+
+class ApiError(Exception):
+    def __init__(self, errcode: int, errmsg: str) -> None:
+        self.errcode, self.errmsg = errcode, errmsg
+
+
+def create_sim_app(state: SimState | None = None) -> FastAPI:
+    sim = state or SimState()
+    app = FastAPI(title="wecom-hub simulator")
+    app.state.sim = sim
+    api = APIRouter(prefix="/cgi-bin")
+
+    async def answer(request: Request, name: str, handler: Handler | None) -> Response:
+        """Common path of every API: faults, token check, rate limit, record."""
+        body: dict[str, Any] = {}
+        if request.method == "POST":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = {}
+        query = dict(request.query_params)
+        corp_id: str | None = None
+        status = 200
+        result: dict[str, Any] = {"errcode": 0, "errmsg": "ok"}
+        try:
+            fault = sim.fault_for(name)
+            if fault is not None:
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                if fault.http_status:
+                    status = fault.http_status
+                    raise ApiError(-1, f"injected HTTP {fault.http_status}")
+                if fault.errcode is not None:
+                    raise ApiError(fault.errcode, "injected fault")
+            if handler is None:  # gettoken
+                corp_id = query.get("corpid", "")
+                corp = sim.corps.get(corp_id)
+                if corp is None:
+                    raise ApiError(40013, "invalid corpid")
+                if query.get("corpsecret") not in corp.secrets:
+                    raise ApiError(
+                        40001, "invalid credential, access_token is invalid or not latest"
+                    )
+                result |= {"access_token": sim.issue_token(corp_id), "expires_in": 7200}
+            else:
+                token = query.get("access_token")
+                if not token:
+                    raise ApiError(41001, "access_token missing")
+                if token not in sim.tokens:
+                    raise ApiError(40014, "invalid access_token")
+                corp_id, expires = sim.tokens[token]
+                if expires <= time.time():
+                    raise ApiError(42001, "access_token expired")
+                if sim.over_rate_limit(corp_id, name):
+                    raise ApiError(45009, "api freq out of limit")
+                result |= await handler(sim.corp(corp_id), body, query)
+        except ApiError as exc:
+            result = {"errcode": exc.errcode, "errmsg": exc.errmsg}
+        sim.calls.append(
+            Call(name, corp_id, body or query, result.get("errcode"), status, time.time())
+        )
+        if status != 200:
+            return Response("busy", status_code=status)
+        return JSONResponse(result)
+
+    def route(method: str, path: str, handler: Handler | None) -> None:
+        name = path.strip("/")
+
+        async def endpoint(request: Request) -> Response:
+            return await answer(request, name, handler)
+
+        api.add_api_route(path, endpoint, methods=[method], name=name)
+
+    route("GET", "/gettoken", None)
+    route("GET", "/externalcontact/get", get_contact)
+    route("GET", "/externalcontact/list", list_contacts)
+    route("POST", "/externalcontact/batch/get_by_user", batch_get_by_user)
+    route("POST", "/externalcontact/groupchat/list", groupchat_list)
+    route("POST", "/externalcontact/groupchat/get", groupchat_get)
+    route("POST", "/externalcontact/get_corp_tag_list", get_corp_tag_list)
+    route("POST", "/externalcontact/mark_tag", mark_tag)
+    route("POST", "/externalcontact/send_welcome_msg", send_welcome_msg)
+    app.include_router(api)
+    app.include_router(control_router(sim))
+    return app
+
+
+# externalcontact --------------------------------------------------------------------------
+
+
+def _contact_json(contact: Contact) -> dict[str, Any]:
+    return {
+        "external_userid": contact.external_userid,
+        "name": contact.name,
+        "type": contact.type,
+        "gender": contact.gender,
+        "avatar": contact.avatar,
+        "unionid": contact.unionid,
+        "corp_name": contact.corp_name,
+    }
+
+
+def _tag_names(corp: Corp) -> dict[str, tuple[str, str]]:
+    return {
+        tag["id"]: (group["group_name"], tag["name"])
+        for group in corp.tag_groups.values()
+        for tag in group["tag"]
+    }
+
+
+async def get_contact(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    contact = corp.contacts.get(query.get("external_userid", ""))
+    if contact is None:
+        raise ApiError(84061, "not external contact")
+    names = _tag_names(corp)
+    follow_user = [
+        {
+            **{k: v for k, v in f.items() if k != "tag_id"},
+            "tags": [
+                {
+                    "tag_id": t,
+                    "group_name": names.get(t, ("", ""))[0],
+                    "tag_name": names.get(t, ("", ""))[1],
+                    "type": 1,
+                }
+                for t in f["tag_id"]
+            ],
+        }
+        for f in contact.follows.values()
+    ]
+    return {"external_contact": _contact_json(contact), "follow_user": follow_user}
+
+
+async def list_contacts(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    userid = query.get("userid", "")
+    if userid not in corp.members:
+        raise ApiError(60111, "userid not found")
+    return {
+        "external_userid": [
+            c.external_userid for c in corp.contacts.values() if userid in c.follows
+        ]
+    }
+
+
+def _page(items: list[Any], cursor: str, limit: int) -> tuple[list[Any], str]:
+    start = int(cursor) if cursor.isdigit() else 0
+    end = start + limit
+    return items[start:end], (str(end) if end < len(items) else "")
+
+
+async def batch_get_by_user(
+    corp: Corp, body: dict[str, Any], query: dict[str, str]
+) -> dict[str, Any]:
+    userids = body.get("userid_list") or []
+    if not userids or len(userids) > 100:
+        raise ApiError(40058, "userid_list must have 1 to 100 userids")
+    limit = min(int(body.get("limit") or 50), 100)
+    pairs = [(c, u) for c in corp.contacts.values() for u in userids if u in c.follows]
+    page, next_cursor = _page(pairs, str(body.get("cursor") or ""), limit)
+    return {
+        "external_contact_list": [
+            {"external_contact": _contact_json(c), "follow_info": c.follows[u]} for c, u in page
+        ],
+        "next_cursor": next_cursor,
+    }
+
+
+async def groupchat_list(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    limit = int(body.get("limit") or 0)
+    if not 1 <= limit <= 1000:
+        raise ApiError(40058, "limit must be 1..1000")
+    groups = sorted(corp.groups)
+    page, next_cursor = _page(groups, str(body.get("cursor") or ""), limit)
+    return {
+        "group_chat_list": [{"chat_id": c, "status": 0} for c in page],
+        "next_cursor": next_cursor,
+    }
+
+
+async def groupchat_get(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    group = corp.groups.get(str(body.get("chat_id", "")))
+    if group is None:
+        raise ApiError(40050, "chatid not found")
+    return {
+        "group_chat": {
+            "chat_id": group.chat_id,
+            "name": group.name,
+            "owner": group.owner,
+            "create_time": group.create_time,
+            "notice": group.notice,
+            "member_list": group.members,
+            "admin_list": [],
+            "member_version": group.member_version,
+        }
+    }
+
+
+async def get_corp_tag_list(
+    corp: Corp, body: dict[str, Any], query: dict[str, str]
+) -> dict[str, Any]:
+    return {"tag_group": list(corp.tag_groups.values())}
+
+
+async def mark_tag(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    add, remove = body.get("add_tag") or [], body.get("remove_tag") or []
+    if not add and not remove:
+        raise ApiError(40058, "add_tag and remove_tag cannot both be empty")
+    contact = corp.contacts.get(str(body.get("external_userid", "")))
+    follow = contact.follows.get(str(body.get("userid", ""))) if contact else None
+    if follow is None:
+        raise ApiError(84061, "not external contact")
+    known = _tag_names(corp)
+    if any(tag not in known for tag in [*add, *remove]):
+        raise ApiError(40068, "invalid tagid")
+    follow["tag_id"] = sorted((set(follow["tag_id"]) | set(add)) - set(remove))
+    return {}
+
+
+async def send_welcome_msg(
+    corp: Corp, body: dict[str, Any], query: dict[str, str]
+) -> dict[str, Any]:
+    code = corp.welcome_codes.get(str(body.get("welcome_code", "")))
+    if not body.get("text") and not body.get("attachments"):
+        raise ApiError(41048, "text and attachments cannot both be empty")
+    if len(body.get("attachments") or []) > 9:
+        raise ApiError(41049, "too many attachments")
+    if code is None:
+        raise ApiError(40098, "invalid welcome_code")
+    issued, used = code
+    if used:
+        raise ApiError(41051, "externaluser has started chatting")
+    if time.monotonic() - issued > WELCOME_CODE_SECONDS:
+        raise ApiError(40098, "welcome_code expired")
+    code[1] = True
+    return {}
+
+
+# control ---------------------------------------------------------------------------------
+
+
+class CorpIn(BaseModel):
+    corp_id: str
+    secret: str
+
+
+class SeedIn(BaseModel):
+    members: int = 5
+    customers_per_member: int = 10
+    groups: int = 10
+    tags: int = 10
+
+
+class CustomerIn(BaseModel):
+    userid: str
+    external_userid: str
+    name: str = "新客户"
+    state: str = ""
+
+
+def control_router(sim: SimState) -> APIRouter:
+    router = APIRouter(prefix="/sim", tags=["simulator control"])
+
+    @router.post("/corps")
+    async def add_corp(corp: CorpIn) -> dict[str, str]:
+        sim.corp(corp.corp_id).secrets.add(corp.secret)
+        return {"corp_id": corp.corp_id}
+
+    @router.post("/corps/{corp_id}/seed")
+    async def seed(corp_id: str, seed: SeedIn) -> dict[str, int]:
+        sim.seed(
+            corp_id,
+            members=seed.members,
+            customers_per_member=seed.customers_per_member,
+            groups=seed.groups,
+            tags=seed.tags,
+        )
+        corp = sim.corp(corp_id)
+        return {
+            "members": len(corp.members),
+            "customers": len(corp.contacts),
+            "groups": len(corp.groups),
+        }
+
+    @router.post("/corps/{corp_id}/customers")
+    async def add_customer(corp_id: str, customer: CustomerIn) -> dict[str, str]:
+        """A customer adds a member: the contact exists, and a fresh welcome_code is issued
+        for the callback that the sender then delivers."""
+        corp = sim.corp(corp_id)
+        if customer.userid not in corp.members:
+            corp.members.append(customer.userid)
+        contact = corp.contacts.setdefault(
+            customer.external_userid, Contact(customer.external_userid, customer.name)
+        )
+        contact.follows[customer.userid] = {
+            "userid": customer.userid,
+            "remark": "",
+            "description": "",
+            "createtime": int(time.time()),
+            "tag_id": [],
+            "state": customer.state,
+            "add_way": 1,
+            "oper_userid": customer.external_userid,
+        }
+        return {"welcome_code": sim.issue_welcome_code(corp_id)}
+
+    @router.get("/calls")
+    async def calls(api: str | None = None) -> list[dict[str, Any]]:
+        return [vars(c) for c in sim.calls if api is None or c.api == api]
+
+    @router.delete("/calls")
+    async def clear_calls() -> dict[str, int]:
+        count = len(sim.calls)
+        sim.calls.clear()
+        return {"cleared": count}
+
+    @router.put("/faults")
+    async def set_faults(faults: list[Fault]) -> dict[str, int]:
+        sim.faults = faults
+        return {"faults": len(faults)}
+
+    @router.post("/tokens/expire")
+    async def expire_tokens() -> dict[str, int]:
+        sim.expire_tokens()
+        return {"expired": len(sim.tokens)}
+
+    return router

@@ -1,0 +1,181 @@
+"""One call to the WeCom server API, done right (PROTOCOL.md §5):
+
+- the access_token comes from the shared TokenCache; when WeCom says the token is bad or old
+  (40014, 42001, 41001, 40001) a new one is fetched and the call repeated once;
+- transient failures (-1, 45009, 45033, 6000, HTTP 5xx, timeouts) are retried with
+  exponential backoff and jitter, never past the caller's deadline;
+- anything else fails at once with WeCom's errcode and errmsg kept;
+- every HTTP exchange is rate limited beforehand and recorded afterwards.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from app.metrics import WECOM_API_CALLS, WECOM_API_SECONDS
+from app.wecom.errors import TOKEN_ERRCODES, WecomApiError
+from app.wecom.ratelimit import RateLimiter
+from app.wecom.tokens import TokenCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Whose behalf a call is made on."""
+
+    corp_id: str
+    secret: str
+    app_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    corp_id: str
+    app_id: int | None
+    api: str
+    http_status: int | None
+    errcode: int | None
+    errmsg: str | None
+    latency_ms: float
+
+
+Recorder = Callable[[CallRecord], Awaitable[None]]
+
+
+async def _no_record(record: CallRecord) -> None:
+    return None
+
+
+class WecomClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        tokens: TokenCache | None = None,
+        limiter: RateLimiter | None = None,
+        record: Recorder = _no_record,
+        max_attempts: int = 4,
+        backoff_seconds: float = 0.2,
+    ) -> None:
+        """http carries the base URL (WECOM_HUB_WECOM_API_BASE_URL) and timeouts.
+        tokens may be set later (it needs the client to fetch)."""
+        self._http = http
+        self.tokens = tokens
+        self._limiter = limiter or RateLimiter(per_minute=5000, concurrency=8)
+        self._record = record
+        self._max_attempts = max_attempts
+        self._backoff = backoff_seconds
+
+    async def fetch_token(self, corp_id: str, secret: str) -> tuple[str, int]:
+        """gettoken itself: the TokenCache calls this, once for everyone."""
+        body = await self._exchange(
+            Credentials(corp_id, secret),
+            "GET",
+            "gettoken",
+            params={"corpid": corp_id, "corpsecret": secret},
+            json=None,
+            token=None,
+        )
+        return str(body["access_token"]), int(body.get("expires_in", 7200))
+
+    async def call(
+        self,
+        credentials: Credentials,
+        method: str,
+        api: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """The JSON answer of a successful call (errcode 0). deadline is a time.monotonic()
+        instant after which no attempt starts and no backoff is slept."""
+        assert self.tokens is not None, "WecomClient.tokens is not set"
+        attempt, refreshed, replacing = 0, False, None
+        while True:
+            attempt += 1
+            token = await self.tokens.token(
+                credentials.corp_id, credentials.secret, replacing=replacing
+            )
+            try:
+                return await self._exchange(
+                    credentials, method, api, params=params, json=json, token=token
+                )
+            except WecomApiError as exc:
+                if exc.errcode in TOKEN_ERRCODES and not refreshed:
+                    refreshed, replacing = True, token
+                    attempt -= 1  # a stale token is our problem, not an attempt
+                    continue
+                if not exc.retryable or attempt >= self._max_attempts:
+                    raise
+                pause = self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise
+                log.info(
+                    "retrying WeCom call",
+                    extra={"api": api, "errcode": exc.errcode, "attempt": attempt},
+                )
+                await asyncio.sleep(pause)
+
+    async def _exchange(
+        self,
+        credentials: Credentials,
+        method: str,
+        api: str,
+        *,
+        params: dict[str, str] | None,
+        json: dict[str, Any] | None,
+        token: str | None,
+    ) -> dict[str, Any]:
+        query = dict(params or {})
+        if token is not None:
+            query["access_token"] = token
+        status: int | None = None
+        errcode: int | None = None
+        errmsg: str | None = None
+        started = time.perf_counter()
+        try:
+            async with self._limiter.slot(credentials.corp_id, api):
+                response = await self._http.request(
+                    method, f"/cgi-bin/{api}", params=query, json=json
+                )
+            status = response.status_code
+            if status >= 500:
+                errmsg = f"HTTP {status}"
+                raise WecomApiError(api, None, errmsg, http_status=status)
+            try:
+                body = response.json()
+            except ValueError:
+                errmsg = "answer is not JSON"
+                raise WecomApiError(api, None, errmsg, http_status=status) from None
+            # get_corp_token answers without errcode on success (PROTOCOL.md §6)
+            errcode = int(body.get("errcode", 0))
+            errmsg = str(body.get("errmsg", ""))
+            if errcode != 0:
+                raise WecomApiError(api, errcode, errmsg, http_status=status)
+            return dict(body)
+        except httpx.HTTPError as exc:
+            errmsg = f"{type(exc).__name__}: {exc}"[:500]
+            raise WecomApiError(api, None, errmsg) from exc
+        finally:
+            elapsed = time.perf_counter() - started
+            WECOM_API_CALLS.labels(api, str(errcode if errcode is not None else status)).inc()
+            WECOM_API_SECONDS.labels(api).observe(elapsed)
+            await self._record(
+                CallRecord(
+                    credentials.corp_id,
+                    credentials.app_id,
+                    api,
+                    status,
+                    errcode,
+                    errmsg,
+                    elapsed * 1000,
+                )
+            )
