@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -76,24 +75,22 @@ async def test_token_fetched_once_by_four_callers_in_two_processes(
     # gettoken answers slowly, so all four callers are waiting while the first one fetches.
     simulator.state.faults = [Fault(api="gettoken", delay=0.5)]
     start_at = time.time() + 1.5
-    other = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.token_racer",
-            settings.database_url,
-            secret_key,
-            simulator.url,
-            CORP,
-            SECRET,
-            str(start_at),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.token_racer",
+        settings.database_url,
+        secret_key,
+        simulator.url,
+        CORP,
+        SECRET,
+        str(start_at),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     await asyncio.sleep(max(0.0, start_at - time.time()))
     ours = await asyncio.gather(*(client.tokens.token(CORP, SECRET) for _ in range(2)))
-    out, err = await asyncio.to_thread(other.communicate, timeout=30)
+    out, err = await asyncio.wait_for(other.communicate(), 30)
     assert other.returncode == 0, err.decode()
     theirs = out.decode().split()
     assert len(set(ours + theirs)) == 1
