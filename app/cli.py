@@ -117,13 +117,13 @@ def worker() -> None:
     settings = get_settings()
     logs.configure(settings.log_level)
     url = _prepare(settings)
-    _box(settings)
+    box = _box(settings)
 
     async def run() -> None:
         engine = create_engine(url, settings)
         try:
             async with workers.running(
-                settings, create_sessionmaker(engine), asyncpg_dsn(url)
+                settings, create_sessionmaker(engine), asyncpg_dsn(url), box
             ) as tasks:
                 console.print(f"wecom-hub worker running ({len(tasks)} loops)", highlight=False)
                 await asyncio.gather(*tasks)

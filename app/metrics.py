@@ -28,3 +28,8 @@ WECOM_API_CALLS = Counter(
     ["api", "errcode"],
 )
 WECOM_API_SECONDS = Histogram("wecom_hub_wecom_api_seconds", "WeCom API call latency.", ["api"])
+ACTIONS_FINISHED = Counter(
+    "wecom_hub_actions_total",
+    "Action attempts by kind and result: succeeded, skipped, failed, expired, retry.",
+    ["kind", "status"],
+)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.crypto import IllegalAesKeyError, WXBizMsgCrypt, decode_aes_key
 from app.crypto.at_rest import SecretBox
 from app.models import WecomApp
+from app.wecom.client import Credentials
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 TOKEN = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -107,6 +108,17 @@ async def remove_app(session: AsyncSession, slug: str) -> bool:
     app.removed_at = datetime.now(UTC)
     await session.flush()
     return True
+
+
+async def load_credentials(session: AsyncSession, box: SecretBox, app_id: int) -> Credentials:
+    """Whom to call the WeCom API as for this app (removed apps included: their pending
+    actions still finish)."""
+    app = await session.get(WecomApp, app_id)
+    if app is None:
+        raise LookupError(f"no app {app_id}")
+    return Credentials(
+        corp_id=app.corp_id, secret=box.open(app.secret_sealed, purpose="app.secret"), app_id=app.id
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,6 @@ from app.metrics import INGEST_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "wecom_hub_events"  # named literally in _INSERT too
 
 _INSERT = """
     WITH inserted AS (
@@ -46,6 +45,7 @@ _INSERT = """
         ON CONFLICT (app_id, dedup_key) DO NOTHING
         RETURNING app_id, dedup_key
     )
+    -- the channel is app.processing.notify.EVENTS_CHANNEL
     SELECT app_id, dedup_key, pg_notify('wecom_hub_events', '') FROM inserted
 """
 

@@ -4,10 +4,12 @@ and only if the event that caused it was processed."""
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Action
+from app.processing.notify import ACTIONS_CHANNEL
 
 
 async def enqueue(
@@ -34,3 +36,5 @@ async def enqueue(
         deadline=deadline,
     )
     await session.execute(statement.on_conflict_do_nothing(index_elements=["idempotency_key"]))
+    # Delivered on commit, folded into one per transaction: the action runner wakes at once.
+    await session.execute(select(func.pg_notify(ACTIONS_CHANNEL, "")))

@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks.writer import NOTIFY_CHANNEL
 from app.events.models import InvalidEvent, parse_event
 from app.metrics import EVENTS_PROCESSED
 from app.models import Event
+from app.processing.notify import EVENTS_CHANNEL, listen
 from app.processing.projection import Context, project
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,13 @@ class EventProcessor:
 
     async def run(self) -> None:
         """Process events until cancelled."""
-        listener = asyncio.create_task(self._listen()) if self._listen_dsn else None
+        listener = None
+        if self._listen_dsn:
+            listener = asyncio.create_task(
+                listen(
+                    self._listen_dsn, EVENTS_CHANNEL, self._wake, retry_seconds=self._poll_seconds
+                )
+            )
         try:
             while True:
                 try:
@@ -208,24 +213,3 @@ class EventProcessor:
         except LostClaim:
             return
         EVENTS_PROCESSED.labels("failed" if final else "retry").inc()
-
-    async def _listen(self) -> None:
-        """LISTEN on a dedicated connection, reconnecting after a loss; polling covers gaps."""
-        assert self._listen_dsn is not None
-        while True:
-            connection: asyncpg.Connection | None = None
-            try:
-                connection = await asyncpg.connect(self._listen_dsn, timeout=5)
-                await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
-                closed = asyncio.Event()
-                connection.add_termination_listener(lambda *_, closed=closed: closed.set())
-                self._wake.set()  # events may have arrived while we were not listening
-                await closed.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("LISTEN connection failed", extra={"error": repr(exc)})
-            finally:
-                if connection is not None and not connection.is_closed():
-                    await connection.close()
-            await asyncio.sleep(self._poll_seconds)

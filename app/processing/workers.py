@@ -1,5 +1,5 @@
-"""The background loops of a process: the event processor (and, with the WeCom client, the
-action runner). `serve` runs them beside HTTP by default; `wecom-hub worker` runs only them."""
+"""The background loops of a process: the event processor and the action runner.
+`serve` runs them beside HTTP by default; `wecom-hub worker` runs only them."""
 
 import asyncio
 import contextlib
@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.crypto.at_rest import SecretBox
+from app.processing import enrichment
+from app.processing.actions import ActionRunner, Handler
 from app.processing.processor import EventProcessor
+from app.processing.projection import ENRICH_CONTACT, ENRICH_GROUP, SYNC_TAGS
+from app.wecom.client import WecomClient
+from app.wecom.factory import create_client, create_http
 
 
 def event_processor(
@@ -24,15 +30,46 @@ def event_processor(
     )
 
 
+HANDLERS: dict[str, Handler] = {
+    ENRICH_CONTACT: enrichment.enrich_contact,
+    ENRICH_GROUP: enrichment.enrich_group,
+    SYNC_TAGS: enrichment.sync_tags,
+}
+
+
+def action_runner(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    dsn: str,
+    box: SecretBox,
+    client: WecomClient,
+) -> ActionRunner:
+    return ActionRunner(
+        sessionmaker,
+        client,
+        box,
+        HANDLERS,
+        listen_dsn=dsn,
+        lease_seconds=settings.processor_lease_seconds,
+        poll_seconds=settings.processor_poll_seconds,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], dsn: str
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], dsn: str, box: SecretBox
 ) -> AsyncIterator[list[asyncio.Task[None]]]:
     """Start the loops; cancel them, and wait for them, on exit."""
-    tasks = [asyncio.create_task(event_processor(settings, sessionmaker, dsn).run())]
-    try:
-        yield tasks
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async with create_http(settings) as http:
+        client = create_client(settings, sessionmaker, box, http)
+        loops = [
+            event_processor(settings, sessionmaker, dsn).run(),
+            action_runner(settings, sessionmaker, dsn, box, client).run(),
+        ]
+        tasks = [asyncio.create_task(loop) for loop in loops]
+        try:
+            yield tasks
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,237 @@
+"""Facts from the WeCom API, written into the customer state: used by the enrichment actions
+and by `wecom-hub sync`. Upserts again, so a repeat changes nothing.
+
+API answers fill in details (names, remarks, tags, group members); they never decide a
+follow's status, which only events and `sync` (for relations that predate us) set."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, not_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import CustomerGroup, ExternalContact, Follow, GroupMember, Tag, TagGroup
+from app.processing.actions import Outcome, Run
+from app.wecom.errors import WecomApiError
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), tz=UTC) if value else None
+
+
+async def apply_contact(session: AsyncSession, corp_id: str, contact: dict[str, Any]) -> None:
+    values = {
+        "name": contact.get("name"),
+        "type": contact.get("type"),
+        "avatar": contact.get("avatar"),
+        "gender": contact.get("gender"),
+        "corp_name": contact.get("corp_name"),
+        "corp_full_name": contact.get("corp_full_name"),
+        "position": contact.get("position"),
+        "unionid": contact.get("unionid") or None,
+        "enriched_at": func.now(),
+    }
+    statement = insert(ExternalContact).values(
+        corp_id=corp_id, external_userid=contact["external_userid"], **values
+    )
+    await session.execute(
+        statement.on_conflict_do_update(index_elements=["corp_id", "external_userid"], set_=values)
+    )
+
+
+async def apply_follow(
+    session: AsyncSession, corp_id: str, external_userid: str, follow: dict[str, Any]
+) -> None:
+    """follow is externalcontact/get's follow_user item (tags[]) or batch/get_by_user's
+    follow_info (tag_id[]); both are accepted."""
+    tag_ids = follow.get("tag_id")
+    if tag_ids is None:
+        tag_ids = [t["tag_id"] for t in follow.get("tags", []) if t.get("tag_id")]
+    details = {
+        "add_way": follow.get("add_way"),
+        "state": follow.get("state") or None,
+        "remark": follow.get("remark"),
+        "description": follow.get("description"),
+        "oper_userid": follow.get("oper_userid"),
+        "tag_ids": tag_ids,
+        "enriched_at": func.now(),
+    }
+    statement = insert(Follow).values(
+        corp_id=corp_id,
+        userid=follow["userid"],
+        external_userid=external_userid,
+        status="active",
+        added_at=_time(follow.get("createtime")),
+        **details,
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["corp_id", "userid", "external_userid"],
+            set_={
+                **details,
+                "added_at": func.coalesce(Follow.added_at, statement.excluded.added_at),
+            },
+        )
+    )
+
+
+async def apply_group(session: AsyncSession, corp_id: str, group: dict[str, Any]) -> None:
+    values = {
+        "name": group.get("name"),
+        "owner": group.get("owner"),
+        "notice": group.get("notice"),
+        "created_at": _time(group.get("create_time")),
+        "member_version": group.get("member_version"),
+        "enriched_at": func.now(),
+    }
+    statement = insert(CustomerGroup).values(corp_id=corp_id, chat_id=group["chat_id"], **values)
+    await session.execute(
+        statement.on_conflict_do_update(index_elements=["corp_id", "chat_id"], set_=values)
+    )
+    for member in group.get("member_list", []):
+        details = {
+            "member_type": member.get("type"),
+            "unionid": member.get("unionid") or None,
+            "invitor": (member.get("invitor") or {}).get("userid"),
+            "group_nickname": member.get("group_nickname"),
+            "name": member.get("name"),
+            "state": member.get("state") or None,
+        }
+        joined = {
+            "joined_at": _time(member.get("join_time")),
+            "join_scene": member.get("join_scene"),
+        }
+        statement = insert(GroupMember).values(
+            corp_id=corp_id,
+            chat_id=group["chat_id"],
+            member_id=member["userid"],
+            **details,
+            **joined,
+        )
+        # join time and scene from an event (which knows them first-hand) are kept.
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["corp_id", "chat_id", "member_id"],
+                set_={
+                    **details,
+                    "joined_at": func.coalesce(GroupMember.joined_at, statement.excluded.joined_at),
+                    "join_scene": func.coalesce(
+                        GroupMember.join_scene, statement.excluded.join_scene
+                    ),
+                },
+            )
+        )
+
+
+async def apply_tags(session: AsyncSession, corp_id: str, tag_groups: list[dict[str, Any]]) -> None:
+    """The whole list as get_corp_tag_list returns it: what is not in it has been deleted."""
+    group_ids, tag_ids = [], []
+    for group in tag_groups:
+        group_ids.append(group["group_id"])
+        values = {
+            "name": group.get("group_name"),
+            "order": group.get("order"),
+            "created_at": _time(group.get("create_time")),
+            "deleted_at": None,
+        }
+        statement = insert(TagGroup).values(corp_id=corp_id, group_id=group["group_id"], **values)
+        await session.execute(
+            statement.on_conflict_do_update(index_elements=["corp_id", "group_id"], set_=values)
+        )
+        for tag in group.get("tag", []):
+            tag_ids.append(tag["id"])
+            values = {
+                "group_id": group["group_id"],
+                "name": tag.get("name"),
+                "order": tag.get("order"),
+                "created_at": _time(tag.get("create_time")),
+                "deleted_at": None,
+            }
+            statement = insert(Tag).values(corp_id=corp_id, tag_id=tag["id"], **values)
+            await session.execute(
+                statement.on_conflict_do_update(index_elements=["corp_id", "tag_id"], set_=values)
+            )
+    now = func.now()
+    await session.execute(
+        update(TagGroup)
+        .where(
+            and_(
+                TagGroup.corp_id == corp_id,
+                TagGroup.deleted_at.is_(None),
+                not_(TagGroup.group_id.in_(group_ids)),
+            )
+        )
+        .values(deleted_at=now)
+    )
+    await session.execute(
+        update(Tag)
+        .where(
+            and_(Tag.corp_id == corp_id, Tag.deleted_at.is_(None), not_(Tag.tag_id.in_(tag_ids)))
+        )
+        .values(deleted_at=now)
+    )
+
+
+# enrichment actions -----------------------------------------------------------------------
+
+
+async def _fresh_since(run: Run, table: Any, **key: str) -> bool:
+    """Already enriched after this action was written (a burst of events for one customer
+    writes one action each; the first one to run covers the rest)."""
+    async with run.sessionmaker() as session:
+        enriched = await session.scalar(
+            select(table.enriched_at).filter_by(corp_id=run.action.corp_id, **key)
+        )
+    return enriched is not None and enriched >= run.action.created_at
+
+
+async def enrich_contact(run: Run) -> Outcome:
+    external_userid = run.action.target
+    if await _fresh_since(run, ExternalContact, external_userid=external_userid):
+        return Outcome("skipped", "already enriched after this change")
+    try:
+        body = await run.client.call(
+            run.credentials,
+            "GET",
+            "externalcontact/get",
+            params={"external_userid": external_userid},
+            deadline=run.deadline_monotonic,
+        )
+    except WecomApiError as exc:
+        if exc.errcode == 84061:  # no relation left: the customer deleted every member
+            return Outcome("skipped", "84061: no external-contact relation any more")
+        raise
+    async with run.sessionmaker.begin() as session:
+        await apply_contact(session, run.action.corp_id, body["external_contact"])
+        for follow in body.get("follow_user", []):
+            await apply_follow(session, run.action.corp_id, external_userid, follow)
+    return Outcome("succeeded")
+
+
+async def enrich_group(run: Run) -> Outcome:
+    if await _fresh_since(run, CustomerGroup, chat_id=run.action.target):
+        return Outcome("skipped", "already enriched after this change")
+    body = await run.client.call(
+        run.credentials,
+        "POST",
+        "externalcontact/groupchat/get",
+        json={"chat_id": run.action.target, "need_name": 1},
+        deadline=run.deadline_monotonic,
+    )
+    async with run.sessionmaker.begin() as session:
+        await apply_group(session, run.action.corp_id, body["group_chat"])
+    return Outcome("succeeded")
+
+
+async def sync_tags(run: Run) -> Outcome:
+    body = await run.client.call(
+        run.credentials,
+        "POST",
+        "externalcontact/get_corp_tag_list",
+        json={},
+        deadline=run.deadline_monotonic,
+    )
+    async with run.sessionmaker.begin() as session:
+        await apply_tags(session, run.action.corp_id, body.get("tag_group", []))
+    return Outcome("succeeded")

@@ -1,0 +1,33 @@
+"""Wake-ups through Postgres LISTEN/NOTIFY, so loops react at once instead of polling."""
+
+import asyncio
+import logging
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "wecom_hub_events"  # ingest committed events (app/callbacks/writer.py)
+ACTIONS_CHANNEL = "wecom_hub_actions"  # the processor wrote actions (app/processing/enqueue.py)
+
+
+async def listen(dsn: str, channel: str, wake: asyncio.Event, *, retry_seconds: float) -> None:
+    """Set `wake` on every notification, until cancelled. A lost connection is reopened;
+    the loops also poll, so a notification missed meanwhile only costs a poll interval."""
+    while True:
+        connection: asyncpg.Connection | None = None
+        try:
+            connection = await asyncpg.connect(dsn, timeout=5)
+            closed = asyncio.Event()
+            await connection.add_listener(channel, lambda *_: wake.set())
+            connection.add_termination_listener(lambda *_, closed=closed: closed.set())
+            wake.set()  # something may have arrived while we were not listening
+            await closed.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("LISTEN connection failed", extra={"channel": channel, "error": repr(exc)})
+        finally:
+            if connection is not None and not connection.is_closed():
+                await connection.close()
+        await asyncio.sleep(retry_seconds)
