@@ -1,0 +1,176 @@
+"""The whole loop on real parts: callbacks over HTTP into the service, processing in the
+background, enrichment calls to the simulator over HTTP, state in Postgres."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.main import create_app
+from app.simulator.callbacks import add_external_contact, event_xml
+from app.simulator.state import Contact, Fault
+from tests.conftest import RegisteredApp, Simulator
+from tests.processing_helpers import deliver
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def live(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> AsyncIterator[httpx.AsyncClient]:
+    """wecom-hub with its processor and action runner running, WeCom played by the simulator."""
+    corp = simulator.state.corp(wecom_app.corp_id)
+    corp.secrets.add(wecom_app.secret)
+    simulator.state.seed(wecom_app.corp_id, members=1, customers_per_member=0, groups=1, tags=3)
+    configured = settings.model_copy(
+        update={
+            "process_in_serve": True,
+            "wecom_api_base_url": simulator.url,
+            "processor_poll_seconds": 0.2,
+        }
+    )
+    app: FastAPI = create_app(configured, database_url=configured.database_url)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client,
+    ):
+        yield client
+
+
+async def test_new_customer_is_enriched_from_the_api(
+    live: httpx.AsyncClient,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    corp = simulator.state.corp(wecom_app.corp_id)
+    tag_id = next(iter(corp.tag_groups.values()))["tag"][0]["id"]
+    corp.contacts["wmA"] = Contact(
+        "wmA",
+        "王小明",
+        gender=1,
+        follows={
+            "zhangsan": {
+                "userid": "zhangsan",
+                "remark": "老客户",
+                "description": "",
+                "createtime": 1_700_000_000,
+                "tag_id": [tag_id],
+                "state": "spring",
+                "add_way": 1,
+                "oper_userid": "wmA",
+            }
+        },
+    )
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(
+            corp_id=wecom_app.corp_id, user_id="zhangsan", external_user_id="wmA", state="spring"
+        ),
+    )
+
+    async def enriched() -> bool:
+        return await db.fetchval("SELECT status FROM actions") == "succeeded"
+
+    await wait_for(enriched)
+    contact = await db.fetchrow("SELECT name, gender, enriched_at FROM external_contacts")
+    assert contact is not None and (contact["name"], contact["gender"]) == ("王小明", 1)
+    follow = await db.fetchrow("SELECT status, remark, tag_ids, state FROM follows")
+    assert follow is not None
+    assert tuple(follow) == ("active", "老客户", [tag_id], "spring")
+    assert (
+        await db.fetchval("SELECT count(*) FROM api_calls WHERE api = 'externalcontact/get'") == 1
+    )
+
+
+async def test_group_and_tag_events_are_enriched(
+    live: httpx.AsyncClient,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    chat_id = next(iter(simulator.state.corp(wecom_app.corp_id).groups))
+    await deliver(
+        live,
+        wecom_app,
+        event_xml(
+            wecom_app.corp_id, "change_external_chat", {"ChatId": chat_id, "ChangeType": "create"}
+        ),
+    )
+    await deliver(
+        live,
+        wecom_app,
+        event_xml(
+            wecom_app.corp_id,
+            "change_external_tag",
+            {"Id": "etX", "TagType": "tag", "ChangeType": "create"},
+        ),
+    )
+
+    async def done() -> bool:
+        statuses = [r[0] for r in await db.fetch("SELECT status FROM actions")]
+        return len(statuses) == 2 and set(statuses) == {"succeeded"}
+
+    await wait_for(done)
+    group = await db.fetchrow("SELECT name, owner FROM customer_groups")
+    assert group is not None and group["name"] == "客户群0"
+    assert await db.fetchval("SELECT count(*) FROM group_members WHERE chat_id = $1", chat_id) == 1
+    assert await db.fetchval("SELECT count(*) FROM tags WHERE deleted_at IS NULL") == 3
+
+
+async def test_enrichment_failure_is_visible_and_blocks_nothing(
+    live: httpx.AsyncClient,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    simulator.state.faults = [Fault(api="externalcontact/get", errcode=48002)]
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(corp_id=wecom_app.corp_id, user_id="zhangsan", external_user_id="wmB"),
+    )
+
+    async def failed() -> bool:
+        return await db.fetchval("SELECT status FROM actions") == "failed"
+
+    await wait_for(failed)
+    action = await db.fetchrow("SELECT errcode, errmsg, attempts FROM actions")
+    assert action is not None and (action["errcode"], action["attempts"]) == (48002, 1)
+    assert await db.fetchval("SELECT status FROM events") == "processed"
+    assert await db.fetchval("SELECT status FROM follows") == "active"
+
+
+async def test_transient_enrichment_failure_is_retried_later(
+    live: httpx.AsyncClient,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    simulator.state.corp(wecom_app.corp_id).contacts["wmC"] = Contact("wmC", "赵六")
+    # More -1 answers than one call's own retries absorb: the action must come back later.
+    simulator.state.faults = [Fault(api="externalcontact/get", errcode=-1, times=5)]
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(corp_id=wecom_app.corp_id, user_id="zhangsan", external_user_id="wmC"),
+    )
+
+    async def succeeded() -> bool:
+        return await db.fetchval("SELECT status FROM actions") == "succeeded"
+
+    await wait_for(succeeded, timeout=20)
+    assert await db.fetchval("SELECT attempts FROM actions") == 2
+    assert await db.fetchval("SELECT name FROM external_contacts") == "赵六"
