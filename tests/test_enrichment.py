@@ -18,8 +18,9 @@ from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import deliver
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 10) -> None:
+    """Poll a condition until it holds, failing after `within` seconds."""
+    deadline = time.monotonic() + within
     while not await check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
@@ -82,7 +83,7 @@ async def test_new_customer_is_enriched_from_the_api(
     )
 
     async def enriched() -> bool:
-        return await db.fetchval("SELECT status FROM actions") == "succeeded"
+        return bool(await db.fetchval("SELECT status FROM actions") == "succeeded")
 
     await wait_for(enriched)
     contact = await db.fetchrow("SELECT name, gender, enriched_at FROM external_contacts")
@@ -144,7 +145,7 @@ async def test_enrichment_failure_is_visible_and_blocks_nothing(
     )
 
     async def failed() -> bool:
-        return await db.fetchval("SELECT status FROM actions") == "failed"
+        return bool(await db.fetchval("SELECT status FROM actions") == "failed")
 
     await wait_for(failed)
     action = await db.fetchrow("SELECT errcode, errmsg, attempts FROM actions")
@@ -169,8 +170,8 @@ async def test_transient_enrichment_failure_is_retried_later(
     )
 
     async def succeeded() -> bool:
-        return await db.fetchval("SELECT status FROM actions") == "succeeded"
+        return bool(await db.fetchval("SELECT status FROM actions") == "succeeded")
 
-    await wait_for(succeeded, timeout=20)
+    await wait_for(succeeded, within=20)
     assert await db.fetchval("SELECT attempts FROM actions") == 2
     assert await db.fetchval("SELECT name FROM external_contacts") == "赵六"
