@@ -15,10 +15,12 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import logs, runtime, wecom_apps
+from app import sync as sync_module
 from app.config import Settings, get_settings
 from app.crypto.at_rest import SecretBox, generate_key
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker, upgrade_database
 from app.processing import workers
+from app.wecom.errors import WecomApiError
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 apps_cli = typer.Typer(no_args_is_help=True, help="WeCom apps: one callback URL each.")
@@ -136,6 +138,61 @@ def worker() -> None:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+
+
+@cli.command()
+def sync(
+    app: Annotated[str, typer.Option("--app", help="Slug of the app to import for.")],
+) -> None:
+    """Import the corp's existing customers, groups and tags (resumable, idempotent)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from app.sync import Sync
+    from app.wecom.factory import create_client, create_http
+
+    settings = get_settings()
+    logs.configure("WARNING")
+    url = _prepare(settings)
+    box = _box(settings)
+
+    async def run() -> sync_module.Summary:
+        engine = create_engine(url, settings)
+        sessionmaker = create_sessionmaker(engine)
+        try:
+            async with sessionmaker() as session:
+                found = await wecom_apps.find_app(session, app)
+                if found is None:
+                    console.print(f"[red]no app {app!r}[/red]")
+                    raise typer.Exit(1)
+                credentials = await wecom_apps.load_credentials(session, box, found.id)
+            async with create_http(settings) as http:
+                client = create_client(settings, sessionmaker, box, http)
+                with Progress(
+                    SpinnerColumn(),
+                    TextColumn("{task.description}"),
+                    TextColumn("{task.completed:,}"),
+                    console=console,
+                ) as bar:
+                    tasks = {
+                        phase: bar.add_task(phase) for phase in ("tags", "customers", "groups")
+                    }
+                    return await Sync(
+                        sessionmaker,
+                        client,
+                        credentials,
+                        progress=lambda phase, n: bar.advance(tasks[phase], n),
+                    ).run()
+        finally:
+            await engine.dispose()
+
+    try:
+        summary = asyncio.run(run())
+    except WecomApiError as exc:
+        console.print(f"[red]sync stopped: {exc}; run it again to resume[/red]")
+        raise typer.Exit(1) from None
+    verb = "resumed and finished" if summary.resumed else "finished"
+    counts = ", ".join(f"{n:,} {what}" for what, n in summary.counts.items())
+    console.print(f"sync {summary.run_id} {verb}: {counts}", highlight=False)
 
 
 @cli.command()

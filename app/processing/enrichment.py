@@ -20,59 +20,72 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(value), tz=UTC) if value else None
 
 
-async def apply_contact(session: AsyncSession, corp_id: str, contact: dict[str, Any]) -> None:
-    values = {
-        "name": contact.get("name"),
-        "type": contact.get("type"),
-        "avatar": contact.get("avatar"),
-        "gender": contact.get("gender"),
-        "corp_name": contact.get("corp_name"),
-        "corp_full_name": contact.get("corp_full_name"),
-        "position": contact.get("position"),
-        "unionid": contact.get("unionid") or None,
-        "enriched_at": func.now(),
-    }
-    statement = insert(ExternalContact).values(
-        corp_id=corp_id, external_userid=contact["external_userid"], **values
-    )
-    await session.execute(
-        statement.on_conflict_do_update(index_elements=["corp_id", "external_userid"], set_=values)
-    )
+_CONTACT_FIELDS = ("name", "type", "avatar", "gender", "corp_name", "corp_full_name", "position")
+_FOLLOW_FIELDS = ("add_way", "state", "remark", "description", "oper_userid", "tag_ids")
 
 
-async def apply_follow(
-    session: AsyncSession, corp_id: str, external_userid: str, follow: dict[str, Any]
+async def apply_contacts(
+    session: AsyncSession, corp_id: str, contacts: list[dict[str, Any]]
 ) -> None:
-    """follow is externalcontact/get's follow_user item (tags[]) or batch/get_by_user's
-    follow_info (tag_id[]); both are accepted."""
-    tag_ids = follow.get("tag_id")
-    if tag_ids is None:
-        tag_ids = [t["tag_id"] for t in follow.get("tags", []) if t.get("tag_id")]
-    details = {
-        "add_way": follow.get("add_way"),
-        "state": follow.get("state") or None,
-        "remark": follow.get("remark"),
-        "description": follow.get("description"),
-        "oper_userid": follow.get("oper_userid"),
-        "tag_ids": tag_ids,
-        "enriched_at": func.now(),
-    }
-    statement = insert(Follow).values(
-        corp_id=corp_id,
-        userid=follow["userid"],
-        external_userid=external_userid,
-        status="active",
-        added_at=_time(follow.get("createtime")),
-        **details,
-    )
+    """Upsert many at once: one multi-row statement, not one round trip per customer."""
+    if not contacts:
+        return
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "corp_id": corp_id,
+            "external_userid": c["external_userid"],
+            **{f: c.get(f) for f in _CONTACT_FIELDS},
+            "unionid": c.get("unionid") or None,
+            "enriched_at": now,
+        }
+        for c in contacts
+    ]
+    statement = insert(ExternalContact)
+    updated = {f: statement.excluded[f] for f in (*_CONTACT_FIELDS, "unionid", "enriched_at")}
     await session.execute(
         statement.on_conflict_do_update(
-            index_elements=["corp_id", "userid", "external_userid"],
-            set_={
-                **details,
-                "added_at": func.coalesce(Follow.added_at, statement.excluded.added_at),
-            },
+            index_elements=["corp_id", "external_userid"], set_=updated
+        ),
+        rows,
+    )
+
+
+async def apply_follows(
+    session: AsyncSession, corp_id: str, follows: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """(external_userid, follow) pairs; follow is externalcontact/get's follow_user item
+    (tags[]) or batch/get_by_user's follow_info (tag_id[]): both are accepted. A follow that
+    is new here is active; an existing one keeps the status its events gave it."""
+    if not follows:
+        return
+    now = datetime.now(UTC)
+    rows = []
+    for external_userid, follow in follows:
+        tag_ids = follow.get("tag_id")
+        if tag_ids is None:
+            tag_ids = [t["tag_id"] for t in follow.get("tags", []) if t.get("tag_id")]
+        rows.append(
+            {
+                "corp_id": corp_id,
+                "userid": follow["userid"],
+                "external_userid": external_userid,
+                "status": "active",
+                "added_at": _time(follow.get("createtime")),
+                **{f: follow.get(f) for f in _FOLLOW_FIELDS},
+                "state": follow.get("state") or None,
+                "tag_ids": tag_ids,
+                "enriched_at": now,
+            }
         )
+    statement = insert(Follow)
+    updated: dict[str, Any] = {f: statement.excluded[f] for f in (*_FOLLOW_FIELDS, "enriched_at")}
+    updated["added_at"] = func.coalesce(Follow.added_at, statement.excluded.added_at)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["corp_id", "userid", "external_userid"], set_=updated
+        ),
+        rows,
     )
 
 
@@ -203,9 +216,12 @@ async def enrich_contact(run: Run) -> Outcome:
             return Outcome("skipped", "84061: no external-contact relation any more")
         raise
     async with run.sessionmaker.begin() as session:
-        await apply_contact(session, run.action.corp_id, body["external_contact"])
-        for follow in body.get("follow_user", []):
-            await apply_follow(session, run.action.corp_id, external_userid, follow)
+        await apply_contacts(session, run.action.corp_id, [body["external_contact"]])
+        await apply_follows(
+            session,
+            run.action.corp_id,
+            [(external_userid, follow) for follow in body.get("follow_user", [])],
+        )
     return Outcome("succeeded")
 
 

@@ -101,6 +101,7 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
     route("GET", "/gettoken", None)
     route("GET", "/externalcontact/get", get_contact)
     route("GET", "/externalcontact/list", list_contacts)
+    route("GET", "/externalcontact/get_follow_user_list", follow_user_list)
     route("POST", "/externalcontact/batch/get_by_user", batch_get_by_user)
     route("POST", "/externalcontact/groupchat/list", groupchat_list)
     route("POST", "/externalcontact/groupchat/get", groupchat_get)
@@ -167,6 +168,12 @@ async def list_contacts(corp: Corp, body: dict[str, Any], query: dict[str, str])
             c.external_userid for c in corp.contacts.values() if userid in c.follows
         ]
     }
+
+
+async def follow_user_list(
+    corp: Corp, body: dict[str, Any], query: dict[str, str]
+) -> dict[str, Any]:
+    return {"follow_user": list(corp.members)}
 
 
 def _page(items: list[Any], cursor: str, limit: int) -> tuple[list[Any], str]:

@@ -1,0 +1,187 @@
+"""`wecom-hub sync`: import what existed before wecom-hub was installed, resumably.
+
+Tags, then every customer of every member with customer-contact permission
+(get_follow_user_list, then batch/get_by_user in pages of 100), then every customer group
+(groupchat/list, then groupchat/get). Each page is written in one transaction together with
+the position reached, so an interrupted sync resumes where it stopped, and a page done twice
+changes nothing (the same upserts as enrichment). Live events may arrive meanwhile: sync
+fills in details and relations that predate us, it never overrides what an event decided.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.models import SyncRun
+from app.processing.enrichment import apply_contacts, apply_follows, apply_group, apply_tags
+from app.wecom.client import Credentials, WecomClient
+
+MEMBERS_PER_BATCH = 100  # batch/get_by_user takes at most 100 userids
+PAGE_LIMIT = 100  # and returns at most 100 per page
+GROUPS_PER_PAGE = 100
+
+Progress = Callable[[str, int], None]  # (phase, items done in this step)
+
+
+@dataclass
+class Summary:
+    run_id: int
+    resumed: bool
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Sync:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        client: WecomClient,
+        credentials: Credentials,
+        *,
+        progress: Progress = lambda phase, done: None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._client = client
+        self._credentials = credentials
+        self._corp_id = credentials.corp_id
+        self._progress = progress
+
+    async def run(self) -> Summary:
+        run, resumed = await self._start()
+        position: dict[str, Any] = dict(run.position)
+        counts: dict[str, int] = dict(run.counts)
+        try:
+            if not position.get("tags_done"):
+                await self._tags(run.id, position, counts)
+            if "members" not in position:
+                body = await self._call("GET", "externalcontact/get_follow_user_list")
+                position["members"] = list(body.get("follow_user", []))
+                await self._save(run.id, position, counts)
+            await self._customers(run.id, position, counts)
+            await self._groups(run.id, position, counts)
+        except Exception as exc:
+            async with self._sessionmaker.begin() as session:
+                saved = await session.get(SyncRun, run.id)
+                assert saved is not None
+                saved.error = f"{type(exc).__name__}: {exc}"[:1000]
+            raise
+        async with self._sessionmaker.begin() as session:
+            saved = await session.get(SyncRun, run.id)
+            assert saved is not None
+            saved.status, saved.finished_at, saved.error = "done", func.now(), None
+        return Summary(run.id, resumed, counts)
+
+    async def _start(self) -> tuple[SyncRun, bool]:
+        """The unfinished run of this app if there is one (resume), else a new one."""
+        assert self._credentials.app_id is not None
+        async with self._sessionmaker.begin() as session:
+            unfinished = await session.scalar(
+                select(SyncRun)
+                .where(SyncRun.app_id == self._credentials.app_id, SyncRun.status == "running")
+                .order_by(SyncRun.id.desc())
+                .with_for_update(skip_locked=True)
+            )
+            if unfinished is not None:
+                return unfinished, True
+            run = SyncRun(app_id=self._credentials.app_id, position={}, counts={})
+            session.add(run)
+            await session.flush()
+            return run, False
+
+    async def _call(self, method: str, api: str, **kwargs: Any) -> dict[str, Any]:
+        return await self._client.call(self._credentials, method, api, **kwargs)
+
+    async def _save(
+        self,
+        run_id: int,
+        position: dict[str, Any],
+        counts: dict[str, int],
+        session: AsyncSession | None = None,
+    ) -> None:
+        if session is None:
+            async with self._sessionmaker.begin() as own:
+                await self._save(run_id, position, counts, own)
+            return
+        run = await session.get(SyncRun, run_id)
+        assert run is not None
+        run.position, run.counts = dict(position), dict(counts)
+
+    async def _tags(self, run_id: int, position: dict[str, Any], counts: dict[str, int]) -> None:
+        body = await self._call("POST", "externalcontact/get_corp_tag_list", json={})
+        groups = body.get("tag_group", [])
+        position["tags_done"] = True
+        counts["tags"] = sum(len(g.get("tag", [])) for g in groups)
+        async with self._sessionmaker.begin() as session:
+            await apply_tags(session, self._corp_id, groups)
+            await self._save(run_id, position, counts, session)
+        self._progress("tags", counts["tags"])
+
+    async def _customers(
+        self, run_id: int, position: dict[str, Any], counts: dict[str, int]
+    ) -> None:
+        members: list[str] = position["members"]
+        while position.get("member_batch", 0) * MEMBERS_PER_BATCH < len(members):
+            start = position.get("member_batch", 0) * MEMBERS_PER_BATCH
+            body = await self._call(
+                "POST",
+                "externalcontact/batch/get_by_user",
+                json={
+                    "userid_list": members[start : start + MEMBERS_PER_BATCH],
+                    "cursor": position.get("customer_cursor", ""),
+                    "limit": PAGE_LIMIT,
+                },
+            )
+            items = body.get("external_contact_list", [])
+            next_cursor = body.get("next_cursor") or ""
+            if next_cursor:
+                position["customer_cursor"] = next_cursor
+            else:
+                position["member_batch"] = position.get("member_batch", 0) + 1
+                position.pop("customer_cursor", None)
+            counts["follows"] = counts.get("follows", 0) + len(items)
+            async with self._sessionmaker.begin() as session:
+                contacts = {
+                    i["external_contact"]["external_userid"]: i["external_contact"] for i in items
+                }  # a customer of two members comes twice
+                await apply_contacts(session, self._corp_id, list(contacts.values()))
+                await apply_follows(
+                    session,
+                    self._corp_id,
+                    [(i["external_contact"]["external_userid"], i["follow_info"]) for i in items],
+                )
+                await self._save(run_id, position, counts, session)
+            self._progress("customers", len(items))
+
+    async def _groups(self, run_id: int, position: dict[str, Any], counts: dict[str, int]) -> None:
+        while not position.get("groups_done"):
+            body = await self._call(
+                "POST",
+                "externalcontact/groupchat/list",
+                json={
+                    "status_filter": 0,
+                    "cursor": position.get("group_cursor", ""),
+                    "limit": GROUPS_PER_PAGE,
+                },
+            )
+            chats = [item["chat_id"] for item in body.get("group_chat_list", [])]
+            details = [
+                (
+                    await self._call(
+                        "POST",
+                        "externalcontact/groupchat/get",
+                        json={"chat_id": chat_id, "need_name": 1},
+                    )
+                )["group_chat"]
+                for chat_id in chats
+            ]
+            next_cursor = body.get("next_cursor") or ""
+            position["group_cursor"] = next_cursor
+            position["groups_done"] = not next_cursor
+            counts["groups"] = counts.get("groups", 0) + len(details)
+            async with self._sessionmaker.begin() as session:
+                for group in details:
+                    await apply_group(session, self._corp_id, group)
+                await self._save(run_id, position, counts, session)
+            self._progress("groups", len(details))

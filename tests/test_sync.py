@@ -1,0 +1,107 @@
+"""`wecom-hub sync` against a simulated corp: everything imported, twice changes nothing,
+an interruption resumes."""
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from app.config import Settings
+from app.crypto.at_rest import SecretBox, parse_key
+from app.db import create_engine, create_sessionmaker
+from app.simulator.state import Fault
+from app.sync import Sync
+from app.wecom.client import Credentials, WecomClient
+from app.wecom.errors import WecomApiError
+from app.wecom.factory import create_client, create_http
+from tests.conftest import RegisteredApp, Simulator
+
+STATE_QUERIES = {
+    "contacts": "SELECT corp_id, external_userid, name, gender FROM external_contacts ORDER BY 2",
+    "follows": "SELECT userid, external_userid, status, state, add_way, added_at FROM follows"
+    " ORDER BY 1, 2",
+    "groups": "SELECT chat_id, name, owner, created_at FROM customer_groups ORDER BY 1",
+    "members": "SELECT chat_id, member_id, joined_at FROM group_members ORDER BY 1, 2",
+    "tags": "SELECT tag_id, name, deleted_at FROM tags ORDER BY 1",
+}
+
+
+async def snapshot(db: asyncpg.Connection) -> dict[str, list[tuple[object, ...]]]:
+    return {name: [tuple(r) for r in await db.fetch(q)] for name, q in STATE_QUERIES.items()}
+
+
+@pytest.fixture
+async def syncing(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> AsyncIterator[tuple[Sync, WecomClient]]:
+    simulator.state.corp(wecom_app.corp_id).secrets.add(wecom_app.secret)
+    configured = settings.model_copy(update={"wecom_api_base_url": simulator.url})
+    assert configured.database_url and configured.secret_key
+    engine = create_engine(configured.database_url, configured, pool_size=4)
+    maker = create_sessionmaker(engine)
+    box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
+    app_id = await db.fetchval("SELECT id FROM apps")
+    async with create_http(configured) as http:
+        client = create_client(configured, maker, box, http)
+        yield Sync(maker, client, Credentials(wecom_app.corp_id, wecom_app.secret, app_id)), client
+    await engine.dispose()
+
+
+async def test_imports_5_members_x_2000_customers_and_200_groups_and_twice_changes_nothing(
+    syncing: tuple[Sync, WecomClient],
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    sync, _ = syncing
+    simulator.state.seed(wecom_app.corp_id, members=5, customers_per_member=2000, groups=200)
+    first = await sync.run()
+    assert first.counts == {"tags": 10, "follows": 10_000, "groups": 200}
+    before = await snapshot(db)
+    assert [len(before[k]) for k in ("contacts", "follows", "groups", "members", "tags")] == [
+        10_000,
+        10_000,
+        200,
+        200,
+        10,
+    ]
+
+    second = await sync.run()
+    assert second.run_id != first.run_id and not second.resumed
+    assert await snapshot(db) == before
+    assert await db.fetchval("SELECT count(*) FROM sync_runs WHERE status = 'done'") == 2
+
+
+async def test_an_interrupted_sync_resumes_where_it_stopped(
+    syncing: tuple[Sync, WecomClient],
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    sync, _ = syncing
+    simulator.state.seed(wecom_app.corp_id, members=2, customers_per_member=300, groups=5)
+    # The fourth page of customers fails for good (a permanent errcode): the sync stops.
+    simulator.state.faults = [Fault(api="externalcontact/batch/get_by_user", errcode=48002)]
+    simulator.state.faults[0].probability = 1.0
+    pages_before_failure = 3
+    original = simulator.state.fault_for
+
+    def fail_after_three(api: str) -> Fault | None:
+        done = sum(1 for c in simulator.state.calls if c.api == api and c.errcode == 0)
+        return original(api) if done >= pages_before_failure else None
+
+    simulator.state.fault_for = fail_after_three  # type: ignore[method-assign]
+    with pytest.raises(WecomApiError):
+        await sync.run()
+    run = await db.fetchrow("SELECT status, error, counts FROM sync_runs")
+    assert run is not None and run["status"] == "running" and "48002" in run["error"]
+    assert await db.fetchval("SELECT count(*) FROM follows") == 300
+
+    simulator.state.fault_for = original  # type: ignore[method-assign]
+    simulator.state.faults = []
+    simulator.state.calls.clear()
+    resumed = await sync.run()
+    assert resumed.resumed and resumed.counts["follows"] == 600
+    pages = [c for c in simulator.state.calls if c.api == "externalcontact/batch/get_by_user"]
+    assert len(pages) == 3  # the three not yet done, not all six again
+    assert await db.fetchval("SELECT count(*) FROM follows") == 600
