@@ -20,11 +20,13 @@ from app.config import Settings, get_settings
 from app.crypto.at_rest import SecretBox, generate_key
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker, upgrade_database
 from app.processing import workers
+from app.simulator.cli import sim_cli
 from app.wecom.errors import WecomApiError
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 apps_cli = typer.Typer(no_args_is_help=True, help="WeCom apps: one callback URL each.")
 cli.add_typer(apps_cli, name="apps")
+cli.add_typer(sim_cli, name="sim")
 console = Console()
 T = TypeVar("T")
 
@@ -63,7 +65,7 @@ def _box(settings: Settings) -> SecretBox:
         raise typer.Exit(2) from None
 
 
-def _in_transaction(work: Callable[[AsyncSession, SecretBox], Awaitable[T]]) -> T:
+def in_transaction(work: Callable[[AsyncSession, SecretBox], Awaitable[T]]) -> T:
     """Run one unit of work in one transaction, committed when `work` returns."""
     settings = get_settings()
     url = _prepare(settings)
@@ -111,6 +113,25 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+@cli.command()
+def demo(
+    port: Annotated[int, typer.Option(help="wecom-hub's port.")] = 8000,
+    sim_port: Annotated[int, typer.Option(help="The simulated WeCom's port.")] = 9000,
+) -> None:
+    """The whole loop on this machine: wecom-hub, a simulated WeCom, a new customer."""
+    from app.simulator.demo import run_demo
+
+    settings = get_settings()
+    logs.configure("WARNING")
+    url = _prepare(settings)
+    box = _box(settings)
+    exit_cleanly_on_sigterm()
+    try:
+        asyncio.run(run_demo(settings, url, box, port=port, sim_port=sim_port, console=console))
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()
@@ -241,7 +262,7 @@ def apps_add(
         await wecom_apps.add_app(session, box, spec)
 
     try:
-        _in_transaction(add)
+        in_transaction(add)
     except wecom_apps.AppExists as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -259,7 +280,7 @@ def apps_list() -> None:
         ]
 
     table = Table("slug", "corp_id", "agent_id", "label", "callback path")
-    for row in _in_transaction(rows):
+    for row in in_transaction(rows):
         table.add_row(*row)
     console.print(table)
 
@@ -284,7 +305,7 @@ def apps_show(slug: Annotated[str, typer.Argument()]) -> None:
             "created": app.created_at.isoformat(),
         }
 
-    info = _in_transaction(describe)
+    info = in_transaction(describe)
     if info is None:
         console.print(f"[red]no app {slug!r}[/red]")
         raise typer.Exit(1)
@@ -299,7 +320,7 @@ def apps_remove(slug: Annotated[str, typer.Argument()]) -> None:
     async def remove(session: AsyncSession, box: SecretBox) -> bool:
         return await wecom_apps.remove_app(session, slug)
 
-    if not _in_transaction(remove):
+    if not in_transaction(remove):
         console.print(f"[red]no app {slug!r}[/red]")
         raise typer.Exit(1)
     console.print(f"removed app {slug!r}")
