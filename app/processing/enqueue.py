@@ -1,15 +1,29 @@
 """Write an action row. Called inside the processor's transaction, so the action exists if
 and only if the event that caused it was processed."""
 
+import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Action
-from app.processing.notify import ACTIONS_CHANNEL
+# One round trip: insert unless the idempotency key exists, and wake the action runners
+# (delivered on commit, folded into one per transaction) only when a row was written.
+# The channel is app.processing.notify.ACTIONS_CHANNEL.
+_ENQUEUE = text(
+    """
+    WITH inserted AS (
+        INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key, event_id, payload,
+                             deadline)
+        VALUES (:kind, :app_id, :corp_id, :target, :idempotency_key, :event_id,
+                CAST(:payload AS jsonb), :deadline)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id
+    )
+    SELECT pg_notify('wecom_hub_actions', '') FROM inserted
+    """
+)
 
 
 async def enqueue(
@@ -25,16 +39,17 @@ async def enqueue(
     deadline: datetime | None = None,
 ) -> None:
     """A second call with the same idempotency_key does nothing: exactly one action."""
-    statement = insert(Action).values(
-        kind=kind,
-        app_id=app_id,
-        corp_id=corp_id,
-        target=target,
-        idempotency_key=idempotency_key,
-        event_id=event_id,
-        payload=payload or {},
-        deadline=deadline,
+    connection = await session.connection()
+    await connection.execute(
+        _ENQUEUE,
+        {
+            "kind": kind,
+            "app_id": app_id,
+            "corp_id": corp_id,
+            "target": target,
+            "idempotency_key": idempotency_key,
+            "event_id": event_id,
+            "payload": json.dumps(payload or {}),
+            "deadline": deadline,
+        },
     )
-    await session.execute(statement.on_conflict_do_nothing(index_elements=["idempotency_key"]))
-    # Delivered on commit, folded into one per transaction: the action runner wakes at once.
-    await session.execute(select(func.pg_notify(ACTIONS_CHANNEL, "")))

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, update
-from sqlalchemy.dialects.postgresql import Insert, insert
+from sqlalchemy import Table, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.events import models as ev
@@ -30,10 +29,74 @@ from app.models import (
     TagGroup,
 )
 from app.processing.enqueue import enqueue
+from app.sql import insert_ignore, upsert
 
 ENRICH_CONTACT = "enrich_contact"
 ENRICH_GROUP = "enrich_group"
 SYNC_TAGS = "sync_tags"
+
+# The Core tables behind the models (statements below are Core: no ORM work per row).
+_contacts: Table = ExternalContact.__table__  # type: ignore[assignment]
+_follows: Table = Follow.__table__  # type: ignore[assignment]
+_groups: Table = CustomerGroup.__table__  # type: ignore[assignment]
+_members: Table = GroupMember.__table__  # type: ignore[assignment]
+_messages: Table = Message.__table__  # type: ignore[assignment]
+_members_table: Table = Member.__table__  # type: ignore[assignment]
+_departments: Table = Department.__table__  # type: ignore[assignment]
+_FOLLOW_KEY = ("corp_id", "userid", "external_userid")
+_GROUP_KEY = ("corp_id", "chat_id")
+_MEMBER_KEY = ("corp_id", "chat_id", "member_id")
+
+_CONTACT_SEEN = upsert(
+    _contacts,
+    ("corp_id", "external_userid"),
+    ("first_seen_at",),
+    set_=lambda excluded: {
+        "first_seen_at": func.least(
+            func.coalesce(_contacts.c.first_seen_at, excluded.first_seen_at), excluded.first_seen_at
+        )
+    },
+)
+_FOLLOW_ADDED = upsert(
+    _follows, _FOLLOW_KEY, ("status", "added_at", "state", "changed_at"), not_older=True
+)
+_FOLLOW_DELETED_BY_MEMBER = upsert(
+    _follows,
+    _FOLLOW_KEY,
+    ("status", "deleted_by_member_at", "delete_source", "changed_at"),
+    not_older=True,
+)
+_FOLLOW_DELETED_BY_CUSTOMER = upsert(
+    _follows, _FOLLOW_KEY, ("status", "deleted_by_customer_at", "changed_at"), not_older=True
+)
+_GROUP_TOUCHED = upsert(_groups, _GROUP_KEY, ("changed_at",), not_older=True)
+_GROUP_CREATED = upsert(_groups, _GROUP_KEY, ("created_at", "changed_at"), not_older=True)
+_GROUP_DISMISSED = upsert(_groups, _GROUP_KEY, ("dismissed_at", "changed_at"), not_older=True)
+_MEMBER_JOINED = upsert(
+    _members,
+    _MEMBER_KEY,
+    ("joined_at", "join_scene", "quit_at", "quit_scene", "changed_at"),
+    not_older=True,
+)
+_MEMBER_QUIT = upsert(
+    _members, _MEMBER_KEY, ("quit_at", "quit_scene", "changed_at"), not_older=True
+)
+_MESSAGE = insert_ignore(
+    _messages,
+    (
+        "corp_id",
+        "app_id",
+        "event_id",
+        "source",
+        "msg_id",
+        "sender",
+        "msg_type",
+        "content",
+        "payload",
+        "sent_at",
+    ),
+    ("corp_id", "source", "msg_id"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +115,6 @@ def event_time(event: ev.WecomEvent, context: Context) -> datetime:
     return context.received_at
 
 
-def _not_older(statement: Insert, table: Any) -> ColumnElement[bool]:
-    """The upsert's WHERE: apply only if this event is not older than the last one applied."""
-    return or_(table.changed_at.is_(None), table.changed_at <= statement.excluded.changed_at)
-
-
 async def _enrich(session: AsyncSession, kind: str, target: str, context: Context) -> None:
     await enqueue(
         session,
@@ -69,59 +127,47 @@ async def _enrich(session: AsyncSession, kind: str, target: str, context: Contex
     )
 
 
+async def _run(session: AsyncSession, statement: Any, params: dict[str, Any]) -> None:
+    connection = await session.connection()
+    await connection.execute(statement, params)
+
+
 # customers ------------------------------------------------------------------------------
 
 
+def _follow_key(event: ev.ExternalContactEvent, context: Context) -> dict[str, Any]:
+    return {
+        "corp_id": context.corp_id,
+        "userid": event.user_id,
+        "external_userid": event.external_user_id,
+        "changed_at": event_time(event, context),
+    }
+
+
 async def _contact_seen(
-    session: AsyncSession, context: Context, external_userid: str, at: datetime
+    session: AsyncSession, event: ev.ExternalContactEvent, context: Context
 ) -> None:
-    statement = insert(ExternalContact).values(
-        corp_id=context.corp_id, external_userid=external_userid, first_seen_at=at
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["corp_id", "external_userid"],
-            set_={
-                "first_seen_at": func.least(
-                    func.coalesce(ExternalContact.first_seen_at, statement.excluded.first_seen_at),
-                    statement.excluded.first_seen_at,
-                )
-            },
-        )
-    )
-
-
-async def _follow(
-    session: AsyncSession, context: Context, event: ev.ExternalContactEvent, values: dict[str, Any]
-) -> None:
-    at = event_time(event, context)
-    statement = insert(Follow).values(
-        corp_id=context.corp_id,
-        userid=event.user_id,
-        external_userid=event.external_user_id,
-        changed_at=at,
-        **values,
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["corp_id", "userid", "external_userid"],
-            set_={**{k: statement.excluded[k] for k in values}, "changed_at": at},
-            where=_not_older(statement, Follow),
-        )
+    await _run(
+        session,
+        _CONTACT_SEEN,
+        {
+            "corp_id": context.corp_id,
+            "external_userid": event.external_user_id,
+            "first_seen_at": event_time(event, context),
+        },
     )
 
 
 async def added(session: AsyncSession, event: ev.AddExternalContact, context: Context) -> None:
-    at = event_time(event, context)
     half = isinstance(event, ev.AddHalfExternalContact)
-    await _contact_seen(session, context, event.external_user_id, at)
-    await _follow(
+    await _contact_seen(session, event, context)
+    await _run(
         session,
-        context,
-        event,
+        _FOLLOW_ADDED,
         {
+            **_follow_key(event, context),
             "status": "half" if half else "active",
-            "added_at": at,
+            "added_at": event_time(event, context),
             "state": event.state or None,
         },
     )
@@ -129,18 +175,18 @@ async def added(session: AsyncSession, event: ev.AddExternalContact, context: Co
 
 
 async def edited(session: AsyncSession, event: ev.EditExternalContact, context: Context) -> None:
-    await _contact_seen(session, context, event.external_user_id, event_time(event, context))
+    await _contact_seen(session, event, context)
     await _enrich(session, ENRICH_CONTACT, event.external_user_id, context)
 
 
 async def deleted_by_member(
     session: AsyncSession, event: ev.DelExternalContact, context: Context
 ) -> None:
-    await _follow(
+    await _run(
         session,
-        context,
-        event,
+        _FOLLOW_DELETED_BY_MEMBER,
         {
+            **_follow_key(event, context),
             "status": "deleted_by_member",
             "deleted_by_member_at": event_time(event, context),
             "delete_source": event.source or None,
@@ -151,11 +197,11 @@ async def deleted_by_member(
 async def deleted_by_customer(
     session: AsyncSession, event: ev.DelFollowUser, context: Context
 ) -> None:
-    await _follow(
+    await _run(
         session,
-        context,
-        event,
+        _FOLLOW_DELETED_BY_CUSTOMER,
         {
+            **_follow_key(event, context),
             "status": "deleted_by_customer",
             "deleted_by_customer_at": event_time(event, context),
         },
@@ -165,60 +211,55 @@ async def deleted_by_customer(
 # customer groups ------------------------------------------------------------------------
 
 
-async def _group(
-    session: AsyncSession, context: Context, chat_id: str, at: datetime, values: dict[str, Any]
-) -> None:
-    statement = insert(CustomerGroup).values(
-        corp_id=context.corp_id, chat_id=chat_id, changed_at=at, **values
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["corp_id", "chat_id"],
-            set_={**{k: statement.excluded[k] for k in values}, "changed_at": at},
-            where=_not_older(statement, CustomerGroup),
-        )
-    )
+def _group_key(event: ev.ExternalChatEvent, context: Context) -> dict[str, Any]:
+    return {
+        "corp_id": context.corp_id,
+        "chat_id": event.chat_id,
+        "changed_at": event_time(event, context),
+    }
 
 
 async def group_created(session: AsyncSession, event: ev.ChatCreate, context: Context) -> None:
-    at = event_time(event, context)
-    await _group(session, context, event.chat_id, at, {"created_at": at})
+    await _run(
+        session,
+        _GROUP_CREATED,
+        {**_group_key(event, context), "created_at": event_time(event, context)},
+    )
     await _enrich(session, ENRICH_GROUP, event.chat_id, context)
 
 
 async def group_dismissed(session: AsyncSession, event: ev.ChatDismiss, context: Context) -> None:
-    at = event_time(event, context)
-    await _group(session, context, event.chat_id, at, {"dismissed_at": at})
+    await _run(
+        session,
+        _GROUP_DISMISSED,
+        {**_group_key(event, context), "dismissed_at": event_time(event, context)},
+    )
 
 
 async def group_updated(session: AsyncSession, event: ev.ChatUpdate, context: Context) -> None:
     at = event_time(event, context)
-    await _group(session, context, event.chat_id, at, {})
-    if event.update_detail == "add_member":
-        values = {
-            "joined_at": at,
-            "join_scene": event.join_scene,
-            "quit_at": None,
-            "quit_scene": None,
-        }
-    elif event.update_detail == "del_member":
-        values = {"quit_at": at, "quit_scene": event.quit_scene}
-    else:
-        values = {}
-    for member_id in event.mem_change_list if values else []:
-        statement = insert(GroupMember).values(
-            corp_id=context.corp_id,
-            chat_id=event.chat_id,
-            member_id=member_id,
-            changed_at=at,
-            **values,
+    await _run(session, _GROUP_TOUCHED, _group_key(event, context))
+    if event.update_detail in ("add_member", "del_member") and event.mem_change_list:
+        joined = event.update_detail == "add_member"
+        statement = _MEMBER_JOINED if joined else _MEMBER_QUIT
+        values = (
+            {"joined_at": at, "join_scene": event.join_scene, "quit_at": None, "quit_scene": None}
+            if joined
+            else {"quit_at": at, "quit_scene": event.quit_scene}
         )
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["corp_id", "chat_id", "member_id"],
-                set_={**{k: statement.excluded[k] for k in values}, "changed_at": at},
-                where=_not_older(statement, GroupMember),
-            )
+        connection = await session.connection()
+        await connection.execute(
+            statement,
+            [
+                {
+                    "corp_id": context.corp_id,
+                    "chat_id": event.chat_id,
+                    "member_id": member,
+                    "changed_at": at,
+                    **values,
+                }
+                for member in dict.fromkeys(event.mem_change_list)
+            ],
         )
     await _enrich(session, ENRICH_GROUP, event.chat_id, context)
 
@@ -259,47 +300,67 @@ async def tag_changed(session: AsyncSession, event: ev.ExternalTagEvent, context
 
 
 async def app_message(session: AsyncSession, event: ev.AppMessage, context: Context) -> None:
-    content = event.content if isinstance(event, ev.TextMessage) else None
-    payload = event.model_dump(by_alias=True)
-    statement = insert(Message).values(
-        corp_id=context.corp_id,
-        app_id=context.app_id,
-        event_id=context.event_id,
-        source="app",
-        msg_id=event.msg_id or f"event:{context.event_id}",
-        sender=event.from_user,
-        msg_type=event.msg_type,
-        content=content,
-        payload=payload,
-        sent_at=event_time(event, context),
+    await _run(
+        session,
+        _MESSAGE,
+        {
+            "corp_id": context.corp_id,
+            "app_id": context.app_id,
+            "event_id": context.event_id,
+            "source": "app",
+            "msg_id": event.msg_id or f"event:{context.event_id}",
+            "sender": event.from_user,
+            "msg_type": event.msg_type,
+            "content": event.content if isinstance(event, ev.TextMessage) else None,
+            "payload": event.model_dump(by_alias=True),
+            "sent_at": event_time(event, context),
+        },
     )
-    await session.execute(statement.on_conflict_do_nothing())
 
 
 # members and departments ----------------------------------------------------------------
 
 
+def _keep_unless_given(table: Any, *names: str) -> Callable[[Any], dict[str, Any]]:
+    """change_contact pushes only the fields that changed: keep the others."""
+
+    def updates(excluded: Any) -> dict[str, Any]:
+        kept = {n: func.coalesce(excluded[n], table.c[n]) for n in names}
+        return {**kept, "deleted_at": excluded.deleted_at, "changed_at": excluded.changed_at}
+
+    return updates
+
+
+_MEMBER = upsert(
+    _members_table,
+    ("corp_id", "userid"),
+    ("name", "department", "position", "deleted_at", "changed_at"),
+    set_=_keep_unless_given(_members_table, "name", "department", "position"),
+    not_older=True,
+)
+_DEPARTMENT = upsert(
+    _departments,
+    ("corp_id", "id"),
+    ("name", "parent_id", "deleted_at", "changed_at"),
+    set_=_keep_unless_given(_departments, "name", "parent_id"),
+    not_older=True,
+)
+
+
 async def member_changed(session: AsyncSession, event: ev.MemberChange, context: Context) -> None:
     at = event_time(event, context)
-    values: dict[str, Any] = {
-        k: v
-        for k, v in (
-            ("name", event.name),
-            ("department", event.department),
-            ("position", event.position),
-        )
-        if v
-    }
-    values["deleted_at"] = at if isinstance(event, ev.DeleteUser) else None
-    statement = insert(Member).values(
-        corp_id=context.corp_id, userid=event.user_id, changed_at=at, **values
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["corp_id", "userid"],
-            set_={**{k: statement.excluded[k] for k in values}, "changed_at": at},
-            where=_not_older(statement, Member),
-        )
+    await _run(
+        session,
+        _MEMBER,
+        {
+            "corp_id": context.corp_id,
+            "userid": event.user_id,
+            "name": event.name or None,
+            "department": event.department or None,
+            "position": event.position or None,
+            "deleted_at": at if isinstance(event, ev.DeleteUser) else None,
+            "changed_at": at,
+        },
     )
     if event.new_user_id and event.new_user_id != event.user_id:
         await session.execute(
@@ -313,19 +374,17 @@ async def department_changed(
     session: AsyncSession, event: ev.PartyChange, context: Context
 ) -> None:
     at = event_time(event, context)
-    values: dict[str, Any] = {
-        k: v for k, v in (("name", event.name), ("parent_id", event.parent_id)) if v
-    }
-    values["deleted_at"] = at if isinstance(event, ev.DeleteParty) else None
-    statement = insert(Department).values(
-        corp_id=context.corp_id, id=event.id, changed_at=at, **values
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["corp_id", "id"],
-            set_={**{k: statement.excluded[k] for k in values}, "changed_at": at},
-            where=_not_older(statement, Department),
-        )
+    await _run(
+        session,
+        _DEPARTMENT,
+        {
+            "corp_id": context.corp_id,
+            "id": event.id,
+            "name": event.name or None,
+            "parent_id": event.parent_id or None,
+            "deleted_at": at if isinstance(event, ev.DeleteParty) else None,
+            "changed_at": at,
+        },
     )
 
 
