@@ -5,6 +5,7 @@ Run it with `wecom-hub sim serve`; point WECOM_HUB_WECOM_API_BASE_URL at it.
 """
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -108,6 +109,11 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
     route("POST", "/externalcontact/get_corp_tag_list", get_corp_tag_list)
     route("POST", "/externalcontact/mark_tag", mark_tag)
     route("POST", "/externalcontact/send_welcome_msg", send_welcome_msg)
+    route("POST", "/media/upload", media_upload)
+    route("POST", "/kf/sync_msg", kf_sync_msg)
+    route("POST", "/kf/send_msg", kf_send_msg)
+    route("POST", "/kf/send_msg_on_event", kf_send_msg_on_event)
+    route("POST", "/message/send", message_send)
     app.include_router(api)
     app.include_router(control_router(sim))
     return app
@@ -269,6 +275,60 @@ async def send_welcome_msg(
     return {}
 
 
+# media, 微信客服, app messages ------------------------------------------------------------
+
+
+async def media_upload(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    if query.get("type") not in ("image", "voice", "video", "file"):
+        raise ApiError(40004, "invalid media type")
+    media_id = f"MEDIA{secrets.token_hex(16)}"
+    corp.media[media_id] = time.time()
+    return {"type": query["type"], "media_id": media_id, "created_at": str(int(time.time()))}
+
+
+async def kf_sync_msg(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    """Messages after the cursor, at most `limit`; the cursor is opaque to callers."""
+    open_kfid = str(body.get("open_kfid", ""))
+    if open_kfid not in corp.kf_messages:
+        raise ApiError(95004, "open_kfid not exist")
+    messages = corp.kf_messages[open_kfid]
+    cursor = str(body.get("cursor") or "")
+    start = int(cursor[1:]) if cursor.startswith("c") and cursor[1:].isdigit() else 0
+    limit = min(int(body.get("limit") or 1000), 1000)
+    page = messages[start : start + limit]
+    end = start + len(page)
+    return {"next_cursor": f"c{end}", "has_more": int(end < len(messages)), "msg_list": page}
+
+
+def _known_media(corp: Corp, body: dict[str, Any]) -> None:
+    for part in body.values():
+        if isinstance(part, dict) and "media_id" in part and part["media_id"] not in corp.media:
+            raise ApiError(40007, "invalid media_id")
+
+
+async def kf_send_msg(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    if str(body.get("open_kfid", "")) not in corp.kf_messages:
+        raise ApiError(95004, "open_kfid not exist")
+    _known_media(corp, body)
+    return {"msgid": body.get("msgid") or f"sent{secrets.token_hex(8)}"}
+
+
+async def kf_send_msg_on_event(
+    corp: Corp, body: dict[str, Any], query: dict[str, str]
+) -> dict[str, Any]:
+    code = corp.welcome_codes.get(str(body.get("code", "")))
+    if code is None or code[1] or time.monotonic() - code[0] > WELCOME_CODE_SECONDS:
+        raise ApiError(95017, "invalid or expired code")
+    code[1] = True
+    return {"msgid": body.get("msgid") or f"sent{secrets.token_hex(8)}"}
+
+
+async def message_send(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    if not body.get("touser") and not body.get("toparty") and not body.get("totag"):
+        raise ApiError(40058, "touser, toparty and totag cannot all be empty")
+    return {"invaliduser": "", "invalidparty": "", "invalidtag": "", "msgid": secrets.token_hex(16)}
+
+
 # control ---------------------------------------------------------------------------------
 
 
@@ -282,6 +342,11 @@ class SeedIn(BaseModel):
     customers_per_member: int = 10
     groups: int = 10
     tags: int = 10
+
+
+class KfMessageIn(BaseModel):
+    external_userid: str
+    content: str
 
 
 class CustomerIn(BaseModel):
@@ -336,6 +401,26 @@ def control_router(sim: SimState) -> APIRouter:
             "oper_userid": customer.external_userid,
         }
         return {"welcome_code": sim.issue_welcome_code(corp_id)}
+
+    @router.post("/corps/{corp_id}/kf/{open_kfid}/messages")
+    async def kf_customer_writes(
+        corp_id: str, open_kfid: str, message: KfMessageIn
+    ) -> dict[str, str]:
+        """A WeChat customer writes to a KF account; the token goes into the callback."""
+        messages = sim.corp(corp_id).kf_messages.setdefault(open_kfid, [])
+        msgid = f"msg{len(messages):06d}{secrets.token_hex(4)}"
+        messages.append(
+            {
+                "msgid": msgid,
+                "open_kfid": open_kfid,
+                "external_userid": message.external_userid,
+                "send_time": int(time.time()),
+                "origin": 3,
+                "msgtype": "text",
+                "text": {"content": message.content},
+            }
+        )
+        return {"msgid": msgid, "token": secrets.token_urlsafe(24)}
 
     @router.get("/calls")
     async def calls(api: str | None = None) -> list[dict[str, Any]]:

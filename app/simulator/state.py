@@ -63,6 +63,9 @@ class Corp:
     tag_groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     # welcome_code → (issued at, monotonic seconds; used)
     welcome_codes: dict[str, list[Any]] = field(default_factory=dict)
+    # 微信客服: open_kfid → messages from customers, in order (the sync_msg cursor is an index)
+    kf_messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    media: dict[str, float] = field(default_factory=dict)  # media_id → uploaded at
 
 
 @dataclass
