@@ -83,7 +83,10 @@ async def test_new_customer_is_enriched_from_the_api(
     )
 
     async def enriched() -> bool:
-        return bool(await db.fetchval("SELECT status FROM actions") == "succeeded")
+        return bool(
+            await db.fetchval("SELECT status FROM actions WHERE kind = 'enrich_contact'")
+            == "succeeded"
+        )
 
     await wait_for(enriched)
     contact = await db.fetchrow("SELECT name, gender, enriched_at FROM external_contacts")
@@ -121,7 +124,9 @@ async def test_group_and_tag_events_are_enriched(
     )
 
     async def done() -> bool:
-        statuses = [r[0] for r in await db.fetch("SELECT status FROM actions")]
+        statuses = [
+            r[0] for r in await db.fetch("SELECT status FROM actions WHERE kind = 'enrich_contact'")
+        ]
         return len(statuses) == 2 and set(statuses) == {"succeeded"}
 
     await wait_for(done)
@@ -145,10 +150,15 @@ async def test_enrichment_failure_is_visible_and_blocks_nothing(
     )
 
     async def failed() -> bool:
-        return bool(await db.fetchval("SELECT status FROM actions") == "failed")
+        return bool(
+            await db.fetchval("SELECT status FROM actions WHERE kind = 'enrich_contact'")
+            == "failed"
+        )
 
     await wait_for(failed)
-    action = await db.fetchrow("SELECT errcode, errmsg, attempts FROM actions")
+    action = await db.fetchrow(
+        "SELECT errcode, errmsg, attempts FROM actions WHERE kind = 'enrich_contact'"
+    )
     assert action is not None and (action["errcode"], action["attempts"]) == (48002, 1)
     assert await db.fetchval("SELECT status FROM events") == "processed"
     assert await db.fetchval("SELECT status FROM follows") == "active"
@@ -170,8 +180,11 @@ async def test_transient_enrichment_failure_is_retried_later(
     )
 
     async def succeeded() -> bool:
-        return bool(await db.fetchval("SELECT status FROM actions") == "succeeded")
+        return bool(
+            await db.fetchval("SELECT status FROM actions WHERE kind = 'enrich_contact'")
+            == "succeeded"
+        )
 
     await wait_for(succeeded, within=20)
-    assert await db.fetchval("SELECT attempts FROM actions") == 2
+    assert await db.fetchval("SELECT attempts FROM actions WHERE kind = 'enrich_contact'") == 2
     assert await db.fetchval("SELECT name FROM external_contacts") == "赵六"

@@ -66,8 +66,12 @@ async def test_new_customer_projects_contact_follow_and_enrichment(
         "spring_promo",
     )
     assert follow["added_at"].timestamp() == T0
-    [action] = await db.fetch("SELECT kind, target, status FROM actions")
-    assert tuple(action) == ("enrich_contact", "wmA", "pending")
+    actions = await db.fetch("SELECT kind, target, status, reason FROM actions ORDER BY id")
+    assert [tuple(a)[:3] for a in actions] == [
+        ("enrich_contact", "wmA", "pending"),
+        ("welcome", "wmA", "skipped"),  # no welcome rule yet: said so, not silently dropped
+    ]
+    assert "no enabled welcome rule" in actions[1]["reason"]
     event = await row(db, "SELECT status, processed_by, error FROM events")
     assert tuple(event) == ("processed", "test-processor", None)
 
@@ -264,11 +268,11 @@ async def test_an_event_delivered_three_times_projects_once(
         await deliver(client, wecom_app, message)
     assert await drain(processor) == 1
     assert await db.fetchval("SELECT count(*) FROM follows") == 1
-    assert await db.fetchval("SELECT count(*) FROM actions") == 1
+    assert await db.fetchval("SELECT count(*) FROM actions") == 2  # enrichment, welcome
     # Even processing the same event again (an operator's replay) changes nothing.
     await db.execute("UPDATE events SET status = 'pending'")
     assert await drain(processor) == 1
-    assert await db.fetchval("SELECT count(*) FROM actions") == 1
+    assert await db.fetchval("SELECT count(*) FROM actions") == 2
     assert await db.fetchval("SELECT count(*) FROM follows") == 1
 
 

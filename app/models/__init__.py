@@ -7,6 +7,7 @@ from app.models.event import Event
 from app.models.group_chat import CustomerGroup, GroupMember
 from app.models.member import Department, Member
 from app.models.message import Message
+from app.models.rule import Rule
 from app.models.sync_run import SyncRun
 from app.models.tag import Tag, TagGroup
 from app.models.wecom_api import AccessToken, ApiCall
@@ -25,6 +26,7 @@ __all__ = [
     "GroupMember",
     "Member",
     "Message",
+    "Rule",
     "SyncRun",
     "Tag",
     "TagGroup",

@@ -15,9 +15,10 @@ _ENQUEUE = text(
     """
     WITH inserted AS (
         INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key, event_id, payload,
-                             deadline)
+                             deadline, status, reason, finished_at)
         VALUES (:kind, :app_id, :corp_id, :target, :idempotency_key, :event_id,
-                CAST(:payload AS jsonb), :deadline)
+                CAST(:payload AS jsonb), :deadline, CAST(:status AS text), :reason,
+                CASE WHEN CAST(:status AS text) = 'pending' THEN NULL ELSE now() END)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id
     )
@@ -37,8 +38,12 @@ async def enqueue(
     event_id: int | None = None,
     payload: dict[str, Any] | None = None,
     deadline: datetime | None = None,
+    skipped: str | None = None,
 ) -> None:
-    """A second call with the same idempotency_key does nothing: exactly one action."""
+    """A second call with the same idempotency_key does nothing: exactly one action.
+
+    skipped: the action is recorded as already `skipped`, with this reason, so that "why
+    did this customer get no welcome?" has an answer in the actions table too."""
     connection = await session.connection()
     await connection.execute(
         _ENQUEUE,
@@ -51,5 +56,7 @@ async def enqueue(
             "event_id": event_id,
             "payload": json.dumps(payload or {}),
             "deadline": deadline,
+            "status": "skipped" if skipped else "pending",
+            "reason": skipped,
         },
     )

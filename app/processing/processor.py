@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.automations.triggers import RuleCache, automate
 from app.events.models import InvalidEvent, parse_event
 from app.metrics import EVENTS_PROCESSED
 from app.models import Event
@@ -105,6 +106,7 @@ class EventProcessor:
         no-op to measure the claim-and-mark machinery alone."""
         self._sessionmaker = sessionmaker
         self._project = projector
+        self._rules = RuleCache()
         self._listen_dsn = listen_dsn
         self._batch_size = batch_size
         self._lease_seconds = lease_seconds
@@ -179,6 +181,7 @@ class EventProcessor:
                     if event.id in owned:
                         typed = parse_event(event.family, event.type, event.payload)
                         await self._project(session, typed, _context(event))
+                        await automate(session, typed, _context(event), self._rules)
         except Exception as exc:
             log.info(
                 "batch failed, processing its events one by one",
@@ -212,6 +215,7 @@ class EventProcessor:
                 )
                 typed = parse_event(claimed.family, claimed.type, claimed.payload)
                 await self._project(session, typed, context)
+                await automate(session, typed, context, self._rules)
         except LostClaim:
             log.info("event taken over by another processor", extra={"event_id": claimed.id})
             return

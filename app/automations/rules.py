@@ -1,0 +1,245 @@
+"""Rules, validated when saved (PROTOCOL.md §5.2 limits), and matched without I/O.
+
+A rule is JSON (`match`, `content`) of one of three kinds. Each kind has a pydantic model
+here; a rule that does not validate is never stored, so matching never meets a broken one.
+"""
+
+import string
+from datetime import datetime, time
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+import regex
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+REGEX_TIMEOUT_SECONDS = 0.05  # a pathological pattern must not stall the callback path
+PLACEHOLDERS = frozenset({"customer_name", "member_name"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _bytes_at_most(limit: int, what: str) -> Any:
+    def check(value: str) -> str:
+        if len(value.encode()) > limit:
+            raise ValueError(f"{what} is {len(value.encode())} bytes; WeCom allows {limit}")
+        return value
+
+    return check
+
+
+def _check_template(text: str) -> str:
+    for _, name, _, _ in string.Formatter().parse(text):
+        if name is not None and name not in PLACEHOLDERS:
+            raise ValueError(
+                f"unknown placeholder {{{name}}}; known: {', '.join(sorted(PLACEHOLDERS))}"
+            )
+    return text
+
+
+def _check_pattern(pattern: str) -> str:
+    try:
+        regex.compile(pattern)
+    except regex.error as exc:
+        raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+# welcome -------------------------------------------------------------------------------
+
+
+class Image(_Strict):
+    msgtype: Literal["image"] = "image"
+    media_id: str | None = None
+    pic_url: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Image":
+        if not self.media_id and not self.pic_url:
+            raise ValueError("image needs media_id or pic_url")
+        return self
+
+
+class Link(_Strict):
+    msgtype: Literal["link"] = "link"
+    title: Annotated[str, Field(min_length=1)]
+    url: Annotated[str, Field(min_length=1)]
+    desc: str = ""
+    picurl: str = ""
+
+    _title = field_validator("title")(_bytes_at_most(128, "link title"))
+    _desc = field_validator("desc")(_bytes_at_most(512, "link desc"))
+
+
+class Miniprogram(_Strict):
+    msgtype: Literal["miniprogram"] = "miniprogram"
+    title: Annotated[str, Field(min_length=1)]
+    pic_media_id: Annotated[str, Field(min_length=1)]
+    appid: Annotated[str, Field(min_length=1)]
+    page: Annotated[str, Field(min_length=1)]
+
+    _title = field_validator("title")(_bytes_at_most(64, "miniprogram title"))
+
+
+class Video(_Strict):
+    msgtype: Literal["video"] = "video"
+    media_id: Annotated[str, Field(min_length=1)]
+
+
+class File(_Strict):
+    msgtype: Literal["file"] = "file"
+    media_id: Annotated[str, Field(min_length=1)]
+
+
+Attachment = Annotated[Image | Link | Miniprogram | Video | File, Field(discriminator="msgtype")]
+
+
+class WelcomeMatch(_Strict):
+    """Every condition given must hold; none given: the default welcome."""
+
+    state: str | None = None
+    state_mode: Literal["exact", "prefix", "regex"] = "exact"
+    members: list[str] = Field(default_factory=list)
+    hours: tuple[time, time] | None = None  # e.g. ["18:00", "09:00"]: across midnight is fine
+    weekdays: list[Annotated[int, Field(ge=1, le=7)]] = Field(default_factory=list)  # 1 = Mon
+    timezone: str = "Asia/Shanghai"
+
+    @model_validator(mode="after")
+    def _valid(self) -> "WelcomeMatch":
+        if self.state is not None and self.state_mode == "regex":
+            _check_pattern(self.state)
+        ZoneInfo(self.timezone)
+        return self
+
+    def specificity(self) -> int:
+        """The most specific matching rule wins: an exact channel beats a prefix, which beats
+        a pattern; a member and a time window each add."""
+        score = {"exact": 30, "prefix": 20, "regex": 10}[self.state_mode] if self.state else 0
+        return score + (5 if self.members else 0) + (2 if self.hours or self.weekdays else 0)
+
+    def matches(self, *, state: str, user_id: str, at: datetime) -> bool:
+        if self.state is not None and not _state_matches(self.state, self.state_mode, state):
+            return False
+        if self.members and user_id not in self.members:
+            return False
+        local = at.astimezone(ZoneInfo(self.timezone))
+        if self.weekdays and local.isoweekday() not in self.weekdays:
+            return False
+        if self.hours:
+            start, end = self.hours
+            now = local.time()
+            inside = start <= now < end if start <= end else now >= start or now < end
+            if not inside:
+                return False
+        return True
+
+
+class WelcomeContent(_Strict):
+    text: str = ""
+    attachments: list[Attachment] = Field(default_factory=list, max_length=9)
+
+    _text = field_validator("text")(_check_template)
+    _length = field_validator("text")(_bytes_at_most(4000, "welcome text"))
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "WelcomeContent":
+        if not self.text and not self.attachments:
+            raise ValueError("a welcome needs text or attachments")
+        return self
+
+
+def _state_matches(pattern: str, mode: str, state: str) -> bool:
+    if mode == "exact":
+        return state == pattern
+    if mode == "prefix":
+        return state.startswith(pattern)
+    try:
+        return regex.search(pattern, state, timeout=REGEX_TIMEOUT_SECONDS) is not None
+    except TimeoutError:
+        return False
+
+
+def render(template: str, values: dict[str, str | None]) -> str:
+    """Fill placeholders; an unknown value becomes a polite blank, never "None" or "{…}"."""
+    fallback = {"customer_name": "您好", "member_name": "我们"}
+    filled = {name: values.get(name) or fallback[name] for name in PLACEHOLDERS}
+    return template.format(**filled)
+
+
+# tags ----------------------------------------------------------------------------------
+
+
+class TagMatch(_Strict):
+    on: Literal["channel", "group_join"]
+    state: str | None = None
+    state_mode: Literal["exact", "prefix", "regex"] = "exact"
+    chat_ids: list[str] = Field(default_factory=list)  # group_join: empty means any group
+
+    @model_validator(mode="after")
+    def _valid(self) -> "TagMatch":
+        if self.on == "channel" and not self.state:
+            raise ValueError("a channel tag rule needs a state")
+        if self.state is not None and self.state_mode == "regex":
+            _check_pattern(self.state)
+        return self
+
+    def matches_channel(self, state: str) -> bool:
+        return (
+            self.on == "channel"
+            and self.state is not None
+            and _state_matches(self.state, self.state_mode, state)
+        )
+
+    def matches_group(self, chat_id: str) -> bool:
+        return self.on == "group_join" and (not self.chat_ids or chat_id in self.chat_ids)
+
+
+class TagContent(_Strict):
+    add_tags: list[str] = Field(default_factory=list)
+    remove_tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "TagContent":
+        if not self.add_tags and not self.remove_tags:
+            raise ValueError("a tag rule needs add_tags or remove_tags")
+        return self
+
+
+# replies -------------------------------------------------------------------------------
+
+
+class ReplyMatch(_Strict):
+    keywords: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    mode: Literal["exact", "contains", "regex"] = "exact"
+
+    @model_validator(mode="after")
+    def _valid(self) -> "ReplyMatch":
+        if self.mode == "regex":
+            for keyword in self.keywords:
+                _check_pattern(keyword)
+        return self
+
+    def matches(self, text: str) -> bool:
+        text = text.strip()
+        if self.mode == "exact":
+            return text in self.keywords
+        if self.mode == "contains":
+            return any(keyword in text for keyword in self.keywords)
+        try:
+            return any(regex.search(k, text, timeout=REGEX_TIMEOUT_SECONDS) for k in self.keywords)
+        except TimeoutError:
+            return False
+
+
+class ReplyContent(_Strict):
+    text: Annotated[str, Field(min_length=1)]
+
+    _length = field_validator("text")(_bytes_at_most(2048, "reply text"))
+
+
+SCHEMAS: dict[str, tuple[type[_Strict], type[_Strict]]] = {
+    "welcome": (WelcomeMatch, WelcomeContent),
+    "tag": (TagMatch, TagContent),
+    "reply": (ReplyMatch, ReplyContent),
+}

@@ -1,0 +1,204 @@
+"""What an event makes happen: called by the processor after the projection, in the same
+transaction, so the actions exist if and only if the event was processed. Exactly once
+follows from the actions' idempotency keys (the welcome_code itself for welcomes)."""
+
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.automations.rules import WelcomeMatch
+from app.automations.store import LoadedRule, enabled_rules
+from app.events import models as ev
+from app.models import Follow
+from app.processing.enqueue import enqueue
+from app.processing.projection import Context, event_time
+
+WELCOME = "welcome"
+MARK_TAG = "mark_tag"
+WELCOME_CODE_SECONDS = 20  # PROTOCOL.md §5.2: valid 20 s, usable once
+TAG_DEADLINE = timedelta(minutes=10)
+
+
+class RuleCache:
+    """Rules per (kind, app) for a few seconds: not one query per event, and a changed
+    rule is in force after at most `ttl` seconds."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self._ttl = ttl
+        self._cached: dict[tuple[str, int], tuple[float, list[LoadedRule]]] = {}
+
+    async def get(self, session: AsyncSession, kind: str, app_id: int) -> list[LoadedRule]:
+        key = (kind, app_id)
+        hit = self._cached.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        rules = await enabled_rules(session, kind, app_id)
+        self._cached[key] = (time.monotonic() + self._ttl, rules)
+        return rules
+
+
+def choose_welcome(
+    rules: list[LoadedRule], *, state: str, user_id: str, at: datetime
+) -> LoadedRule | None:
+    """The most specific matching rule; among equally specific ones, the highest priority."""
+    matching = [
+        r
+        for r in rules
+        if isinstance(r.match, WelcomeMatch)
+        and r.match.matches(state=state, user_id=user_id, at=at)
+    ]
+    return max(matching, key=lambda r: (r.match.specificity(), r.priority, -r.id), default=None)
+
+
+async def automate(
+    session: AsyncSession, event: ev.WecomEvent, context: Context, rules: RuleCache
+) -> None:
+    if isinstance(event, ev.AddExternalContact):
+        await _welcome(session, event, context, rules)
+        await _tag_by_channel(session, event, context, rules)
+    elif isinstance(event, ev.ChatUpdate) and event.update_detail == "add_member":
+        await _tag_by_group(session, event, context, rules)
+
+
+async def _welcome(
+    session: AsyncSession, event: ev.AddExternalContact, context: Context, rules: RuleCache
+) -> None:
+    common: dict[str, Any] = {
+        "kind": WELCOME,
+        "app_id": context.app_id,
+        "corp_id": context.corp_id,
+        "target": event.external_user_id,
+        "event_id": context.event_id,
+    }
+    if not event.welcome_code:
+        await enqueue(
+            session,
+            **common,
+            idempotency_key=f"{WELCOME}:event:{context.event_id}",
+            skipped="no WelcomeCode in the event: the channel or the console sends "
+            "its own welcome, or the customer already chatted",
+        )
+        return
+    at = event_time(event, context)
+    key = f"{WELCOME}:{context.corp_id}:{event.welcome_code}"
+    chosen = choose_welcome(
+        await rules.get(session, WELCOME, context.app_id),
+        state=event.state,
+        user_id=event.user_id,
+        at=at,
+    )
+    if chosen is None:
+        await enqueue(
+            session,
+            **common,
+            idempotency_key=key,
+            skipped=f"no enabled welcome rule matches state {event.state!r}",
+        )
+        return
+    await enqueue(
+        session,
+        **common,
+        idempotency_key=key,
+        deadline=at + timedelta(seconds=WELCOME_CODE_SECONDS),
+        payload={
+            "welcome_code": event.welcome_code,
+            "user_id": event.user_id,
+            "state": event.state,
+            "rule_id": chosen.id,
+            "rule_name": chosen.name,
+            "content": chosen.content.model_dump(mode="json"),
+        },
+    )
+
+
+async def _mark_tags(
+    session: AsyncSession,
+    context: Context,
+    *,
+    user_id: str,
+    external: str,
+    matched: list[LoadedRule],
+    reason_if_none: str | None = None,
+) -> None:
+    add = sorted({t for r in matched for t in r.content.add_tags})
+    remove = sorted({t for r in matched for t in r.content.remove_tags} - set(add))
+    key = f"{MARK_TAG}:{context.event_id}:{external}"
+    common: dict[str, Any] = {
+        "kind": MARK_TAG,
+        "app_id": context.app_id,
+        "corp_id": context.corp_id,
+        "target": external,
+        "event_id": context.event_id,
+        "idempotency_key": key,
+    }
+    if reason_if_none:
+        await enqueue(session, **common, skipped=reason_if_none)
+        return
+    await enqueue(
+        session,
+        **common,
+        deadline=context.received_at + TAG_DEADLINE,
+        payload={
+            "userid": user_id,
+            "add_tag": add,
+            "remove_tag": remove,
+            "rule_ids": [r.id for r in matched],
+        },
+    )
+
+
+async def _tag_by_channel(
+    session: AsyncSession, event: ev.AddExternalContact, context: Context, rules: RuleCache
+) -> None:
+    if not event.state:
+        return
+    matched = [
+        r
+        for r in await rules.get(session, "tag", context.app_id)
+        if r.match.matches_channel(event.state)
+    ]
+    if matched:
+        await _mark_tags(
+            session,
+            context,
+            user_id=event.user_id,
+            external=event.external_user_id,
+            matched=matched,
+        )
+
+
+async def _tag_by_group(
+    session: AsyncSession, event: ev.ChatUpdate, context: Context, rules: RuleCache
+) -> None:
+    matched = [
+        r
+        for r in await rules.get(session, "tag", context.app_id)
+        if r.match.matches_group(event.chat_id)
+    ]
+    if not matched:
+        return
+    for member in dict.fromkeys(event.mem_change_list):
+        if not member.startswith(("wm", "wo")):  # corp members are not customers
+            continue
+        # mark_tag needs a member the customer is a friend of (else WeCom answers 84061).
+        user_id = await session.scalar(
+            select(Follow.userid)
+            .where(
+                Follow.corp_id == context.corp_id,
+                Follow.external_userid == member,
+                Follow.status == "active",
+            )
+            .order_by(Follow.added_at.desc().nulls_last())
+            .limit(1)
+        )
+        await _mark_tags(
+            session,
+            context,
+            user_id=user_id or "",
+            external=member,
+            matched=matched,
+            reason_if_none=None if user_id else "the customer is not a friend of any member",
+        )
