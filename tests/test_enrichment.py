@@ -125,7 +125,10 @@ async def test_group_and_tag_events_are_enriched(
 
     async def done() -> bool:
         statuses = [
-            r[0] for r in await db.fetch("SELECT status FROM actions WHERE kind = 'enrich_contact'")
+            r[0]
+            for r in await db.fetch(
+                "SELECT status FROM actions WHERE kind IN ('enrich_group', 'sync_tags')"
+            )
         ]
         return len(statuses) == 2 and set(statuses) == {"succeeded"}
 
