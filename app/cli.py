@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -324,6 +325,137 @@ def apps_remove(slug: Annotated[str, typer.Argument()]) -> None:
         console.print(f"[red]no app {slug!r}[/red]")
         raise typer.Exit(1)
     console.print(f"removed app {slug!r}")
+
+
+rules_cli = typer.Typer(no_args_is_help=True, help="Automation rules: welcome, tag, reply.")
+cli.add_typer(rules_cli, name="rules")
+
+
+def _json(text: str, what: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]{what} is not JSON: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if not isinstance(value, dict):
+        console.print(f"[red]{what} must be a JSON object[/red]")
+        raise typer.Exit(2)
+    return value
+
+
+@rules_cli.command("add")
+def rules_add(
+    kind: Annotated[str, typer.Argument(help="welcome, tag or reply")],
+    name: Annotated[str, typer.Option(help="A name people recognise.")],
+    match: Annotated[
+        str, typer.Option(help='JSON, e.g. {"state": "spring", "state_mode": "prefix"}')
+    ],
+    content: Annotated[str, typer.Option(help='JSON, e.g. {"text": "欢迎 {customer_name}"}')],
+    app: Annotated[
+        str | None, typer.Option("--app", help="Only for this app (default: all).")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Higher wins among equals.")] = 0,
+) -> None:
+    """Add a rule; it is validated first (limits, placeholders, regexes, tag ids)."""
+    from app.automations.store import RuleInvalid, add_rule
+
+    match_json, content_json = _json(match, "--match"), _json(content, "--content")
+
+    async def add(session: AsyncSession, box: SecretBox) -> int:
+        app_id = None
+        if app is not None:
+            found = await wecom_apps.find_app(session, app)
+            if found is None:
+                raise RuleInvalid([f"no app {app!r}"])
+            app_id = found.id
+        rule = await add_rule(
+            session,
+            kind=kind,
+            name=name,
+            match=match_json,
+            content=content_json,
+            app_id=app_id,
+            priority=priority,
+        )
+        return rule.id
+
+    try:
+        rule_id = in_transaction(add)
+    except RuleInvalid as exc:
+        for problem in exc.problems:
+            console.print(f"[red]{problem}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"added {kind} rule {rule_id}: {name}", highlight=False)
+
+
+@rules_cli.command("list")
+def rules_list() -> None:
+    """List the rules."""
+    from sqlalchemy import select
+
+    from app.models import Rule
+
+    async def rows(session: AsyncSession, box: SecretBox) -> list[tuple[str, ...]]:
+        rules = await session.scalars(
+            select(Rule).order_by(Rule.kind, Rule.priority.desc(), Rule.id)
+        )
+        return [
+            (
+                str(r.id),
+                r.kind,
+                r.name,
+                str(r.app_id or "all"),
+                str(r.priority),
+                "yes" if r.enabled else "no",
+                json.dumps(r.match, ensure_ascii=False),
+                json.dumps(r.content, ensure_ascii=False)[:60],
+            )
+            for r in rules
+        ]
+
+    table = Table("id", "kind", "name", "app", "priority", "enabled", "match", "content")
+    for row in in_transaction(rows):
+        table.add_row(*row)
+    console.print(table)
+
+
+def _set_rule(rule_id: int, *, enabled: bool | None) -> None:
+    from app.models import Rule
+
+    async def change(session: AsyncSession, box: SecretBox) -> bool:
+        rule = await session.get(Rule, rule_id)
+        if rule is None:
+            return False
+        if enabled is None:
+            await session.delete(rule)
+        else:
+            rule.enabled = enabled
+        return True
+
+    if not in_transaction(change):
+        console.print(f"[red]no rule {rule_id}[/red]")
+        raise typer.Exit(1)
+    console.print(
+        f"rule {rule_id}: " + {None: "removed", True: "enabled", False: "disabled"}[enabled]
+    )
+
+
+@rules_cli.command("enable")
+def rules_enable(rule_id: int) -> None:
+    """Enable a rule."""
+    _set_rule(rule_id, enabled=True)
+
+
+@rules_cli.command("disable")
+def rules_disable(rule_id: int) -> None:
+    """Disable a rule, keeping it."""
+    _set_rule(rule_id, enabled=False)
+
+
+@rules_cli.command("remove")
+def rules_remove(rule_id: int) -> None:
+    """Delete a rule (actions it caused keep its name in their payload)."""
+    _set_rule(rule_id, enabled=None)
 
 
 def main() -> None:

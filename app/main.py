@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import runtime
+from app.automations.replies import ReplyBook
 from app.callbacks.writer import EventWriter
 from app.config import Settings, get_settings
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker
@@ -30,6 +31,7 @@ class Hub:
     sessionmaker: async_sessionmaker[AsyncSession]
     apps: AppDirectory
     writer: EventWriter
+    replies: ReplyBook
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             sessionmaker=sessionmaker,
             apps=AppDirectory(sessionmaker, box, ttl=config.app_cache_seconds),
             writer=writer,
+            replies=ReplyBook(sessionmaker, ttl=config.app_cache_seconds),
         )
         try:
             async with contextlib.AsyncExitStack() as background:

@@ -200,3 +200,26 @@ def simulator() -> Iterator[Simulator]:
     server.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@pytest.fixture
+async def live(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> AsyncIterator[httpx.AsyncClient]:
+    """wecom-hub with its processor and action runner running, WeCom played by the simulator."""
+    corp = simulator.state.corp(wecom_app.corp_id)
+    corp.secrets.add(wecom_app.secret)
+    simulator.state.seed(wecom_app.corp_id, members=1, customers_per_member=0, groups=1, tags=3)
+    configured = settings.model_copy(
+        update={
+            "process_in_serve": True,
+            "wecom_api_base_url": simulator.url,
+            "processor_poll_seconds": 0.2,
+        }
+    )
+    app: FastAPI = create_app(configured, database_url=configured.database_url)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client,
+    ):
+        yield client

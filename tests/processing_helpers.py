@@ -1,5 +1,9 @@
 """Deliver callbacks over HTTP and drive the processor step by step."""
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
 import asyncpg
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,3 +44,11 @@ async def row(db: asyncpg.Connection, query: str, *args: object) -> asyncpg.Reco
     found = await db.fetchrow(query, *args)
     assert found is not None, f"no row for {query}"
     return found
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 10) -> None:
+    """Poll a condition until it holds, failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)

@@ -1,52 +1,13 @@
 """The whole loop on real parts: callbacks over HTTP into the service, processing in the
 background, enrichment calls to the simulator over HTTP, state in Postgres."""
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import asyncpg
 import httpx
-import pytest
-from fastapi import FastAPI
 
-from app.config import Settings
-from app.main import create_app
 from app.simulator.callbacks import add_external_contact, event_xml
 from app.simulator.state import Contact, Fault
 from tests.conftest import RegisteredApp, Simulator
-from tests.processing_helpers import deliver
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 10) -> None:
-    """Poll a condition until it holds, failing after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def live(
-    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
-) -> AsyncIterator[httpx.AsyncClient]:
-    """wecom-hub with its processor and action runner running, WeCom played by the simulator."""
-    corp = simulator.state.corp(wecom_app.corp_id)
-    corp.secrets.add(wecom_app.secret)
-    simulator.state.seed(wecom_app.corp_id, members=1, customers_per_member=0, groups=1, tags=3)
-    configured = settings.model_copy(
-        update={
-            "process_in_serve": True,
-            "wecom_api_base_url": simulator.url,
-            "processor_poll_seconds": 0.2,
-        }
-    )
-    app: FastAPI = create_app(configured, database_url=configured.database_url)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client,
-    ):
-        yield client
+from tests.processing_helpers import deliver, wait_for
 
 
 async def test_new_customer_is_enriched_from_the_api(

@@ -63,8 +63,8 @@ async def add_rule(
         name=name,
         app_id=app_id,
         priority=priority,
-        match=match_model.model_dump(mode="json", exclude_defaults=True),
-        content=content_model.model_dump(mode="json", exclude_defaults=True),
+        match=match_model.model_dump(mode="json", exclude_none=True),
+        content=content_model.model_dump(mode="json", exclude_none=True),
     )
     session.add(rule)
     await session.flush()

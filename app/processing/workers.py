@@ -7,6 +7,9 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.automations.tagging import mark_tags
+from app.automations.triggers import MARK_TAG, WELCOME
+from app.automations.welcome import send_welcome
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.processing import enrichment
@@ -31,6 +34,8 @@ def event_processor(
 
 
 HANDLERS: dict[str, Handler] = {
+    WELCOME: send_welcome,
+    MARK_TAG: mark_tags,
     ENRICH_CONTACT: enrichment.enrich_contact,
     ENRICH_GROUP: enrichment.enrich_group,
     SYNC_TAGS: enrichment.sync_tags,

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from app.callbacks import errors, verify
@@ -37,7 +37,7 @@ async def verify_url(request: Request) -> PlainTextResponse:
     return PlainTextResponse(echo)
 
 
-async def receive(request: Request) -> PlainTextResponse:
+async def receive(request: Request) -> Response:
     started = time.perf_counter()
     hub, slug = hub_of(request), request.path_params["slug"]
     received_at = datetime.now(UTC)
@@ -52,7 +52,16 @@ async def receive(request: Request) -> PlainTextResponse:
     except DatabaseUnavailable:
         raise errors.database_unavailable() from None
     (_STORED if is_new else _DUPLICATE).inc()
+    reply = await hub.replies.passive_reply(
+        app_id=app.id,
+        crypt=app.crypt,
+        fields=delivery.fields,
+        timestamp=query.timestamp,
+        nonce=query.nonce,
+    )
     CALLBACK_SECONDS.observe(time.perf_counter() - started)
+    if reply is not None:
+        return Response(reply, media_type="application/xml")
     return PlainTextResponse("success")
 
 

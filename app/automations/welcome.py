@@ -1,0 +1,93 @@
+"""Send the welcome message (PROTOCOL.md §5.2): the one side effect with a hard clock.
+
+The welcome_code is valid 20 s and usable once. The action's deadline is the event's
+CreateTime + 20 s; nothing is sent after it (the runner marks the action `expired`). WeCom's
+answers: 41096, another app is delivering, may be tried again inside the window; 41051, the
+welcome was delivered (or the customer started chatting), ends the action as `skipped`.
+"""
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import select
+
+from app.automations.rules import WelcomeContent, render
+from app.models import ExternalContact, Member
+from app.processing.actions import Outcome, Run
+from app.wecom.errors import WecomApiError
+
+RETRY_41096_SECONDS = 0.3
+NAME_LOOKUP_SECONDS = 1.0  # at most this much of the window is spent learning the name
+
+
+async def _names(run: Run, content: WelcomeContent, user_id: str) -> dict[str, str | None]:
+    """customer_name and member_name, only if the template uses them. The customer is new,
+    so the name is usually not known yet: ask WeCom, briefly; on any trouble, the template's
+    fallback wording is used instead of delaying the welcome."""
+    if "{" not in content.text:
+        return {}
+    async with run.sessionmaker() as session:
+        customer = await session.scalar(
+            select(ExternalContact.name).filter_by(
+                corp_id=run.action.corp_id, external_userid=run.action.target
+            )
+        )
+        member = await session.scalar(
+            select(Member.name).filter_by(corp_id=run.action.corp_id, userid=user_id)
+        )
+    if customer is None and "{customer_name}" in content.text:
+        loop = asyncio.get_running_loop()
+        budget = loop.time() + NAME_LOOKUP_SECONDS
+        deadline = min(budget, run.deadline_monotonic or budget)
+        try:
+            body = await asyncio.wait_for(
+                run.client.call(
+                    run.credentials,
+                    "GET",
+                    "externalcontact/get",
+                    params={"external_userid": run.action.target},
+                    deadline=deadline,
+                ),
+                timeout=max(0.0, deadline - loop.time()),
+            )
+            customer = body["external_contact"].get("name")
+        except (WecomApiError, TimeoutError):
+            pass
+    return {"customer_name": customer, "member_name": member}
+
+
+async def send_welcome(run: Run) -> Outcome:
+    payload: dict[str, Any] = run.action.payload
+    content = WelcomeContent.model_validate(payload["content"])
+    request: dict[str, Any] = {"welcome_code": payload["welcome_code"]}
+    if content.text:
+        names = await _names(run, content, payload.get("user_id", ""))
+        request["text"] = {"content": render(content.text, names)}
+    if content.attachments:
+        request["attachments"] = [
+            {"msgtype": a.msgtype, a.msgtype: a.model_dump(exclude={"msgtype"}, exclude_none=True)}
+            for a in content.attachments
+        ]
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await run.client.call(
+                run.credentials,
+                "POST",
+                "externalcontact/send_welcome_msg",
+                json=request,
+                deadline=run.deadline_monotonic,
+            )
+            return Outcome("succeeded", f"rule {payload.get('rule_name')!r}")
+        except WecomApiError as exc:
+            if exc.errcode == 41051:
+                return Outcome(
+                    "skipped", "41051: already delivered, or the customer started chatting first"
+                )
+            deadline = run.deadline_monotonic
+            if exc.errcode == 41096 and (
+                deadline is None or loop.time() + RETRY_41096_SECONDS < deadline
+            ):
+                await asyncio.sleep(RETRY_41096_SECONDS)  # another app is delivering
+                continue
+            raise

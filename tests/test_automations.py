@@ -1,0 +1,391 @@
+"""Welcome messages, auto-tags and quick replies, end to end: callbacks over HTTP into the
+service, rules in Postgres, WeCom played by the simulator over HTTP."""
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from defusedxml import ElementTree
+from wechatpy.enterprise.crypto import WeChatCrypto
+
+from app.automations.store import RuleInvalid, add_rule
+from app.config import Settings
+from app.crypto.at_rest import SecretBox, parse_key
+from app.db import create_engine, create_sessionmaker
+from app.processing import workers
+from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
+from app.simulator.sender import Scenario
+from app.wecom.factory import create_client, create_http
+from tests.conftest import RegisteredApp, Simulator
+from tests.processing_helpers import deliver, wait_for
+
+
+async def rule(
+    settings: Settings, kind: str, match: dict[str, Any], content: dict[str, Any], **kwargs: Any
+) -> int:
+    assert settings.database_url
+    engine = create_engine(settings.database_url, settings, pool_size=1)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            created = await add_rule(
+                session, kind=kind, name=f"{kind} rule", match=match, content=content, **kwargs
+            )
+            return created.id
+    finally:
+        await engine.dispose()
+
+
+def welcomes(simulator: Simulator) -> list[dict[str, Any]]:
+    return [
+        c.body
+        for c in simulator.state.calls
+        if c.api == "externalcontact/send_welcome_msg" and c.errcode == 0
+    ]
+
+
+async def new_customer(
+    live: httpx.AsyncClient,
+    app: RegisteredApp,
+    simulator: Simulator,
+    state: str,
+    name: str = "新客户",
+) -> str:
+    """A customer scans a channel code: the simulator knows them, the hub gets the callback."""
+    async with httpx.AsyncClient(timeout=5) as sim:
+        customer = f"wm{time.time_ns()}"
+        answer = await sim.post(
+            f"{simulator.url}/sim/corps/{app.corp_id}/customers",
+            json={"userid": "zhangsan", "external_userid": customer, "state": state, "name": name},
+        )
+        code = answer.json()["welcome_code"]
+    await deliver(
+        live,
+        app,
+        add_external_contact(
+            corp_id=app.corp_id,
+            user_id="zhangsan",
+            external_user_id=customer,
+            state=state,
+            welcome_code=code,
+        ),
+    )
+    return customer
+
+
+async def action_of(db: asyncpg.Connection, kind: str, target: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT * FROM actions WHERE kind = $1 AND target = $2", kind, target)
+
+
+async def finished(db: asyncpg.Connection, kind: str, target: str) -> None:
+    async def done() -> bool:
+        found = await action_of(db, kind, target)
+        return found is not None and found["status"] not in ("pending", "running")
+
+    await wait_for(done)
+
+
+async def test_channel_welcome_with_attachments_and_the_default_for_other_channels(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    await rule(settings, "welcome", {}, {"text": "你好 {customer_name}，我是{member_name}"})
+    await rule(
+        settings,
+        "welcome",
+        {"state": "spring", "state_mode": "prefix"},
+        {
+            "text": "春季活动欢迎 {customer_name}",
+            "attachments": [
+                {"msgtype": "link", "title": "春季活动", "url": "https://example.com/spring"},
+                {"msgtype": "image", "pic_url": "https://example.com/p.png"},
+            ],
+        },
+    )
+
+    spring = await new_customer(live, wecom_app, simulator, "spring_promo", name="王小明")
+    other = await new_customer(live, wecom_app, simulator, "poster_7", name="李雷")
+    await finished(db, "welcome", spring)
+    await finished(db, "welcome", other)
+
+    sent = {w["welcome_code"]: w for w in welcomes(simulator)}
+    assert len(sent) == 2
+    by_text = {w["text"]["content"]: w for w in sent.values()}
+    assert set(by_text) == {"春季活动欢迎 王小明", "你好 李雷，我是我们"}
+    assert [a["msgtype"] for a in by_text["春季活动欢迎 王小明"]["attachments"]] == [
+        "link",
+        "image",
+    ]
+    assert "attachments" not in by_text["你好 李雷，我是我们"]
+    done = await action_of(db, "welcome", spring)
+    assert done is not None and done["status"] == "succeeded"
+    assert "rule_name" in done["payload"]
+
+
+async def test_welcome_less_channel_is_skipped_with_the_reason(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    await rule(settings, "welcome", {}, {"text": "你好"})
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(
+            corp_id=wecom_app.corp_id, user_id="zhangsan", external_user_id="wmNOCODE"
+        ),
+    )
+    await finished(db, "welcome", "wmNOCODE")
+    skipped = await action_of(db, "welcome", "wmNOCODE")
+    assert skipped is not None and skipped["status"] == "skipped"
+    assert "no WelcomeCode" in skipped["reason"]
+
+
+async def test_an_expired_welcome_code_ends_expired_and_is_never_sent(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    await rule(settings, "welcome", {}, {"text": "你好"})
+    code = simulator.state.issue_welcome_code(wecom_app.corp_id)
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(
+            corp_id=wecom_app.corp_id,
+            user_id="zhangsan",
+            external_user_id="wmLATE",
+            welcome_code=code,
+            create_time=int(time.time()) - 30,
+        ),
+    )  # the window closed 10 s ago
+    await finished(db, "welcome", "wmLATE")
+    late = await action_of(db, "welcome", "wmLATE")
+    assert late is not None and late["status"] == "expired" and late["attempts"] == 1
+    assert "deadline" in late["reason"]
+    assert welcomes(simulator) == []
+
+
+async def test_already_delivered_welcome_is_skipped_41051(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    await rule(settings, "welcome", {}, {"text": "你好"})
+    code = simulator.state.issue_welcome_code(wecom_app.corp_id)
+    simulator.state.corp(wecom_app.corp_id).welcome_codes[code][1] = True  # another app won
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(
+            corp_id=wecom_app.corp_id,
+            user_id="zhangsan",
+            external_user_id="wmTAKEN",
+            welcome_code=code,
+        ),
+    )
+    await finished(db, "welcome", "wmTAKEN")
+    taken = await action_of(db, "welcome", "wmTAKEN")
+    assert taken is not None and taken["status"] == "skipped" and "41051" in taken["reason"]
+
+
+async def test_duplicates_and_two_runners_still_send_one_welcome(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    await rule(settings, "welcome", {}, {"text": "你好"})
+    configured = settings.model_copy(update={"wecom_api_base_url": simulator.url})
+    assert configured.database_url and configured.secret_key
+    engine = create_engine(configured.database_url, configured, pool_size=4)
+    box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
+    maker = create_sessionmaker(engine)
+    async with create_http(configured) as http:  # a second runner, as in another replica
+        runner = workers.action_runner(
+            configured, maker, "", box, create_client(configured, maker, box, http)
+        )
+        stop = asyncio.Event()
+
+        async def run_until_stopped() -> None:  # stops between claims, never mid-query
+            while not stop.is_set():
+                await runner.run_once()
+                await asyncio.sleep(0.01)
+
+        second = asyncio.create_task(run_until_stopped())
+        try:
+            code = simulator.state.issue_welcome_code(wecom_app.corp_id)
+            message = add_external_contact(
+                corp_id=wecom_app.corp_id,
+                user_id="zhangsan",
+                external_user_id="wmDUP",
+                welcome_code=code,
+            )
+            for _ in range(3):  # WeCom retrying, each time encrypted afresh
+                await deliver(live, wecom_app, message)
+            await finished(db, "welcome", "wmDUP")
+        finally:
+            stop.set()
+            await second
+    await engine.dispose()
+    assert [w["welcome_code"] for w in welcomes(simulator)] == [code]
+    assert await db.fetchval("SELECT count(*) FROM actions WHERE kind = 'welcome'") == 1
+
+
+async def test_tags_by_channel_and_by_group_join(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    tags = next(iter(simulator.state.corp(wecom_app.corp_id).tag_groups.values()))["tag"]
+    channel_tag, group_tag = tags[0]["id"], tags[1]["id"]
+    for tag in (channel_tag, group_tag):
+        await db.execute(
+            "INSERT INTO tags (corp_id, tag_id, name) VALUES ($1, $2, 't')", wecom_app.corp_id, tag
+        )
+    await rule(
+        settings,
+        "tag",
+        {"on": "channel", "state": "store_"} | {"state_mode": "prefix"},
+        {"add_tags": [channel_tag]},
+    )
+    await rule(settings, "tag", {"on": "group_join"}, {"add_tags": [group_tag]})
+
+    customer = await new_customer(live, wecom_app, simulator, "store_shanghai")
+    await finished(db, "mark_tag", customer)
+    await deliver(
+        live,
+        wecom_app,
+        event_xml(
+            wecom_app.corp_id,
+            "change_external_chat",
+            {
+                "ChatId": "wrGROUP",
+                "ChangeType": "update",
+                "UpdateDetail": "add_member",
+                "JoinScene": "3",
+                "MemChangeCnt": "2",
+                "MemChangeList": [customer, "zhangsan"],
+            },
+        ),
+    )
+
+    async def both_tagged() -> bool:
+        tag_ids = await db.fetchval(
+            "SELECT tag_ids FROM follows WHERE external_userid = $1", customer
+        )
+        return set(tag_ids or []) == {channel_tag, group_tag}
+
+    await wait_for(both_tagged)
+    calls = [
+        c.body
+        for c in simulator.state.calls
+        if c.api == "externalcontact/mark_tag" and c.errcode == 0
+    ]
+    assert [c["add_tag"] for c in calls] == [[channel_tag], [group_tag]]
+    assert {c["userid"] for c in calls} == {"zhangsan"}
+
+
+async def test_passive_reply_decrypts_with_wechatpy_to_the_configured_answer(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    await rule(settings, "reply", {"keywords": ["菜单", "menu"]}, {"text": "1. 下单 2. 查询"})
+    await rule(
+        settings,
+        "reply",
+        {"keywords": [r"^订单\d+$"], "mode": "regex"},
+        {"text": "订单查询中"},
+        priority=5,
+    )
+    theirs = WeChatCrypto(wecom_app.token, wecom_app.aes_key, wecom_app.corp_id)
+
+    async def ask(content: str) -> httpx.Response:
+        callback = build_callback(
+            wecom_app.crypt,
+            text_message(
+                corp_id=wecom_app.corp_id,
+                from_user="lisi",
+                content=content,
+                msg_id=str(time.time_ns()),
+            ),
+        )
+        return await client.post(
+            f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+        )
+
+    for question, answer in (("菜单", "1. 下单 2. 查询"), ("订单123", "订单查询中")):
+        response = await ask(question)
+        envelope = ElementTree.fromstring(response.content)
+        plain = theirs.decrypt_message(
+            response.text,
+            envelope.findtext("MsgSignature"),
+            envelope.findtext("TimeStamp"),
+            envelope.findtext("Nonce"),
+        )
+        reply = ElementTree.fromstring(plain)
+        assert (reply.findtext("Content"), reply.findtext("ToUserName")) == (answer, "lisi")
+        assert reply.findtext("FromUserName") == wecom_app.corp_id
+    assert (await ask("随便聊聊")).text == "success"
+    assert await db.fetchval("SELECT count(*) FROM events") == 3
+
+
+@pytest.mark.parametrize(
+    ("kind", "match", "content", "problem"),
+    [
+        ("welcome", {}, {"text": "hi {nickname}"}, "unknown placeholder {nickname}"),
+        ("welcome", {"state": "(", "state_mode": "regex"}, {"text": "hi"}, "bad regular"),
+        (
+            "welcome",
+            {},
+            {"attachments": [{"msgtype": "link", "title": "长" * 50, "url": "u"}]},
+            "link title is 150 bytes",
+        ),
+        (
+            "welcome",
+            {},
+            {"text": "x", "attachments": [{"msgtype": "video", "media_id": "m"}] * 10},
+            "at most 9",
+        ),
+        ("tag", {"on": "channel", "state": "s"}, {"add_tags": ["etNOSUCHTAG"]}, "unknown tag id"),
+        ("reply", {"keywords": []}, {"text": "x"}, "at least 1"),
+        ("nonsense", {}, {}, "kind must be one of"),
+    ],
+)
+async def test_rules_are_validated_when_saved(
+    settings: Settings,
+    db: asyncpg.Connection,
+    kind: str,
+    match: dict[str, Any],
+    content: dict[str, Any],
+    problem: str,
+) -> None:
+    with pytest.raises(RuleInvalid) as raised:
+        await rule(settings, kind, match, content)
+    assert problem in str(raised.value)
+    assert await db.fetchval("SELECT count(*) FROM rules") == 0
+
+
+def test_sender_scenarios_build_valid_callbacks() -> None:
+    """Every `wecom-hub sim send` scenario yields XML the hub parses."""
+    from app.callbacks import safexml
+    from app.simulator.sender import SCENARIOS
+
+    for name, build in SCENARIOS.items():
+        fields = safexml.parse(build("wwcorp", Scenario(state="s"), "CODE"))
+        assert fields["ToUserName"] == "wwcorp", name
