@@ -19,7 +19,7 @@ from app import logs, runtime, wecom_apps
 from app import sync as sync_module
 from app.config import Settings, get_settings
 from app.crypto.at_rest import SecretBox, generate_key
-from app.db import asyncpg_dsn, create_engine, create_sessionmaker, upgrade_database
+from app.db import create_engine, create_sessionmaker, upgrade_database
 from app.processing import workers
 from app.simulator.cli import sim_cli
 from app.wecom.errors import WecomApiError
@@ -144,15 +144,9 @@ def worker() -> None:
     box = _box(settings)
 
     async def run() -> None:
-        engine = create_engine(url, settings)
-        try:
-            async with workers.running(
-                settings, create_sessionmaker(engine), asyncpg_dsn(url), box
-            ) as tasks:
-                console.print(f"wecom-hub worker running ({len(tasks)} loops)", highlight=False)
-                await asyncio.gather(*tasks)
-        finally:
-            await engine.dispose()
+        async with workers.running(settings, url, box) as tasks:
+            console.print(f"wecom-hub worker running ({len(tasks)} loops)", highlight=False)
+            await asyncio.gather(*tasks)
 
     freeze_startup_objects()
     exit_cleanly_on_sigterm()

@@ -66,9 +66,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         try:
             async with contextlib.AsyncExitStack() as background:
                 if config.process_in_serve:
-                    await background.enter_async_context(
-                        workers.running(config, sessionmaker, dsn, box)
-                    )
+                    await background.enter_async_context(workers.running(config, url, box))
                 yield
         finally:  # background loops stop first, then ingest, then the pool
             await writer.stop()

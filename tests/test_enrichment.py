@@ -55,9 +55,12 @@ async def test_new_customer_is_enriched_from_the_api(
     follow = await db.fetchrow("SELECT status, remark, tag_ids, state FROM follows")
     assert follow is not None
     assert tuple(follow) == ("active", "老客户", [tag_id], "spring")
-    assert (
-        await db.fetchval("SELECT count(*) FROM api_calls WHERE api = 'externalcontact/get'") == 1
-    )
+
+    async def recorded() -> bool:  # calls are recorded in the background
+        query = "SELECT count(*) FROM api_calls WHERE api = 'externalcontact/get'"
+        return bool(await db.fetchval(query) == 1)
+
+    await wait_for(recorded)
 
 
 async def test_group_and_tag_events_are_enriched(

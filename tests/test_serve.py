@@ -117,5 +117,6 @@ def test_demo_shows_the_whole_loop(tmp_path: Path) -> None:
     assert "answered 200 success" in output, output
     assert "type=change_external_contact/add_external_contact, status=processed" in output
     assert "state=spring_promo" in output
+    assert "kind=welcome, status=succeeded, reason=rule 'spring campaign'" in output
     assert "kind=enrich_contact, status=succeeded" in output
     assert demo.returncode == 0, output

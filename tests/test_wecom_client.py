@@ -57,6 +57,7 @@ async def test_a_call_succeeds_and_is_recorded(
     client: WecomClient, simulator: Simulator, db: asyncpg.Connection
 ) -> None:
     body = await get_contact(client)
+    await client.drain_records()
     assert body["external_contact"] == {**body["external_contact"], "name": "李四"}  # type: ignore[dict-item]
     recorded = await db.fetch(
         "SELECT api, errcode, http_status, latency_ms FROM api_calls ORDER BY id"

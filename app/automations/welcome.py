@@ -17,6 +17,8 @@ from app.processing.actions import Outcome, Run
 from app.wecom.errors import WecomApiError
 
 RETRY_41096_SECONDS = 0.3
+WELCOME_BACKOFF_SECONDS = 0.05  # -1 / 45009: try again soon, the window is 20 s
+WELCOME_MAX_ATTEMPTS = 8  # the deadline stops it first
 NAME_LOOKUP_SECONDS = 1.0  # at most this much of the window is spent learning the name
 
 
@@ -77,6 +79,8 @@ async def send_welcome(run: Run) -> Outcome:
                 "externalcontact/send_welcome_msg",
                 json=request,
                 deadline=run.deadline_monotonic,
+                backoff=WELCOME_BACKOFF_SECONDS,
+                max_attempts=WELCOME_MAX_ATTEMPTS,
             )
             return Outcome("succeeded", f"rule {payload.get('rule_name')!r}")
         except WecomApiError as exc:

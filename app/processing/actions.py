@@ -40,7 +40,7 @@ _CLAIM = text(
         SELECT id FROM actions
         WHERE (status = 'pending' AND next_attempt_at <= now())
            OR (status = 'running' AND locked_until < now())
-        ORDER BY next_attempt_at, id
+        ORDER BY deadline NULLS LAST, next_attempt_at, id  -- welcomes (20 s) first
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
@@ -117,6 +117,7 @@ class ActionRunner:
         self._handlers = handlers
         self._listen_dsn = listen_dsn
         self._batch_size = batch_size
+        self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
@@ -133,34 +134,51 @@ class ActionRunner:
                     self._listen_dsn, ACTIONS_CHANNEL, self._wake, retry_seconds=self._poll_seconds
                 )
             )
+        in_flight: set[asyncio.Task[None]] = set()
         try:
             while True:
-                try:
-                    done = await self.run_once()
-                except Exception as exc:
-                    log.warning("action runner paused", extra={"error": repr(exc)})
-                    done = 0
-                if done == 0:
-                    self._wake.clear()
+                # A pipeline, not batches: whenever a slot frees up, the next due action
+                # (earliest deadline first) starts; a slow call never holds up a welcome.
+                free = self._concurrency - len(in_flight)
+                claimed: list[ClaimedAction] = []
+                if free > 0:
                     try:
-                        await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
-                    except TimeoutError:
-                        pass
+                        claimed = await self.claim(limit=min(free, self._batch_size))
+                    except Exception as exc:
+                        log.warning("action runner paused", extra={"error": repr(exc)})
+                for action in claimed:
+                    task = asyncio.create_task(self.execute(action))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if claimed and len(claimed) == free:
+                    continue
+                self._wake.clear()
+                waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+                done, _ = await asyncio.wait(
+                    waiters | in_flight,
+                    timeout=self._poll_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for waiter in waiters - done:
+                    waiter.cancel()
         finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
             if listener is not None:
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
 
     async def run_once(self) -> int:
-        claimed = await self.claim()
+        """Claim what is due and run it all; for tests and tools that step the runner."""
+        claimed = await self.claim(limit=self._batch_size)
         await asyncio.gather(*(self.execute(action) for action in claimed))
         return len(claimed)
 
-    async def claim(self) -> list[ClaimedAction]:
+    async def claim(self, *, limit: int) -> list[ClaimedAction]:
         async with self._sessionmaker.begin() as session:
             rows = await session.execute(
-                _CLAIM,
-                {"worker": self.worker, "lease": self._lease_seconds, "limit": self._batch_size},
+                _CLAIM, {"worker": self.worker, "lease": self._lease_seconds, "limit": limit}
             )
             return [ClaimedAction(**row._mapping) for row in rows]
 

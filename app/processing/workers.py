@@ -12,12 +12,15 @@ from app.automations.triggers import MARK_TAG, WELCOME
 from app.automations.welcome import send_welcome
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
+from app.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.processing import enrichment
 from app.processing.actions import ActionRunner, Handler
 from app.processing.processor import EventProcessor
 from app.processing.projection import ENRICH_CONTACT, ENRICH_GROUP, SYNC_TAGS
 from app.wecom.client import WecomClient
 from app.wecom.factory import create_client, create_http
+
+RUNNER_CONCURRENCY = 16  # actions in flight per process
 
 
 def event_processor(
@@ -55,6 +58,7 @@ def action_runner(
         box,
         HANDLERS,
         listen_dsn=dsn,
+        concurrency=RUNNER_CONCURRENCY,
         lease_seconds=settings.processor_lease_seconds,
         poll_seconds=settings.processor_poll_seconds,
     )
@@ -62,19 +66,31 @@ def action_runner(
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], dsn: str, box: SecretBox
+    settings: Settings, url: str, box: SecretBox
 ) -> AsyncIterator[list[asyncio.Task[None]]]:
-    """Start the loops; cancel them, and wait for them, on exit."""
-    async with create_http(settings) as http:
-        client = create_client(settings, sessionmaker, box, http)
-        loops = [
-            event_processor(settings, sessionmaker, dsn).run(),
-            action_runner(settings, sessionmaker, dsn, box, client).run(),
-        ]
-        tasks = [asyncio.create_task(loop) for loop in loops]
-        try:
-            yield tasks
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    """Start the loops; cancel them, and wait for them, on exit.
+
+    Each loop has its own connection pool: sixteen actions in flight must never make the
+    processor (or an HTTP request) wait for a connection."""
+    dsn = asyncpg_dsn(url)
+    processor_engine = create_engine(url, settings, pool_size=2, pre_ping=False)
+    runner_engine = create_engine(url, settings, pool_size=RUNNER_CONCURRENCY + 4, pre_ping=False)
+    runner_sessions = create_sessionmaker(runner_engine)
+    try:
+        async with create_http(settings) as http:
+            client = create_client(settings, runner_sessions, box, http)
+            loops = [
+                event_processor(settings, create_sessionmaker(processor_engine), dsn).run(),
+                action_runner(settings, runner_sessions, dsn, box, client).run(),
+            ]
+            tasks = [asyncio.create_task(loop) for loop in loops]
+            try:
+                yield tasks
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await client.drain_records()
+    finally:
+        await processor_engine.dispose()
+        await runner_engine.dispose()

@@ -20,6 +20,7 @@ from rich.console import Console
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.automations.store import add_rule
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.db import create_engine, create_sessionmaker
@@ -57,6 +58,23 @@ async def ensure_demo_app(engine: AsyncEngine, box: SecretBox) -> DemoApp:
                 }
             )
             found = await add_app(session, box, spec)
+            await add_rule(
+                session,
+                kind="welcome",
+                name="spring campaign",
+                app_id=found.id,
+                match={"state": "spring", "state_mode": "prefix"},
+                content={
+                    "text": "你好 {customer_name}，春季活动欢迎你！",
+                    "attachments": [
+                        {
+                            "msgtype": "link",
+                            "title": "春季活动",
+                            "url": "https://example.com/spring",
+                        }
+                    ],
+                },
+            )
         credentials = await load_credentials(session, box, found.id)
     return DemoApp(credentials.corp_id, credentials.secret)
 
@@ -104,7 +122,10 @@ async def show_the_loop(
             status = await connection.scalar(
                 text("SELECT status FROM actions ORDER BY id DESC LIMIT 1")
             )
-            if status in ("succeeded", "failed", "skipped"):
+            pending = await connection.scalar(
+                text("SELECT count(*) FROM actions WHERE status IN ('pending', 'running')")
+            )
+            if status is not None and not pending:
                 break
             await asyncio.sleep(0.1)
         queries = {
@@ -114,7 +135,10 @@ async def show_the_loop(
             "FROM external_contacts ORDER BY first_seen_at DESC NULLS LAST LIMIT 1",
             "4. relation": "SELECT userid, status, state, added_at FROM follows "
             "ORDER BY added_at DESC NULLS LAST LIMIT 1",
-            "5. action": "SELECT kind, status, attempts FROM actions ORDER BY id DESC LIMIT 1",
+            "5. welcome": "SELECT kind, status, reason, attempts FROM actions "
+            "WHERE kind = 'welcome' ORDER BY id DESC LIMIT 1",
+            "6. enrichment": "SELECT kind, status, attempts FROM actions "
+            "WHERE kind = 'enrich_contact' ORDER BY id DESC LIMIT 1",
         }
         for title, query in queries.items():
             row = (await connection.execute(text(query))).mappings().first()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ class CallRecord:
     latency_ms: float
 
 
-Recorder = Callable[[CallRecord], Awaitable[None]]
+Recorder = Callable[[CallRecord], Coroutine[Any, Any, None]]
 
 
 async def _no_record(record: CallRecord) -> None:
@@ -70,8 +70,23 @@ class WecomClient:
         self.tokens = tokens
         self._limiter = limiter or RateLimiter(per_minute=5000, concurrency=8)
         self._record = record
+        self._recording: set[asyncio.Task[None]] = set()
         self._max_attempts = max_attempts
         self._backoff = backoff_seconds
+
+    def _record_later(self, record: CallRecord) -> None:
+        """Recording is a database write: it must not delay the call's caller (a welcome
+        has 20 seconds, all of them its own)."""
+        task = asyncio.create_task(self._record(record))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def drain_records(self) -> None:
+        """Write the records not yet written (tests, shutdown)."""
+        await asyncio.gather(*self._recording, return_exceptions=True)
+        flush = getattr(self._record, "flush", None)
+        if flush is not None:
+            await flush()
 
     async def fetch_token(self, corp_id: str, secret: str) -> tuple[str, int]:
         """gettoken itself: the TokenCache calls this, once for everyone."""
@@ -94,9 +109,12 @@ class WecomClient:
         params: dict[str, str] | None = None,
         json: dict[str, Any] | None = None,
         deadline: float | None = None,
+        backoff: float | None = None,
+        max_attempts: int | None = None,
     ) -> dict[str, Any]:
         """The JSON answer of a successful call (errcode 0). deadline is a time.monotonic()
-        instant after which no attempt starts and no backoff is slept."""
+        instant after which no attempt starts and no backoff is slept; a caller with a short
+        deadline (a welcome) passes a short backoff and lets the deadline bound the tries."""
         assert self.tokens is not None, "WecomClient.tokens is not set"
         attempt, refreshed, replacing = 0, False, None
         while True:
@@ -113,9 +131,10 @@ class WecomClient:
                     refreshed, replacing = True, token
                     attempt -= 1  # a stale token is our problem, not an attempt
                     continue
-                if not exc.retryable or attempt >= self._max_attempts:
+                if not exc.retryable or attempt >= (max_attempts or self._max_attempts):
                     raise
-                pause = self._backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                base = self._backoff if backoff is None else backoff
+                pause = base * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
                 if deadline is not None and time.monotonic() + pause >= deadline:
                     raise
                 log.info(
@@ -168,7 +187,7 @@ class WecomClient:
             elapsed = time.perf_counter() - started
             WECOM_API_CALLS.labels(api, str(errcode if errcode is not None else status)).inc()
             WECOM_API_SECONDS.labels(api).observe(elapsed)
-            await self._record(
+            self._record_later(
                 CallRecord(
                     credentials.corp_id,
                     credentials.app_id,

@@ -7,7 +7,7 @@ from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.wecom.client import WecomClient
 from app.wecom.ratelimit import RateLimiter
-from app.wecom.recording import database_recorder
+from app.wecom.recording import CallRecorder
 from app.wecom.tokens import TokenCache
 
 
@@ -23,7 +23,7 @@ def create_client(
             per_minute=settings.wecom_api_calls_per_minute,
             concurrency=settings.wecom_api_concurrency,
         ),
-        record=database_recorder(sessionmaker),
+        record=CallRecorder(sessionmaker),
     )
     client.tokens = TokenCache(sessionmaker, box, client.fetch_token)
     return client

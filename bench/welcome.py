@@ -1,0 +1,296 @@
+"""Welcome latency: from the new-customer callback to WeCom receiving send_welcome_msg.
+
+    python bench/welcome.py [--rate 100] [--seconds 60] [--faulty-rate 20]
+
+Runs, as a user would: `wecom-hub apps add` and `wecom-hub rules add welcome` on a fresh
+embedded Postgres, `wecom-hub sim serve` as WeCom, `wecom-hub serve` pointed at it. Then two
+steady streams of new customers (each with a fresh welcome_code the simulator issued):
+
+1. `--rate` per second, WeCom healthy;
+2. `--faulty-rate` per second while WeCom answers 20% of send_welcome_msg calls with -1.
+
+It prints p50/p99/max from sending the callback to the simulator receiving the (successful)
+send_welcome_msg, and counts duplicates (a code sent twice) and expired or failed welcomes.
+Targets: p99 < 500 ms, zero duplicates, zero expired.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.crypto import WXBizMsgCrypt  # noqa: E402
+from app.simulator.callbacks import add_external_contact, build_callback  # noqa: E402
+from bench.ingest import free_port, server  # noqa: E402
+
+CORP, TOKEN = "wwwelcomebench0001", "welcomeBench1"
+AES_KEY = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(43))
+
+
+async def stream(hub: str, sim: str, rate: float, seconds: float) -> dict[str, float]:
+    """Send rate×seconds new customers on schedule; welcome_code → when its callback left."""
+    crypt = WXBizMsgCrypt(token=TOKEN, encoding_aes_key=AES_KEY, receive_id=CORP)
+    sent: dict[str, float] = {}
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+
+        async def one(index: int) -> None:
+            customer = f"wm{index:06d}{secrets.token_hex(6)}"
+            issued = await http.post(
+                f"{sim}/sim/corps/{CORP}/customers",
+                json={"userid": "zhangsan", "external_userid": customer},
+            )
+            code = issued.json()["welcome_code"]
+            callback = build_callback(
+                crypt,
+                add_external_contact(
+                    corp_id=CORP,
+                    user_id="zhangsan",
+                    external_user_id=customer,
+                    state="bench",
+                    welcome_code=code,
+                ),
+            )
+            sent[code] = time.time()
+            answer = await http.post(
+                f"{hub}/callback/bench", params=callback.params, content=callback.body
+            )
+            if answer.text != "success":
+                print(f"  callback answered {answer.status_code} {answer.text}")
+
+        started = time.monotonic()
+        tasks = []
+        for index in range(int(rate * seconds)):
+            delay = started + index / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(index)))
+        await asyncio.gather(*tasks)
+    return sent
+
+
+async def settle(dsn: str, expected: int) -> dict[str, int]:
+    """Wait (bounded) until every welcome action has ended; their statuses."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses: dict[str, int] = {
+                r[0]: r[1]
+                for r in await connection.fetch(
+                    "SELECT status, count(*) FROM actions WHERE kind = 'welcome' GROUP BY 1"
+                )
+            }
+            if sum(statuses.values()) >= expected and not (
+                statuses.keys() & {"pending", "running"}
+            ):
+                return statuses
+            await asyncio.sleep(0.5)
+        return statuses
+    finally:
+        await connection.close()
+
+
+async def stages(dsn: str) -> str:
+    """Where the time went, p50/p99 per stage, from the timestamps the service keeps."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow(
+            """
+            SELECT
+              percentile_cont(0.5) WITHIN GROUP (ORDER BY e.processed_at - e.received_at),
+              percentile_cont(0.99) WITHIN GROUP (ORDER BY e.processed_at - e.received_at),
+              percentile_cont(0.5) WITHIN GROUP (ORDER BY a.started_at - a.created_at),
+              percentile_cont(0.99) WITHIN GROUP (ORDER BY a.started_at - a.created_at),
+              percentile_cont(0.5) WITHIN GROUP (ORDER BY a.finished_at - a.started_at),
+              percentile_cont(0.99) WITHIN GROUP (ORDER BY a.finished_at - a.started_at)
+            FROM actions a JOIN events e ON e.id = a.event_id WHERE a.kind = 'welcome'
+            """
+        )
+        await connection.execute("TRUNCATE actions, events CASCADE")
+    finally:
+        await connection.close()
+    assert row is not None
+    ms = [v.total_seconds() * 1000 if v is not None else 0.0 for v in row]
+    return (
+        f"  stages p50/p99 ms: event processed {ms[0]:.0f}/{ms[1]:.0f}, action claimed "
+        f"{ms[2]:.0f}/{ms[3]:.0f}, action ran {ms[4]:.0f}/{ms[5]:.0f}"
+    )
+
+
+async def scenario(
+    name: str, hub: str, sim: str, dsn: str, rate: float, seconds: float, fault: float
+) -> str:
+    async with httpx.AsyncClient() as http:
+        await http.delete(f"{sim}/sim/calls")
+        faults = (
+            [{"api": "externalcontact/send_welcome_msg", "errcode": -1, "probability": fault}]
+            if fault
+            else []
+        )
+        await http.put(f"{sim}/sim/faults", json=faults)
+    before = await settle(dsn, 0)  # the stream before this one has ended and been cleared
+    sent = await stream(hub, sim, rate, seconds)
+    statuses = await settle(dsn, sum(before.values()) + len(sent))
+    async with httpx.AsyncClient() as http:
+        calls = (
+            await http.get(f"{sim}/sim/calls", params={"api": "externalcontact/send_welcome_msg"})
+        ).json()
+    delivered = [c for c in calls if c["errcode"] == 0 and c["body"]["welcome_code"] in sent]
+    per_code = Counter(c["body"]["welcome_code"] for c in delivered)
+    latencies = sorted((c["at"] - sent[c["body"]["welcome_code"]]) * 1000 for c in delivered)
+    failures = sum(1 for c in calls if c["errcode"] != 0)
+    statuses = {k: v - before.get(k, 0) for k, v in statuses.items()}
+    print(f"{name}:" + await stages(dsn), flush=True)
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] if latencies else 0
+
+    return (
+        f"| {name} | {len(sent):,} | {len(per_code):,} | {pct(50):.0f} | {pct(99):.0f} | "
+        f"{latencies[-1] if latencies else 0:.0f} | {sum(n - 1 for n in per_code.values())} | "
+        f"{statuses.get('expired', 0)} | {statuses.get('failed', 0)} | {failures} |"
+    )
+
+
+@contextlib.contextmanager
+def worker(command: list[str], env: dict[str, str]) -> Iterator[None]:
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "a"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--faulty-rate", type=float, default=20)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`wecom-hub worker` processes beside serve (0: process inside serve)",
+    )
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="wecom-hub-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
+    env |= {"WECOM_HUB_DATA_DIR": str(data_dir), "WECOM_HUB_LOG_LEVEL": "WARNING"}
+    # BENCH_WECOM_HUB_X=… passes WECOM_HUB_X=… to the service, to compare settings.
+    env |= {k[6:]: v for k, v in os.environ.items() if k.startswith("BENCH_WECOM_HUB_")}
+    wecom_hub = shutil.which("wecom-hub", path=str(Path(sys.executable).parent)) or "wecom-hub"
+    hub_port, sim_port = free_port(), free_port()
+    hub, sim = f"http://127.0.0.1:{hub_port}", f"http://127.0.0.1:{sim_port}"
+    dsn = f"postgresql://postgres@/postgres?host={data_dir / 'postgres'}"
+    try:
+        for command in (
+            [
+                "apps",
+                "add",
+                "--slug",
+                "bench",
+                "--corp-id",
+                CORP,
+                "--token",
+                TOKEN,
+                "--aes-key",
+                AES_KEY,
+                "--secret",
+                "welcome-bench-secret",
+            ],
+            [
+                "rules",
+                "add",
+                "welcome",
+                "--name",
+                "bench",
+                "--match",
+                "{}",
+                "--content",
+                json.dumps({"text": "欢迎 {member_name} 的客户"}),
+            ],
+        ):
+            subprocess.run([wecom_hub, *command], env=env, check=True, capture_output=True)
+        hub_env = env | {
+            "WECOM_HUB_WECOM_API_BASE_URL": sim,
+            "WECOM_HUB_PROCESS_IN_SERVE": "false" if args.workers else "true",
+        }
+        with contextlib.ExitStack() as running:
+            running.enter_context(
+                server(
+                    [wecom_hub, "sim", "serve", "--port", str(sim_port)], env, f"{sim}/sim/calls"
+                )
+            )
+            running.enter_context(
+                server([wecom_hub, "serve", "--port", str(hub_port)], hub_env, f"{hub}/readyz")
+            )
+            for _ in range(args.workers):
+                running.enter_context(worker([wecom_hub, "worker"], hub_env))
+            rows = [
+                uvloop.run(
+                    scenario(
+                        f"{args.rate:g}/s, WeCom healthy",
+                        hub,
+                        sim,
+                        dsn,
+                        args.rate,
+                        args.seconds,
+                        0.0,
+                    )
+                ),
+                uvloop.run(
+                    scenario(
+                        f"{args.faulty_rate:g}/s, 20% answered -1",
+                        hub,
+                        sim,
+                        dsn,
+                        args.faulty_rate,
+                        args.seconds,
+                        0.2,
+                    )
+                ),
+            ]
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    where = f"{args.workers} `wecom-hub worker` process(es)" if args.workers else "inside serve"
+    print(
+        f"\n{args.seconds:g} s per stream; processing {where}; latency: callback sent →"
+        " send_welcome_msg received\n"
+    )
+    print(
+        "| stream | customers | welcomed | p50 ms | p99 ms | max ms | duplicates | expired"
+        " | failed | -1 answers |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
