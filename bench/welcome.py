@@ -38,51 +38,51 @@ sys.path.insert(0, str(ROOT))
 
 from app.crypto import WXBizMsgCrypt  # noqa: E402
 from app.simulator.callbacks import add_external_contact, build_callback  # noqa: E402
-from bench.ingest import free_port, server  # noqa: E402
+from bench.ingest import Connection, free_port, server  # noqa: E402
 
 CORP, TOKEN = "wwwelcomebench0001", "welcomeBench1"
 AES_KEY = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(43))
 
 
-async def stream(hub: str, sim: str, rate: float, seconds: float) -> dict[str, float]:
-    """Send rate×seconds new customers on schedule; welcome_code → when its callback left."""
+async def stream(hub_port: int, sim: str, rate: float, seconds: float) -> dict[str, float]:
+    """Send rate×seconds new customers on schedule; welcome_code → when its callback left.
+
+    Callbacks go over bare keep-alive connections (bench/ingest.py's Connection): httpx
+    saturates the client's core near 100 requests/s here and would delay the sends it times.
+    Welcome codes are fetched from the simulator once a second, for the second ahead."""
     crypt = WXBizMsgCrypt(token=TOKEN, encoding_aes_key=AES_KEY, receive_id=CORP)
     sent: dict[str, float] = {}
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+    idle = [Connection(hub_port) for _ in range(64)]
+    per_second = max(1, int(rate))
+    codes: list[str] = []
+    async with httpx.AsyncClient(timeout=10) as http:
 
-        async def one(index: int) -> None:
+        async def one(index: int, code: str) -> None:
             customer = f"wm{index:06d}{secrets.token_hex(6)}"
-            issued = await http.post(
-                f"{sim}/sim/corps/{CORP}/customers",
-                json={"userid": "zhangsan", "external_userid": customer},
-            )
-            code = issued.json()["welcome_code"]
-            callback = build_callback(
-                crypt,
-                add_external_contact(
-                    corp_id=CORP,
-                    user_id="zhangsan",
-                    external_user_id=customer,
-                    state="bench",
-                    welcome_code=code,
-                ),
-            )
+            callback = build_callback(crypt, add_external_contact(
+                corp_id=CORP, user_id="zhangsan", external_user_id=customer,
+                state="bench", welcome_code=code))  # fmt: skip
+            connection = idle.pop() if idle else Connection(hub_port)
             sent[code] = time.time()
-            answer = await http.post(
-                f"{hub}/callback/bench", params=callback.params, content=callback.body
-            )
-            if answer.text != "success":
-                print(f"  callback answered {answer.status_code} {answer.text}")
+            answer = await connection.post("/callback/bench", callback)
+            idle.append(connection)
+            if answer != b"success":
+                print(f"  callback answered {answer!r}")
 
         started = time.monotonic()
         tasks = []
         for index in range(int(rate * seconds)):
+            if not codes:
+                issued = await http.post(f"{sim}/sim/corps/{CORP}/welcome_codes",
+                                         params={"count": per_second})  # fmt: skip
+                codes = issued.json()
             delay = started + index / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(index)))
+            tasks.append(asyncio.create_task(one(index, codes.pop())))
         await asyncio.gather(*tasks)
+    for connection in idle:
+        connection.close()
     return sent
 
 
@@ -136,7 +136,7 @@ async def stages(dsn: str) -> str:
 
 
 async def scenario(
-    name: str, hub: str, sim: str, dsn: str, rate: float, seconds: float, fault: float
+    name: str, hub_port: int, sim: str, dsn: str, rate: float, seconds: float, fault: float
 ) -> str:
     async with httpx.AsyncClient() as http:
         await http.delete(f"{sim}/sim/calls")
@@ -147,7 +147,7 @@ async def scenario(
         )
         await http.put(f"{sim}/sim/faults", json=faults)
     before = await settle(dsn, 0)  # the stream before this one has ended and been cleared
-    sent = await stream(hub, sim, rate, seconds)
+    sent = await stream(hub_port, sim, rate, seconds)
     statuses = await settle(dsn, sum(before.values()) + len(sent))
     async with httpx.AsyncClient() as http:
         calls = (
@@ -256,7 +256,7 @@ def main() -> None:
                 uvloop.run(
                     scenario(
                         f"{args.rate:g}/s, WeCom healthy",
-                        hub,
+                        hub_port,
                         sim,
                         dsn,
                         args.rate,
@@ -267,7 +267,7 @@ def main() -> None:
                 uvloop.run(
                     scenario(
                         f"{args.faulty_rate:g}/s, 20% answered -1",
-                        hub,
+                        hub_port,
                         sim,
                         dsn,
                         args.faulty_rate,

@@ -422,6 +422,11 @@ def control_router(sim: SimState) -> APIRouter:
         )
         return {"msgid": msgid, "token": secrets.token_urlsafe(24)}
 
+    @router.post("/corps/{corp_id}/welcome_codes")
+    async def issue_welcome_codes(corp_id: str, count: int = 1) -> list[str]:
+        """Fresh welcome codes (valid 20 s each) for load tests that need many at once."""
+        return [sim.issue_welcome_code(corp_id) for _ in range(min(count, 10_000))]
+
     @router.get("/calls")
     async def calls(api: str | None = None) -> list[dict[str, Any]]:
         return [vars(c) for c in sim.calls if api is None or c.api == api]
