@@ -136,15 +136,24 @@ def demo(
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    only: Annotated[
+        str | None,
+        typer.Option(help="Run one loop: `events` (the processor) or `actions` (the runner)."),
+    ] = None,
+) -> None:
     """Process events and run actions, without HTTP: scale out with more of these."""
+    if only not in (None, *workers.LOOPS):
+        console.print(f"[red]--only must be one of {', '.join(sorted(workers.LOOPS))}[/red]")
+        raise typer.Exit(2)
+    loops = workers.LOOPS if only is None else frozenset({only})
     settings = get_settings()
     logs.configure(settings.log_level)
     url = _prepare(settings)
     box = _box(settings)
 
     async def run() -> None:
-        async with workers.running(settings, url, box) as tasks:
+        async with workers.running(settings, url, box, loops=loops) as tasks:
             console.print(f"wecom-hub worker running ({len(tasks)} loops)", highlight=False)
             await asyncio.gather(*tasks)
 

@@ -192,6 +192,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--faulty-rate", type=float, default=20)
     parser.add_argument(
+        "--split",
+        action="store_true",
+        help="one `worker --only events` and one `worker --only actions` instead",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -239,7 +244,7 @@ def main() -> None:
             subprocess.run([wecom_hub, *command], env=env, check=True, capture_output=True)
         hub_env = env | {
             "WECOM_HUB_WECOM_API_BASE_URL": sim,
-            "WECOM_HUB_PROCESS_IN_SERVE": "false" if args.workers else "true",
+            "WECOM_HUB_PROCESS_IN_SERVE": "false" if args.workers or args.split else "true",
         }
         with contextlib.ExitStack() as running:
             running.enter_context(
@@ -250,7 +255,10 @@ def main() -> None:
             running.enter_context(
                 server([wecom_hub, "serve", "--port", str(hub_port)], hub_env, f"{hub}/readyz")
             )
-            for _ in range(args.workers):
+            if args.split:
+                for loop in ("events", "actions"):
+                    running.enter_context(worker([wecom_hub, "worker", "--only", loop], hub_env))
+            for _ in range(0 if args.split else args.workers):
                 running.enter_context(worker([wecom_hub, "worker"], hub_env))
             rows = [
                 uvloop.run(
@@ -279,6 +287,8 @@ def main() -> None:
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     where = f"{args.workers} `wecom-hub worker` process(es)" if args.workers else "inside serve"
+    if args.split:
+        where = "`worker --only events` + `worker --only actions`"
     print(
         f"\n{args.seconds:g} s per stream; processing {where}; latency: callback sent →"
         " send_welcome_msg received\n"

@@ -126,7 +126,10 @@ class ActionRunner:
         self._wake = asyncio.Event()
         self._credentials: dict[int, Credentials] = {}
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run actions until `stop` is set; then the actions in flight finish (a call
+        half made is better completed and recorded than cut off), and run returns."""
+        stop = stop or asyncio.Event()
         listener = None
         if self._listen_dsn:
             listener = asyncio.create_task(
@@ -136,7 +139,7 @@ class ActionRunner:
             )
         in_flight: set[asyncio.Task[None]] = set()
         try:
-            while True:
+            while not stop.is_set():
                 # A pipeline, not batches: whenever a slot frees up, the next due action
                 # (earliest deadline first) starts; a slow call never holds up a welcome.
                 free = self._concurrency - len(in_flight)
@@ -153,7 +156,10 @@ class ActionRunner:
                 if claimed and len(claimed) == free:
                     continue
                 self._wake.clear()
-                waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+                waiters: set[asyncio.Future[Any]] = {
+                    asyncio.ensure_future(self._wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                }
                 done, _ = await asyncio.wait(
                     waiters | in_flight,
                     timeout=self._poll_seconds,
@@ -161,6 +167,7 @@ class ActionRunner:
                 )
                 for waiter in waiters - done:
                     waiter.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
         finally:
             for task in in_flight:
                 task.cancel()

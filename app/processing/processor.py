@@ -115,8 +115,9 @@ class EventProcessor:
         self.worker = worker or worker_id()
         self._wake = asyncio.Event()
 
-    async def run(self) -> None:
-        """Process events until cancelled."""
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Process events until `stop` is set (the batch in hand is finished first)."""
+        stop = stop or asyncio.Event()
         listener = None
         if self._listen_dsn:
             listener = asyncio.create_task(
@@ -125,7 +126,7 @@ class EventProcessor:
                 )
             )
         try:
-            while True:
+            while not stop.is_set():
                 try:
                     done = await self.run_once()
                 except Exception as exc:  # the database is down: keep trying, do not die
@@ -133,10 +134,15 @@ class EventProcessor:
                     done = 0
                 if done == 0:
                     self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
-                    except TimeoutError:
-                        pass
+                    waiters = {
+                        asyncio.ensure_future(self._wake.wait()),
+                        asyncio.ensure_future(stop.wait()),
+                    }
+                    _, pending = await asyncio.wait(
+                        waiters, timeout=self._poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for waiter in pending:
+                        waiter.cancel()
         finally:
             if listener is not None:
                 listener.cancel()

@@ -21,6 +21,8 @@ from app.wecom.client import WecomClient
 from app.wecom.factory import create_client, create_http
 
 RUNNER_CONCURRENCY = 16  # actions in flight per process
+LOOPS = frozenset({"events", "actions"})
+SHUTDOWN_SECONDS = 10.0
 
 
 def event_processor(
@@ -66,9 +68,10 @@ def action_runner(
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, url: str, box: SecretBox
+    settings: Settings, url: str, box: SecretBox, *, loops: frozenset[str] = LOOPS
 ) -> AsyncIterator[list[asyncio.Task[None]]]:
-    """Start the loops; cancel them, and wait for them, on exit.
+    """Start the loops ("events": the processor, "actions": the runner); cancel them, and
+    wait for them, on exit.
 
     Each loop has its own connection pool: sixteen actions in flight must never make the
     processor (or an HTTP request) wait for a connection."""
@@ -79,15 +82,22 @@ async def running(
     try:
         async with create_http(settings) as http:
             client = create_client(settings, runner_sessions, box, http)
-            loops = [
-                event_processor(settings, create_sessionmaker(processor_engine), dsn).run(),
-                action_runner(settings, runner_sessions, dsn, box, client).run(),
-            ]
-            tasks = [asyncio.create_task(loop) for loop in loops]
+            stop = asyncio.Event()
+            coroutines = []
+            if "events" in loops:
+                processor = event_processor(settings, create_sessionmaker(processor_engine), dsn)
+                coroutines.append(processor.run(stop))
+            if "actions" in loops:
+                runner = action_runner(settings, runner_sessions, dsn, box, client)
+                coroutines.append(runner.run(stop))
+            tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
             try:
                 yield tasks
             finally:
-                for task in tasks:
+                # Let the work in hand finish (bounded), so no connection is cut mid-query.
+                stop.set()
+                _, unfinished = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+                for task in unfinished:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await client.drain_records()
