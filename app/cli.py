@@ -5,8 +5,8 @@ import gc
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -30,6 +30,17 @@ cli.add_typer(apps_cli, name="apps")
 cli.add_typer(sim_cli, name="sim")
 console = Console()
 T = TypeVar("T")
+
+
+def run_fast(main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived loop on uvloop where it is installed (uvicorn[standard] brings it),
+    as `serve` does: socket writes and timers in C, not in Python."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def freeze_startup_objects() -> None:
@@ -130,7 +141,7 @@ def demo(
     box = _box(settings)
     exit_cleanly_on_sigterm()
     try:
-        asyncio.run(run_demo(settings, url, box, port=port, sim_port=sim_port, console=console))
+        run_fast(run_demo(settings, url, box, port=port, sim_port=sim_port, console=console))
     except KeyboardInterrupt:
         pass
 
@@ -160,7 +171,7 @@ def worker(
     freeze_startup_objects()
     exit_cleanly_on_sigterm()
     try:
-        asyncio.run(run())
+        run_fast(run())
     except KeyboardInterrupt:
         pass
 
