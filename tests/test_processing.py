@@ -373,7 +373,11 @@ async def test_notify_wakes_the_processor_at_once(
     )  # polling alone would take a minute
     task = asyncio.create_task(processor.run())
     try:
-        await asyncio.sleep(0.3)  # let it subscribe
+        listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+        deadline = time.monotonic() + 5
+        while not await db.fetchval(listening):  # subscribed, so the NOTIFY cannot be missed
+            assert time.monotonic() < deadline, "the processor did not LISTEN"
+            await asyncio.sleep(0.02)
         await deliver(
             client, wecom_app, contact_event(wecom_app, "add_external_contact", "wmA", T0)
         )
