@@ -29,10 +29,16 @@ def text_reply_xml(*, to_user: str, corp_id: str, content: str, now: int) -> str
     )
 
 
-def choose_reply(rules: list[LoadedRule], text: str) -> LoadedRule | None:
-    """Rules come highest priority first; the first that matches answers."""
+def choose_reply(
+    rules: list[LoadedRule], text: str, *, open_kfid: str | None = None
+) -> LoadedRule | None:
+    """Rules come highest priority first; the first that matches answers. A rule for one
+    微信客服 account answers only there."""
     for rule in rules:
-        if isinstance(rule.match, ReplyMatch) and rule.match.matches(text):
+        match = rule.match
+        if not isinstance(match, ReplyMatch) or match.open_kfid not in (None, open_kfid):
+            continue
+        if match.matches(text):
             return rule
     return None
 

@@ -104,6 +104,8 @@ class WelcomeMatch(_Strict):
     hours: tuple[time, time] | None = None  # e.g. ["18:00", "09:00"]: across midnight is fine
     weekdays: list[Annotated[int, Field(ge=1, le=7)]] = Field(default_factory=list)  # 1 = Mon
     timezone: str = "Asia/Shanghai"
+    # Set: a 微信客服 welcome for this KF account (enter_session); unset: a customer welcome.
+    open_kfid: str | None = None
 
     @model_validator(mode="after")
     def _valid(self) -> "WelcomeMatch":
@@ -212,6 +214,7 @@ class TagContent(_Strict):
 class ReplyMatch(_Strict):
     keywords: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     mode: Literal["exact", "contains", "regex"] = "exact"
+    open_kfid: str | None = None  # only this 微信客服 account; unset: every app and account
 
     @model_validator(mode="after")
     def _valid(self) -> "ReplyMatch":

@@ -18,6 +18,8 @@ from app.processing.projection import Context, event_time
 
 WELCOME = "welcome"
 MARK_TAG = "mark_tag"
+KF_SYNC = "kf_sync"
+KF_TOKEN_LIFETIME = timedelta(minutes=10)  # the callback's Token, for sync_msg
 WELCOME_CODE_SECONDS = 20  # PROTOCOL.md §5.2: valid 20 s, usable once
 TAG_DEADLINE = timedelta(minutes=10)
 
@@ -41,13 +43,19 @@ class RuleCache:
 
 
 def choose_welcome(
-    rules: list[LoadedRule], *, state: str, user_id: str, at: datetime
+    rules: list[LoadedRule],
+    *,
+    state: str,
+    user_id: str,
+    at: datetime,
+    open_kfid: str | None = None,
 ) -> LoadedRule | None:
     """The most specific matching rule; among equally specific ones, the highest priority."""
     matching = [
         r
         for r in rules
         if isinstance(r.match, WelcomeMatch)
+        and r.match.open_kfid == open_kfid
         and r.match.matches(state=state, user_id=user_id, at=at)
     ]
     return max(matching, key=lambda r: (r.match.specificity(), r.priority, -r.id), default=None)
@@ -61,6 +69,19 @@ async def automate(
         await _tag_by_channel(session, event, context, rules)
     elif isinstance(event, ev.ChatUpdate) and event.update_detail == "add_member":
         await _tag_by_group(session, event, context, rules)
+    elif isinstance(event, ev.KfMsgOrEvent) and event.open_kf_id:
+        # The callback only says "something new": pull it (app/automations/kf.py).
+        await enqueue(
+            session,
+            kind=KF_SYNC,
+            app_id=context.app_id,
+            corp_id=context.corp_id,
+            target=event.open_kf_id,
+            event_id=context.event_id,
+            idempotency_key=f"{KF_SYNC}:{context.event_id}",
+            deadline=context.received_at + KF_TOKEN_LIFETIME,
+            payload={"token": event.token},
+        )
 
 
 async def _welcome(

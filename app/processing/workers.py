@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.automations import kf
 from app.automations.tagging import mark_tags
-from app.automations.triggers import MARK_TAG, WELCOME
+from app.automations.triggers import KF_SYNC, MARK_TAG, WELCOME
 from app.automations.welcome import send_welcome
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
@@ -40,6 +41,9 @@ def event_processor(
 
 HANDLERS: dict[str, Handler] = {
     WELCOME: send_welcome,
+    KF_SYNC: kf.kf_sync,
+    kf.KF_REPLY: kf.kf_reply,
+    kf.KF_WELCOME: kf.kf_welcome,
     MARK_TAG: mark_tags,
     ENRICH_CONTACT: enrichment.enrich_contact,
     ENRICH_GROUP: enrichment.enrich_group,

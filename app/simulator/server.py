@@ -344,6 +344,10 @@ class SeedIn(BaseModel):
     tags: int = 10
 
 
+class KfCustomerIn(BaseModel):
+    external_userid: str
+
+
 class KfMessageIn(BaseModel):
     external_userid: str
     content: str
@@ -421,6 +425,30 @@ def control_router(sim: SimState) -> APIRouter:
             }
         )
         return {"msgid": msgid, "token": secrets.token_urlsafe(24)}
+
+    @router.post("/corps/{corp_id}/kf/{open_kfid}/enter_session")
+    async def kf_enter_session(
+        corp_id: str, open_kfid: str, customer: KfCustomerIn
+    ) -> dict[str, str]:
+        """A WeChat customer opens the KF chat: an enter_session event with a welcome_code."""
+        messages = sim.corp(corp_id).kf_messages.setdefault(open_kfid, [])
+        code = sim.issue_welcome_code(corp_id)
+        messages.append(
+            {
+                "msgid": f"evt{len(messages):06d}{secrets.token_hex(4)}",
+                "send_time": int(time.time()),
+                "origin": 4,
+                "msgtype": "event",
+                "event": {
+                    "event_type": "enter_session",
+                    "open_kfid": open_kfid,
+                    "external_userid": customer.external_userid,
+                    "scene": "",
+                    "welcome_code": code,
+                },
+            }
+        )
+        return {"welcome_code": code, "token": secrets.token_urlsafe(24)}
 
     @router.post("/corps/{corp_id}/welcome_codes")
     async def issue_welcome_codes(corp_id: str, count: int = 1) -> list[str]:

@@ -1,0 +1,207 @@
+"""微信客服 (WeChat Customer Service): pull, answer, welcome (PROTOCOL.md §4.6, §5.7).
+
+A kf_msg_or_event callback only says "something new" and carries a Token. The kf_sync action
+pulls with kf/sync_msg from the account's stored cursor, holding that cursor's row lock while
+it reads, so two replicas never read the same page and a restart resumes where it stopped:
+each page's messages, the actions they cause and the new cursor are committed together.
+Customer text that a reply rule matches becomes a kf_reply action (kf/send_msg, with a msgid
+derived from the customer's message, so a repeat cannot send twice); an enter_session with a
+welcome_code becomes a kf_welcome action (kf/send_msg_on_event, 20 s deadline).
+"""
+
+import hashlib
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from app.automations.replies import choose_reply
+from app.automations.rules import ReplyContent, WelcomeContent, render
+from app.automations.store import enabled_rules
+from app.automations.triggers import choose_welcome
+from app.processing.actions import Outcome, Run
+from app.processing.enqueue import enqueue
+
+KF_REPLY = "kf_reply"
+KF_WELCOME = "kf_welcome"
+SESSION_WINDOW = timedelta(hours=48)  # send_msg only within 48 h of the customer's message
+KF_CODE_SECONDS = 20
+
+_LOCK_CURSOR = text(
+    """
+    INSERT INTO kf_cursors (corp_id, open_kfid) VALUES (:corp_id, :open_kfid)
+    ON CONFLICT (corp_id, open_kfid) DO UPDATE SET corp_id = excluded.corp_id
+    RETURNING cursor
+    """
+)  # the no-op update takes the row lock, like SELECT … FOR UPDATE, creating the row if new
+_SAVE_CURSOR = text(
+    "UPDATE kf_cursors SET cursor = :cursor, updated_at = now()"
+    " WHERE corp_id = :corp_id AND open_kfid = :open_kfid"
+)
+_STORE_MESSAGE = text(
+    """
+    INSERT INTO messages (corp_id, app_id, source, msg_id, sender, open_kfid, msg_type,
+                          content, payload, sent_at)
+    VALUES (:corp_id, :app_id, 'kf', :msg_id, :sender, :open_kfid, :msg_type, :content,
+            CAST(:payload AS jsonb), :sent_at)
+    ON CONFLICT (corp_id, source, msg_id) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def _reply_msgid(source_msgid: str) -> str:
+    """kf/send_msg's msgid: ≤32 of [0-9a-zA-Z_-], unique per account, the same on a repeat."""
+    return "r" + hashlib.sha256(source_msgid.encode()).hexdigest()[:31]
+
+
+async def kf_sync(run: Run) -> Outcome:
+    action = run.action
+    open_kfid = action.target
+    pulled = replies = welcomes = 0
+    async with run.sessionmaker.begin() as session:
+        connection = await session.connection()
+        keys = {"corp_id": action.corp_id, "open_kfid": open_kfid}
+        cursor = (await connection.execute(_LOCK_CURSOR, keys)).scalar_one()
+        reply_rules = await enabled_rules(session, "reply", action.app_id)
+        welcome_rules = await enabled_rules(session, "welcome", action.app_id)
+        while True:
+            body = await run.client.call(
+                run.credentials,
+                "POST",
+                "kf/sync_msg",
+                json={
+                    "cursor": cursor,
+                    "token": action.payload.get("token", ""),
+                    "limit": 1000,
+                    "open_kfid": open_kfid,
+                },
+                deadline=run.deadline_monotonic,
+            )
+            for message in body.get("msg_list", []):
+                event = message.get("event") or {}
+                sender = message.get("external_userid") or event.get("external_userid", "")
+                content = (message.get("text") or {}).get("content")
+                stored = await connection.execute(
+                    _STORE_MESSAGE,
+                    {
+                        **keys,
+                        "app_id": action.app_id,
+                        "msg_id": message["msgid"],
+                        "sender": sender,
+                        "msg_type": message.get("msgtype", ""),
+                        "content": content,
+                        "payload": json.dumps(message, ensure_ascii=False),
+                        "sent_at": datetime.fromtimestamp(
+                            message.get("send_time", time.time()), UTC
+                        ),
+                    },
+                )
+                if stored.first() is None:
+                    continue  # read before: already answered, if it needed an answer
+                pulled += 1
+                common = {
+                    "app_id": action.app_id,
+                    "corp_id": action.corp_id,
+                    "target": sender,
+                    "event_id": action.event_id,
+                }
+                if message.get("origin") == 3 and content:
+                    rule = choose_reply(reply_rules, content, open_kfid=open_kfid)
+                    if rule is not None:
+                        replies += 1
+                        assert isinstance(rule.content, ReplyContent)
+                        await enqueue(
+                            session,
+                            kind=KF_REPLY,
+                            **common,
+                            idempotency_key=f"{KF_REPLY}:{action.corp_id}:{message['msgid']}",
+                            deadline=datetime.fromtimestamp(message["send_time"], UTC)
+                            + SESSION_WINDOW,
+                            payload={
+                                "open_kfid": open_kfid,
+                                "text": rule.content.text,
+                                "msgid": _reply_msgid(message["msgid"]),
+                                "rule_id": rule.id,
+                                "rule_name": rule.name,
+                            },
+                        )
+                code = event.get("welcome_code")
+                if event.get("event_type") == "enter_session" and code:
+                    at = datetime.fromtimestamp(message.get("send_time", time.time()), UTC)
+                    rule = choose_welcome(
+                        welcome_rules,
+                        state=event.get("scene_param", ""),
+                        user_id="",
+                        at=at,
+                        open_kfid=open_kfid,
+                    )
+                    key = f"{KF_WELCOME}:{action.corp_id}:{code}"
+                    if rule is None:
+                        await enqueue(
+                            session,
+                            kind=KF_WELCOME,
+                            **common,
+                            idempotency_key=key,
+                            skipped=f"no kf welcome rule for {open_kfid}",
+                        )
+                        continue
+                    welcomes += 1
+                    assert isinstance(rule.content, WelcomeContent)
+                    await enqueue(
+                        session,
+                        kind=KF_WELCOME,
+                        **common,
+                        idempotency_key=key,
+                        deadline=at + timedelta(seconds=KF_CODE_SECONDS),
+                        payload={
+                            "code": code,
+                            "text": render(rule.content.text, {}),
+                            "msgid": _reply_msgid(code),
+                            "rule_id": rule.id,
+                            "rule_name": rule.name,
+                        },
+                    )
+            cursor = body.get("next_cursor") or cursor
+            await connection.execute(_SAVE_CURSOR, {**keys, "cursor": cursor})
+            if not body.get("has_more"):
+                break
+    return Outcome("succeeded", f"{pulled} new, {replies} replies, {welcomes} welcomes")
+
+
+async def kf_reply(run: Run) -> Outcome:
+    payload: dict[str, Any] = run.action.payload
+    await run.client.call(
+        run.credentials,
+        "POST",
+        "kf/send_msg",
+        json={
+            "touser": run.action.target,
+            "open_kfid": payload["open_kfid"],
+            "msgid": payload["msgid"],
+            "msgtype": "text",
+            "text": {"content": payload["text"]},
+        },
+        deadline=run.deadline_monotonic,
+    )
+    return Outcome("succeeded", f"rule {payload.get('rule_name')!r}")
+
+
+async def kf_welcome(run: Run) -> Outcome:
+    payload: dict[str, Any] = run.action.payload
+    await run.client.call(
+        run.credentials,
+        "POST",
+        "kf/send_msg_on_event",
+        json={
+            "code": payload["code"],
+            "msgid": payload["msgid"],
+            "msgtype": "text",
+            "text": {"content": payload["text"]},
+        },
+        deadline=run.deadline_monotonic,
+        backoff=0.05,
+    )
+    return Outcome("succeeded", f"rule {payload.get('rule_name')!r}")

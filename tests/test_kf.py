@@ -1,0 +1,121 @@
+"""微信客服 end to end: a kf_msg_or_event callback makes wecom-hub pull with kf/sync_msg from
+its stored cursor, answer matching messages with kf/send_msg, and welcome with
+kf/send_msg_on_event; the cursor survives a restart."""
+
+from typing import Any
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.main import create_app
+from app.simulator.callbacks import event_xml
+from tests.conftest import RegisteredApp, Simulator
+from tests.processing_helpers import deliver, wait_for
+from tests.test_automations import rule
+
+KF = "wkSHOPSERVICE"
+
+
+async def customer_writes(simulator: Simulator, app: RegisteredApp, content: str) -> str:
+    async with httpx.AsyncClient(base_url=simulator.url) as sim:
+        answer = await sim.post(
+            f"/sim/corps/{app.corp_id}/kf/{KF}/messages",
+            json={"external_userid": "wmKFCUSTOMER", "content": content},
+        )
+        return str(answer.json()["token"])
+
+
+def kf_callback(app: RegisteredApp, token: str) -> str:
+    return event_xml(app.corp_id, "kf_msg_or_event", {"Token": token, "OpenKfId": KF})
+
+
+def sent(simulator: Simulator, api: str) -> list[dict[str, Any]]:
+    return [c.body for c in simulator.state.calls if c.api == api and c.errcode == 0]
+
+
+async def test_kf_messages_are_answered_once_and_the_cursor_survives_a_restart(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    await rule(settings, "reply", {"keywords": ["菜单"]}, {"text": "1. 下单 2. 查询"})
+    token = await customer_writes(simulator, wecom_app, "菜单")
+    await customer_writes(simulator, wecom_app, "随便聊聊")
+    await deliver(live, wecom_app, kf_callback(wecom_app, token))
+    await deliver(live, wecom_app, kf_callback(wecom_app, token + "x"))  # a burst: 2 callbacks
+
+    async def answered() -> bool:
+        return len(sent(simulator, "kf/send_msg")) == 1
+
+    await wait_for(answered)
+    [reply] = sent(simulator, "kf/send_msg")
+    assert (reply["touser"], reply["open_kfid"], reply["text"]["content"]) == (
+        "wmKFCUSTOMER",
+        KF,
+        "1. 下单 2. 查询",
+    )
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE source = 'kf'") == 2
+    cursor = await db.fetchval("SELECT cursor FROM kf_cursors WHERE open_kfid = $1", KF)
+    assert cursor == "c2"
+
+    # Another instance (a restart, or a second replica) has only the cursor in Postgres,
+    # and reads only what is new.
+    assert settings.database_url
+    configured = settings.model_copy(
+        update={
+            "process_in_serve": True,
+            "wecom_api_base_url": simulator.url,
+            "processor_poll_seconds": 0.2,
+        }
+    )
+    restarted: FastAPI = create_app(configured, database_url=configured.database_url)
+    async with (
+        restarted.router.lifespan_context(restarted),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=restarted), base_url="http://hub2"
+        ) as client,
+    ):
+        token = await customer_writes(simulator, wecom_app, "菜单")
+        await deliver(client, wecom_app, kf_callback(wecom_app, token))
+
+        async def answered_twice() -> bool:
+            return len(sent(simulator, "kf/send_msg")) == 2
+
+        await wait_for(answered_twice)
+    cursors = [c["cursor"] for c in sent(simulator, "kf/sync_msg")]
+    assert cursors[0] == "" and cursors[-1] == "c2"  # never from the start again
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE source = 'kf'") == 3
+    assert len({r["msgid"] for r in sent(simulator, "kf/send_msg")}) == 2
+
+
+async def test_kf_welcome_on_enter_session(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    await rule(settings, "welcome", {"open_kfid": KF}, {"text": "您好，请问有什么可以帮您？"})
+    await rule(settings, "welcome", {}, {"text": "customer welcome, not for KF"})
+    async with httpx.AsyncClient(base_url=simulator.url) as sim:
+        entered = (
+            await sim.post(
+                f"/sim/corps/{wecom_app.corp_id}/kf/{KF}/enter_session",
+                json={"external_userid": "wmKFNEW"},
+            )
+        ).json()
+    await deliver(live, wecom_app, kf_callback(wecom_app, entered["token"]))
+
+    async def welcomed() -> bool:
+        return len(sent(simulator, "kf/send_msg_on_event")) == 1
+
+    await wait_for(welcomed)
+    [welcome] = sent(simulator, "kf/send_msg_on_event")
+    assert welcome["code"] == entered["welcome_code"]
+    assert welcome["text"]["content"] == "您好，请问有什么可以帮您？"
+    status = await db.fetchval("SELECT status FROM actions WHERE kind = 'kf_welcome'")
+    assert status == "succeeded"
