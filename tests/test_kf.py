@@ -111,11 +111,10 @@ async def test_kf_welcome_on_enter_session(
     await deliver(live, wecom_app, kf_callback(wecom_app, entered["token"]))
 
     async def welcomed() -> bool:
-        return len(sent(simulator, "kf/send_msg_on_event")) == 1
+        status = await db.fetchval("SELECT status FROM actions WHERE kind = 'kf_welcome'")
+        return bool(status == "succeeded")
 
     await wait_for(welcomed)
     [welcome] = sent(simulator, "kf/send_msg_on_event")
     assert welcome["code"] == entered["welcome_code"]
     assert welcome["text"]["content"] == "您好，请问有什么可以帮您？"
-    status = await db.fetchval("SELECT status FROM actions WHERE kind = 'kf_welcome'")
-    assert status == "succeeded"
