@@ -1,6 +1,7 @@
 """Wake-ups through Postgres LISTEN/NOTIFY, so loops react at once instead of polling."""
 
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
@@ -11,13 +12,25 @@ EVENTS_CHANNEL = "wecom_hub_events"  # ingest committed events (app/callbacks/wr
 ACTIONS_CHANNEL = "wecom_hub_actions"  # the processor wrote actions (app/processing/enqueue.py)
 
 
+async def _connect(dsn: str) -> asyncpg.Connection:
+    """Connect; if cancelled meanwhile (shutdown), close the connection that was still being
+    made instead of leaving it to the garbage collector."""
+    connecting = asyncio.ensure_future(asyncpg.connect(dsn, timeout=5))
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await (await connecting).close()
+        raise
+
+
 async def listen(dsn: str, channel: str, wake: asyncio.Event, *, retry_seconds: float) -> None:
     """Set `wake` on every notification, until cancelled. A lost connection is reopened;
     the loops also poll, so a notification missed meanwhile only costs a poll interval."""
     while True:
         connection: asyncpg.Connection | None = None
         try:
-            connection = await asyncpg.connect(dsn, timeout=5)
+            connection = await _connect(dsn)
             closed = asyncio.Event()
             await connection.add_listener(channel, lambda *_: wake.set())
             connection.add_termination_listener(lambda *_, closed=closed: closed.set())
