@@ -172,18 +172,14 @@ async def scenario(
 
 @contextlib.contextmanager
 def worker(command: list[str], env: dict[str, str]) -> Iterator[None]:
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "a"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    try:
-        yield
-    finally:
-        process.terminate()
-        process.wait(20)
+    """A `wecom-hub worker`; its output goes to $BENCH_WORKER_LOG if set."""
+    with open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "a") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            yield
+        finally:
+            process.terminate()
+            process.wait(20)
 
 
 def main() -> None:

@@ -7,12 +7,11 @@ earlier reply was never delivered either.
 """
 
 import time
-from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.automations.rules import ReplyContent, ReplyMatch
-from app.automations.store import LoadedRule, enabled_rules
+from app.automations.store import LoadedRule, RuleCache
 from app.callbacks.safexml import XmlValue
 from app.crypto import WXBizMsgCrypt
 
@@ -44,28 +43,15 @@ def choose_reply(
 
 
 class ReplyBook:
-    """The reply rules of each app, cached for `ttl` seconds (changes apply within that)."""
+    """The reply rules of each app, cached like every rule (changes apply within `ttl`)."""
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        *,
-        ttl: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, ttl: float = 5.0) -> None:
         self._sessionmaker = sessionmaker
-        self._ttl = ttl
-        self._clock = clock
-        self._cached: dict[int, tuple[float, list[LoadedRule]]] = {}
+        self._cache = RuleCache(ttl)
 
     async def rules(self, app_id: int) -> list[LoadedRule]:
-        hit = self._cached.get(app_id)
-        if hit is not None and hit[0] > self._clock():
-            return hit[1]
-        async with self._sessionmaker() as session:
-            rules = await enabled_rules(session, "reply", app_id)
-        self._cached[app_id] = (self._clock() + self._ttl, rules)
-        return rules
+        async with self._sessionmaker() as session:  # no connection unless the cache misses
+            return await self._cache.get(session, "reply", app_id)
 
     async def passive_reply(
         self,

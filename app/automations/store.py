@@ -1,5 +1,6 @@
 """Saving and loading rules. Functions take a session and never commit."""
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,3 +105,21 @@ async def enabled_rules(session: AsyncSession, kind: str, app_id: int) -> list[L
         )
         for r in rows
     ]
+
+
+class RuleCache:
+    """Rules per (kind, app) for a few seconds: not one query per event, and a changed
+    rule is in force after at most `ttl` seconds."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self._ttl = ttl
+        self._cached: dict[tuple[str, int], tuple[float, list[LoadedRule]]] = {}
+
+    async def get(self, session: AsyncSession, kind: str, app_id: int) -> list[LoadedRule]:
+        key = (kind, app_id)
+        hit = self._cached.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        rules = await enabled_rules(session, kind, app_id)
+        self._cached[key] = (time.monotonic() + self._ttl, rules)
+        return rules

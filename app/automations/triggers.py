@@ -2,7 +2,6 @@
 transaction, so the actions exist if and only if the event was processed. Exactly once
 follows from the actions' idempotency keys (the welcome_code itself for welcomes)."""
 
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.automations.rules import WelcomeMatch
-from app.automations.store import LoadedRule, enabled_rules
+from app.automations.store import LoadedRule, RuleCache
 from app.events import models as ev
 from app.models import Follow
 from app.processing.enqueue import enqueue
@@ -22,24 +21,6 @@ KF_SYNC = "kf_sync"
 KF_TOKEN_LIFETIME = timedelta(minutes=10)  # the callback's Token, for sync_msg
 WELCOME_CODE_SECONDS = 20  # PROTOCOL.md §5.2: valid 20 s, usable once
 TAG_DEADLINE = timedelta(minutes=10)
-
-
-class RuleCache:
-    """Rules per (kind, app) for a few seconds: not one query per event, and a changed
-    rule is in force after at most `ttl` seconds."""
-
-    def __init__(self, ttl: float = 5.0) -> None:
-        self._ttl = ttl
-        self._cached: dict[tuple[str, int], tuple[float, list[LoadedRule]]] = {}
-
-    async def get(self, session: AsyncSession, kind: str, app_id: int) -> list[LoadedRule]:
-        key = (kind, app_id)
-        hit = self._cached.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        rules = await enabled_rules(session, kind, app_id)
-        self._cached[key] = (time.monotonic() + self._ttl, rules)
-        return rules
 
 
 def choose_welcome(

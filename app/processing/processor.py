@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.automations.triggers import RuleCache, automate
+from app.automations.store import RuleCache
+from app.automations.triggers import automate
 from app.events.models import InvalidEvent, parse_event
 from app.metrics import EVENTS_PROCESSED
 from app.models import Event
