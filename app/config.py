@@ -71,10 +71,15 @@ class Settings(BaseSettings):
         description="Where the WeCom API is; point it at `wecom-hub sim serve` to simulate.",
     )
     wecom_api_timeout_seconds: float = Field(default=5.0, gt=0)
-    wecom_api_calls_per_minute: float = Field(
-        default=5000,
+    wecom_api_calls_per_minute: int = Field(
+        default=9000,
         gt=0,
-        description="Per corp and API, per process (WeCom allows 10,000/min per corp).",
+        description="Per corp and API, per process (WeCom allows 10,000 a minute).",
+    )
+    wecom_api_calls_per_hour: int = Field(
+        default=135_000,
+        gt=0,
+        description="Per corp and API, per process (WeCom allows 150,000 an hour).",
     )
     wecom_api_concurrency: int = Field(
         default=8, gt=0, description="Calls in flight per corp and API (45033 beyond that)."

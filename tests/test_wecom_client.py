@@ -18,6 +18,7 @@ from app.simulator.state import Contact, Fault
 from app.wecom.client import Credentials, WecomClient
 from app.wecom.errors import WecomApiError
 from app.wecom.factory import create_client, create_http
+from app.wecom.ratelimit import RateLimiter, Window
 from tests.conftest import Simulator
 
 CORP, SECRET = "wwsimcorp000000001", "corp-secret-for-tests"
@@ -183,3 +184,33 @@ async def test_unreachable_wecom_is_a_retryable_error(settings: Settings) -> Non
         await client.fetch_token(CORP, SECRET)
     assert raised.value.errcode is None and raised.value.retryable
     await http.aclose()
+
+
+def test_rate_window_allows_a_burst_then_waits_for_the_oldest_call_to_leave() -> None:
+    """WeCom counts calls per minute: the whole minute's budget may go at once, and the
+    next call fits when the first of them is a minute old."""
+    window = Window(limit=3, seconds=60.0)
+    for at in (100.0, 100.1, 100.2):
+        assert window.wait(at) == 0.0
+        window.take(at)
+    assert window.wait(100.3) == pytest.approx(59.7)
+    assert window.wait(160.0) == 0.0  # the call at 100.0 has left the window
+    window.take(160.0)
+    assert window.wait(160.05) == pytest.approx(0.05)  # next out: 100.1
+
+
+async def test_rate_limiter_holds_calls_over_the_minute_budget() -> None:
+    limiter = RateLimiter(per_minute=2, per_hour=100, concurrency=8)
+    entered: list[str] = []
+
+    async def call(name: str) -> None:
+        async with limiter.slot("ww1", "externalcontact/get"):
+            entered.append(name)
+
+    async with limiter.slot("ww1", "other/api"), limiter.slot("ww2", "externalcontact/get"):
+        pass  # budgets are per corp and API: these take nothing from ww1's
+    tasks = [asyncio.create_task(call(name)) for name in ("a", "b", "c")]
+    done, pending = await asyncio.wait(tasks, timeout=0.5)
+    assert sorted(entered) == ["a", "b"] and len(pending) == 1
+    for task in pending:
+        task.cancel()

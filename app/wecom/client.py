@@ -68,7 +68,7 @@ class WecomClient:
         tokens may be set later (it needs the client to fetch)."""
         self._http = http
         self.tokens = tokens
-        self._limiter = limiter or RateLimiter(per_minute=5000, concurrency=8)
+        self._limiter = limiter or RateLimiter(per_minute=9000, per_hour=135_000, concurrency=8)
         self._record = record
         self._recording: set[asyncio.Task[None]] = set()
         self._max_attempts = max_attempts

@@ -21,6 +21,7 @@ def create_client(
         http,
         limiter=RateLimiter(
             per_minute=settings.wecom_api_calls_per_minute,
+            per_hour=settings.wecom_api_calls_per_hour,
             concurrency=settings.wecom_api_concurrency,
         ),
         record=CallRecorder(sessionmaker),

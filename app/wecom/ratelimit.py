@@ -1,46 +1,69 @@
-"""Stay under WeCom's limits before WeCom says 45009/45033: a token bucket per corp and API
-(10,000 calls/min is WeCom's published cap; we default to half) and a cap on calls in flight
-per API (community reports 45033 beyond ~5-10 concurrent calls). Per process: N replicas
-should each get 1/N of the budget (WECOM_HUB_WECOM_API_CALLS_PER_MINUTE)."""
+"""Stay under WeCom's limits before WeCom says 45009/45033 (PROTOCOL.md §5.11): per corp and
+API, 10,000 calls a minute and 150,000 an hour; and a cap on calls in flight per API
+(community reports 45033 beyond ~5-10 concurrent calls).
+
+The budgets are sliding windows, not a steady rate: WeCom counts calls per minute and per
+hour, so a burst of new customers may use the minute's whole budget at once; smoothing it to
+an even rate would make welcomes queue behind a limit WeCom does not have. Per process: N
+replicas should each get 1/N of the budget (WECOM_HUB_WECOM_API_CALLS_PER_MINUTE, _PER_HOUR).
+"""
 
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 
-class _Bucket:
-    def __init__(self, per_minute: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate)  # at most one second's worth in a burst
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
+class Window:
+    """At most `limit` calls in any `seconds`-long window: the times of the calls made."""
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        self.limit = limit
+        self.seconds = seconds
+        self._calls: deque[float] = deque()
+
+    def wait(self, now: float) -> float:
+        """How long until one more call fits (0: now)."""
+        while self._calls and self._calls[0] <= now - self.seconds:
+            self._calls.popleft()
+        if len(self._calls) < self.limit:
+            return 0.0
+        return self._calls[len(self._calls) - self.limit] + self.seconds - now
+
+    def take(self, now: float) -> None:
+        self._calls.append(now)
+
+
+class _Budget:
+    def __init__(self, per_minute: int, per_hour: int) -> None:
+        self.windows = (Window(per_minute, 60.0), Window(per_hour, 3600.0))
         self.lock = asyncio.Lock()
 
     async def take(self) -> None:
-        async with self.lock:
+        async with self.lock:  # first come, first served
+            while wait := max(window.wait(time.monotonic()) for window in self.windows):
+                await asyncio.sleep(wait)
             now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.tokens < 1:
-                await asyncio.sleep((1 - self.tokens) / self.rate)
-                self.updated = time.monotonic()
-                self.tokens = 1
-            self.tokens -= 1
+            for window in self.windows:
+                window.take(now)
 
 
 class RateLimiter:
-    def __init__(self, *, per_minute: float, concurrency: int) -> None:
+    def __init__(self, *, per_minute: int, per_hour: int, concurrency: int) -> None:
         self._per_minute = per_minute
+        self._per_hour = per_hour
         self._concurrency = concurrency
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._budgets: dict[tuple[str, str], _Budget] = {}
         self._slots: dict[tuple[str, str], asyncio.Semaphore] = {}
 
     @contextlib.asynccontextmanager
     async def slot(self, corp_id: str, api: str) -> AsyncIterator[None]:
         key = (corp_id, api)
-        bucket = self._buckets.setdefault(key, _Bucket(self._per_minute))
-        semaphore = self._slots.setdefault(key, asyncio.Semaphore(self._concurrency))
-        await bucket.take()
-        async with semaphore:
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = _Budget(self._per_minute, self._per_hour)
+            self._slots[key] = asyncio.Semaphore(self._concurrency)
+        await budget.take()
+        async with self._slots[key]:
             yield
