@@ -1,5 +1,7 @@
 """Engine and session factory. Created in the lifespan or a CLI command, never at import."""
 
+import json
+
 import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -32,6 +34,28 @@ def create_engine(
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def _jsonb_as_python(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+def create_pool(dsn: str, settings: Settings, *, max_size: int) -> asyncpg.Pool:
+    """A plain asyncpg pool, for hot paths where SQLAlchemy's per-statement work shows
+    (a claim, a status update: one prepared statement, one round trip, no transaction
+    block). jsonb comes and goes as Python values. Await it to open; connections are made
+    lazily, so a loop can start while Postgres is down."""
+    timeout = settings.database_timeout_seconds
+    return asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        timeout=timeout,
+        command_timeout=timeout,
+        init=_jsonb_as_python,
+    )
 
 
 class DatabaseUnavailable(Exception):

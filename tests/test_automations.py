@@ -14,7 +14,7 @@ from wechatpy.enterprise.crypto import WeChatCrypto
 from app.automations.store import RuleInvalid, add_rule
 from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
-from app.db import create_engine, create_sessionmaker
+from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
 from app.processing import workers
 from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
 from app.simulator.sender import Scenario
@@ -212,9 +212,11 @@ async def test_duplicates_and_two_runners_still_send_one_welcome(
     engine = create_engine(configured.database_url, configured, pool_size=4)
     box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
     maker = create_sessionmaker(engine)
-    async with create_http(configured) as http:  # a second runner, as in another replica
+    pool = create_pool(asyncpg_dsn(configured.database_url), configured, max_size=4)
+    # a second runner, as in another replica
+    async with pool, create_http(configured) as http:
         runner = workers.action_runner(
-            configured, maker, "", box, create_client(configured, maker, box, http)
+            configured, pool, maker, "", box, create_client(configured, maker, box, http)
         )
         stop = asyncio.Event()
 

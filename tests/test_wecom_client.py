@@ -210,7 +210,7 @@ async def test_rate_limiter_holds_calls_over_the_minute_budget() -> None:
     async with limiter.slot("ww1", "other/api"), limiter.slot("ww2", "externalcontact/get"):
         pass  # budgets are per corp and API: these take nothing from ww1's
     tasks = [asyncio.create_task(call(name)) for name in ("a", "b", "c")]
-    done, pending = await asyncio.wait(tasks, timeout=0.5)
+    _, pending = await asyncio.wait(tasks, timeout=0.5)
     assert sorted(entered) == ["a", "b"] and len(pending) == 1
     for task in pending:
         task.cancel()

@@ -9,10 +9,7 @@ welcome was delivered (or the customer started chatting), ends the action as `sk
 import asyncio
 from typing import Any
 
-from sqlalchemy import select
-
 from app.automations.rules import WelcomeContent, render
-from app.models import ExternalContact, Member
 from app.processing.actions import Outcome, Run
 from app.wecom.errors import WecomApiError
 
@@ -21,6 +18,12 @@ WELCOME_BACKOFF_SECONDS = 0.05  # -1 / 45009: try again soon, the window is 20 s
 WELCOME_MAX_ATTEMPTS = 8  # the deadline stops it first
 NAME_LOOKUP_SECONDS = 1.0  # at most this much of the window is spent learning the name
 
+_NAMES = """
+    SELECT (SELECT name FROM external_contacts WHERE corp_id = $1 AND external_userid = $2)
+               AS customer,
+           (SELECT name FROM members WHERE corp_id = $1 AND userid = $3) AS member
+"""
+
 
 async def _names(run: Run, content: WelcomeContent, user_id: str) -> dict[str, str | None]:
     """customer_name and member_name, only if the template uses them. The customer is new,
@@ -28,15 +31,8 @@ async def _names(run: Run, content: WelcomeContent, user_id: str) -> dict[str, s
     fallback wording is used instead of delaying the welcome."""
     if "{" not in content.text:
         return {}
-    async with run.sessionmaker() as session:
-        customer = await session.scalar(
-            select(ExternalContact.name).filter_by(
-                corp_id=run.action.corp_id, external_userid=run.action.target
-            )
-        )
-        member = await session.scalar(
-            select(Member.name).filter_by(corp_id=run.action.corp_id, userid=user_id)
-        )
+    known = await run.db.fetchrow(_NAMES, run.action.corp_id, run.action.target, user_id)
+    customer, member = (known["customer"], known["member"]) if known else (None, None)
     if customer is None and "{customer_name}" in content.text:
         loop = asyncio.get_running_loop()
         budget = loop.time() + NAME_LOOKUP_SECONDS

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, text, update
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto.at_rest import SecretBox
 from app.metrics import ACTIONS_FINISHED
-from app.models import Action
 from app.processing.notify import ACTIONS_CHANNEL, listen
 from app.processing.processor import worker_id
 from app.wecom.client import Credentials, WecomClient
@@ -31,23 +30,36 @@ from app.wecom_apps import load_credentials
 
 log = logging.getLogger(__name__)
 
-_CLAIM = text(
-    """
-    UPDATE actions SET status = 'running', locked_by = :worker,
-        locked_until = now() + make_interval(secs => :lease), attempts = attempts + 1,
+# The runner's own bookkeeping is plain asyncpg: one prepared statement and one round trip
+# each, no transaction block. At 100 welcomes a second SQLAlchemy's per-statement work was a
+# third of the runner's CPU.
+_CLAIM = """
+    UPDATE actions SET status = 'running', locked_by = $1,
+        locked_until = now() + make_interval(secs => $2), attempts = attempts + 1,
         started_at = coalesce(started_at, now())
     WHERE id IN (
         SELECT id FROM actions
         WHERE (status = 'pending' AND next_attempt_at <= now())
            OR (status = 'running' AND locked_until < now())
         ORDER BY deadline NULLS LAST, next_attempt_at, id  -- welcomes (20 s) first
-        LIMIT :limit
+        LIMIT $3
         FOR UPDATE SKIP LOCKED
     )
     RETURNING id, kind, app_id, corp_id, target, event_id, payload, attempts, deadline,
               created_at
-    """
-)
+"""
+
+# Only while this runner holds the claim: a late runner changes nothing. An outcome without
+# an error keeps the last one seen (a welcome that succeeded after a -1 says so).
+_RELEASE = """
+    UPDATE actions SET status = $3, reason = $4,
+        errcode = CASE WHEN $6::text IS NULL THEN errcode ELSE $5 END,
+        errmsg = coalesce($6, errmsg),
+        next_attempt_at = coalesce($7, next_attempt_at),
+        finished_at = CASE WHEN $7::timestamptz IS NULL THEN now() END,  -- no retry: finished
+        locked_by = NULL, locked_until = NULL
+    WHERE id = $1 AND locked_by = $2
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,7 @@ class Run:
     credentials: Credentials
     client: WecomClient
     sessionmaker: async_sessionmaker[AsyncSession]
+    db: asyncpg.Pool  # for a quick lookup, where a session would cost more than the query
 
     @property
     def deadline_monotonic(self) -> float | None:
@@ -98,6 +111,7 @@ def retry_delay(attempts: int) -> timedelta:
 class ActionRunner:
     def __init__(
         self,
+        db: asyncpg.Pool,
         sessionmaker: async_sessionmaker[AsyncSession],
         client: WecomClient,
         box: SecretBox,
@@ -111,6 +125,7 @@ class ActionRunner:
         poll_seconds: float = 1.0,
         worker: str | None = None,
     ) -> None:
+        self._db = db
         self._sessionmaker = sessionmaker
         self._client = client
         self._box = box
@@ -183,11 +198,8 @@ class ActionRunner:
         return len(claimed)
 
     async def claim(self, *, limit: int) -> list[ClaimedAction]:
-        async with self._sessionmaker.begin() as session:
-            rows = await session.execute(
-                _CLAIM, {"worker": self.worker, "lease": self._lease_seconds, "limit": limit}
-            )
-            return [ClaimedAction(**row._mapping) for row in rows]
+        rows = await self._db.fetch(_CLAIM, self.worker, self._lease_seconds, limit)
+        return [ClaimedAction(**row) for row in rows]
 
     async def execute(self, action: ClaimedAction) -> None:
         async with self._slots:
@@ -204,6 +216,7 @@ class ActionRunner:
                     await self._credentials_for(action.app_id),
                     self._client,
                     self._sessionmaker,
+                    self._db,
                 )
                 outcome = await handler(run)
             except WecomApiError as exc:
@@ -223,31 +236,55 @@ class ActionRunner:
 
     async def _failed(self, action: ClaimedAction, error: WecomApiError) -> None:
         """Transient errors are tried again later, unless attempts or the deadline run out."""
-        details = {"errcode": error.errcode, "errmsg": error.errmsg}
         retry_at = datetime.now(UTC) + retry_delay(action.attempts)
         if not error.retryable or action.attempts >= self._max_attempts:
-            await self._finish(action, "failed", **details)
+            await self._finish(action, "failed", error=error)
         elif action.deadline is not None and retry_at >= action.deadline:
             await self._finish(
-                action, "expired", reason="deadline passed while retrying", **details
+                action, "expired", reason="deadline passed while retrying", error=error
             )
         else:
-            await self._update(action, status="pending", next_attempt_at=retry_at, **details)
+            await self._release(action, "pending", error=error, retry_at=retry_at)
             ACTIONS_FINISHED.labels(action.kind, "retry").inc()
 
-    async def _finish(self, action: ClaimedAction, status: str, **values: Any) -> None:
-        await self._update(action, status=status, finished_at=func.now(), **values)
+    async def _finish(
+        self,
+        action: ClaimedAction,
+        status: str,
+        *,
+        reason: str | None = None,
+        error: WecomApiError | None = None,
+    ) -> None:
+        await self._release(action, status, reason=reason, error=error)
         ACTIONS_FINISHED.labels(action.kind, status).inc()
         log.info(
             "action finished",
-            extra={"action_id": action.id, "kind": action.kind, "status": status, **values},
+            extra={
+                "action_id": action.id,
+                "kind": action.kind,
+                "status": status,
+                "reason": reason,
+                "errcode": error.errcode if error else None,
+                "errmsg": error.errmsg if error else None,
+            },
         )
 
-    async def _update(self, action: ClaimedAction, **values: Any) -> None:
-        """Only while this runner holds the claim: a late runner changes nothing."""
-        async with self._sessionmaker.begin() as session:
-            await session.execute(
-                update(Action)
-                .where(Action.id == action.id, Action.locked_by == self.worker)
-                .values(locked_by=None, locked_until=None, **values)
-            )
+    async def _release(
+        self,
+        action: ClaimedAction,
+        status: str,
+        *,
+        reason: str | None = None,
+        error: WecomApiError | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        await self._db.execute(
+            _RELEASE,
+            action.id,
+            self.worker,
+            status,
+            reason,
+            error.errcode if error else None,
+            error.errmsg if error else None,
+            retry_at,
+        )

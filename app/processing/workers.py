@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.automations import kf
@@ -13,7 +14,7 @@ from app.automations.triggers import KF_SYNC, MARK_TAG, WELCOME
 from app.automations.welcome import send_welcome
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
-from app.db import asyncpg_dsn, create_engine, create_sessionmaker
+from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
 from app.processing import enrichment
 from app.processing.actions import ActionRunner, Handler
 from app.processing.processor import EventProcessor
@@ -53,12 +54,14 @@ HANDLERS: dict[str, Handler] = {
 
 def action_runner(
     settings: Settings,
+    db: asyncpg.Pool,
     sessionmaker: async_sessionmaker[AsyncSession],
     dsn: str,
     box: SecretBox,
     client: WecomClient,
 ) -> ActionRunner:
     return ActionRunner(
+        db,
         sessionmaker,
         client,
         box,
@@ -83,8 +86,9 @@ async def running(
     processor_engine = create_engine(url, settings, pool_size=2, pre_ping=False)
     runner_engine = create_engine(url, settings, pool_size=RUNNER_CONCURRENCY + 4, pre_ping=False)
     runner_sessions = create_sessionmaker(runner_engine)
+    runner_db = create_pool(dsn, settings, max_size=RUNNER_CONCURRENCY + 2)
     try:
-        async with create_http(settings) as http:
+        async with runner_db, create_http(settings) as http:
             client = create_client(settings, runner_sessions, box, http)
             stop = asyncio.Event()
             coroutines = []
@@ -92,7 +96,7 @@ async def running(
                 processor = event_processor(settings, create_sessionmaker(processor_engine), dsn)
                 coroutines.append(processor.run(stop))
             if "actions" in loops:
-                runner = action_runner(settings, runner_sessions, dsn, box, client)
+                runner = action_runner(settings, runner_db, runner_sessions, dsn, box, client)
                 coroutines.append(runner.run(stop))
             tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
             try:

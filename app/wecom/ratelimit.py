@@ -42,7 +42,9 @@ class _Budget:
 
     async def take(self) -> None:
         async with self.lock:  # first come, first served
-            while wait := max(window.wait(time.monotonic()) for window in self.windows):
+            # Under the lock nobody else takes from the windows: one wait is enough.
+            wait = max(window.wait(time.monotonic()) for window in self.windows)
+            if wait > 0:
                 await asyncio.sleep(wait)
             now = time.monotonic()
             for window in self.windows:
