@@ -42,6 +42,13 @@ async def _jsonb_as_python(connection: asyncpg.Connection) -> None:
     )
 
 
+async def _reset_if_needed(connection: asyncpg.Connection) -> None:
+    """asyncpg's own reset is a round trip on every release (UNLISTEN, RESET ALL, …); our
+    pools run single statements that leave nothing behind, except after an interruption."""
+    if connection.is_in_transaction():
+        await connection.reset()
+
+
 def create_pool(dsn: str, settings: Settings, *, max_size: int) -> asyncpg.Pool:
     """A plain asyncpg pool, for hot paths where SQLAlchemy's per-statement work shows
     (a claim, a status update: one prepared statement, one round trip, no transaction
@@ -55,6 +62,7 @@ def create_pool(dsn: str, settings: Settings, *, max_size: int) -> asyncpg.Pool:
         timeout=timeout,
         command_timeout=timeout,
         init=_jsonb_as_python,
+        reset=_reset_if_needed,
     )
 
 

@@ -51,7 +51,12 @@ async def test_kf_messages_are_answered_once_and_the_cursor_survives_a_restart(
     async def answered() -> bool:
         return len(sent(simulator, "kf/send_msg")) == 1
 
+    async def both_pulls_ended() -> bool:  # the burst's second pull finds nothing new
+        done = "SELECT count(*) FROM actions WHERE kind = 'kf_sync' AND finished_at IS NOT NULL"
+        return await db.fetchval(done) == 2
+
     await wait_for(answered)
+    await wait_for(both_pulls_ended)
     [reply] = sent(simulator, "kf/send_msg")
     assert (reply["touser"], reply["open_kfid"], reply["text"]["content"]) == (
         "wmKFCUSTOMER",

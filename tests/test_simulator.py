@@ -4,6 +4,7 @@ tokens, rate limits. Exercised over HTTP with the real client."""
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import httpx
 import pytest
 
@@ -29,7 +30,7 @@ class _Tokens:
 @pytest.fixture
 async def wecom(simulator: Simulator) -> AsyncIterator[WecomClient]:
     simulator.state.corp(CORP).secrets.add(SECRET)
-    async with httpx.AsyncClient(base_url=simulator.url, timeout=5) as http:
+    async with aiohttp.ClientSession(simulator.url) as http:
         client = WecomClient(http, max_attempts=1)
         client.tokens = _Tokens(client)  # type: ignore[assignment]
         yield client

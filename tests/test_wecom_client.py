@@ -6,8 +6,8 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import asyncpg
-import httpx
 import pytest
 
 from app import logs
@@ -178,12 +178,11 @@ async def test_no_secret_or_token_reaches_the_logs(
 
 
 async def test_unreachable_wecom_is_a_retryable_error(settings: Settings) -> None:
-    http = httpx.AsyncClient(base_url="http://127.0.0.1:9", timeout=1)
-    client = WecomClient(http, max_attempts=1)
-    with pytest.raises(WecomApiError) as raised:
-        await client.fetch_token(CORP, SECRET)
+    async with aiohttp.ClientSession("http://127.0.0.1:9") as http:
+        client = WecomClient(http, max_attempts=1)
+        with pytest.raises(WecomApiError) as raised:
+            await client.fetch_token(CORP, SECRET)
     assert raised.value.errcode is None and raised.value.retryable
-    await http.aclose()
 
 
 def test_rate_window_allows_a_burst_then_waits_for_the_oldest_call_to_leave() -> None:

@@ -6,6 +6,10 @@
   exponential backoff and jitter, never past the caller's deadline;
 - anything else fails at once with WeCom's errcode and errmsg kept;
 - every HTTP exchange is rate limited beforehand and recorded afterwards.
+
+The HTTP client is aiohttp, not httpx: measured in one run against the same local server,
+httpx spent about 2 ms of CPU per request, aiohttp 0.2 ms; at 100 welcomes a second, with
+an enrichment call each, that difference was most of a core.
 """
 
 import asyncio
@@ -16,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from app.metrics import WECOM_API_CALLS, WECOM_API_SECONDS
 from app.wecom.errors import TOKEN_ERRCODES, WecomApiError
@@ -56,7 +60,7 @@ async def _no_record(record: CallRecord) -> None:
 class WecomClient:
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         *,
         tokens: TokenCache | None = None,
         limiter: RateLimiter | None = None,
@@ -64,7 +68,7 @@ class WecomClient:
         max_attempts: int = 4,
         backoff_seconds: float = 0.2,
     ) -> None:
-        """http carries the base URL (WECOM_HUB_WECOM_API_BASE_URL) and timeouts.
+        """http carries the base URL (WECOM_HUB_WECOM_API_BASE_URL) and timeout.
         tokens may be set later (it needs the client to fetch)."""
         self._http = http
         self.tokens = tokens
@@ -161,26 +165,29 @@ class WecomClient:
         errmsg: str | None = None
         started = time.perf_counter()
         try:
-            async with self._limiter.slot(credentials.corp_id, api):
-                response = await self._http.request(
-                    method, f"/cgi-bin/{api}", params=query, json=json
-                )
-            status = response.status_code
-            if status >= 500:
-                errmsg = f"HTTP {status}"
+            async with (
+                self._limiter.slot(credentials.corp_id, api),
+                self._http.request(method, f"/cgi-bin/{api}", params=query, json=json) as response,
+            ):
+                status = response.status
+                if status >= 500:
+                    errmsg = f"HTTP {status}"
+                    raise WecomApiError(api, None, errmsg, http_status=status)
+                try:
+                    body = await response.json(content_type=None)  # WeCom says text/plain
+                except ValueError:
+                    errmsg = "answer is not JSON"
+                    raise WecomApiError(api, None, errmsg, http_status=status) from None
+            if not isinstance(body, dict):
+                errmsg = "answer is not a JSON object"
                 raise WecomApiError(api, None, errmsg, http_status=status)
-            try:
-                body = response.json()
-            except ValueError:
-                errmsg = "answer is not JSON"
-                raise WecomApiError(api, None, errmsg, http_status=status) from None
             # get_corp_token answers without errcode on success (PROTOCOL.md §6)
             errcode = int(body.get("errcode", 0))
             errmsg = str(body.get("errmsg", ""))
             if errcode != 0:
                 raise WecomApiError(api, errcode, errmsg, http_status=status)
-            return dict(body)
-        except httpx.HTTPError as exc:
+            return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
             errmsg = f"{type(exc).__name__}: {exc}"[:500]
             raise WecomApiError(api, None, errmsg) from exc
         finally:

@@ -1,6 +1,6 @@
-"""Assemble the client from settings: one httpx pool, the shared token cache, the limiter."""
+"""Assemble the client from settings: one aiohttp session, the shared token cache, the limiter."""
 
-import httpx
+import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -15,7 +15,7 @@ def create_client(
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     box: SecretBox,
-    http: httpx.AsyncClient,
+    http: aiohttp.ClientSession,
 ) -> WecomClient:
     client = WecomClient(
         http,
@@ -30,9 +30,11 @@ def create_client(
     return client
 
 
-def create_http(settings: Settings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
+def create_http(settings: Settings) -> aiohttp.ClientSession:
+    """Open it inside a running event loop (`async with create_http(settings) as http`)."""
+    return aiohttp.ClientSession(
         base_url=settings.wecom_api_base_url,
-        timeout=httpx.Timeout(settings.wecom_api_timeout_seconds),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        timeout=aiohttp.ClientTimeout(total=settings.wecom_api_timeout_seconds),
+        connector=aiohttp.TCPConnector(limit=100),
+        raise_for_status=False,
     )
