@@ -157,6 +157,14 @@ async def scenario(
     per_code = Counter(c["body"]["welcome_code"] for c in delivered)
     latencies = sorted((c["at"] - sent[c["body"]["welcome_code"]]) * 1000 for c in delivered)
     failures = sum(1 for c in calls if c["errcode"] != 0)
+    if os.environ.get("BENCH_TIMELINE"):  # latency by the second the callback left
+        started = min(sent.values())
+        seconds: dict[int, list[float]] = {}
+        for c in delivered:
+            at = sent[c["body"]["welcome_code"]]
+            seconds.setdefault(int(at - started), []).append((c["at"] - at) * 1000)
+        for second, values in sorted(seconds.items()):
+            print(f"  t={second:3d}s n={len(values):3d} max={max(values):6.0f} ms")
     statuses = {k: v - before.get(k, 0) for k, v in statuses.items()}
     print(f"{name}:" + await stages(dsn), flush=True)
 
@@ -168,6 +176,21 @@ async def scenario(
         f"{latencies[-1] if latencies else 0:.0f} | {sum(n - 1 for n in per_code.values())} | "
         f"{statuses.get('expired', 0)} | {statuses.get('failed', 0)} | {failures} |"
     )
+
+
+async def listening(dsn: str, expected: int) -> None:
+    """Wait (bounded) until the loops are up: each holds a LISTEN connection. Without this
+    the first seconds of a stream queue up while the workers are still starting."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + 60
+        query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+        while await connection.fetchval(query) < expected:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the service's {expected} loops did not start in 60 s")
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
 
 
 @contextlib.contextmanager
@@ -256,6 +279,8 @@ def main() -> None:
                     running.enter_context(worker([wecom_hub, "worker", "--only", loop], hub_env))
             for _ in range(0 if args.split else args.workers):
                 running.enter_context(worker([wecom_hub, "worker"], hub_env))
+            loops = 2 if args.split else 2 * max(1, args.workers)  # events + actions each
+            uvloop.run(listening(dsn, loops))
             rows = [
                 uvloop.run(
                     scenario(

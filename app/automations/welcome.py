@@ -14,7 +14,7 @@ from app.processing.actions import Outcome, Run
 from app.wecom.errors import WecomApiError
 
 RETRY_41096_SECONDS = 0.3
-WELCOME_BACKOFF_SECONDS = 0.05  # -1 / 45009: try again soon, the window is 20 s
+WELCOME_BACKOFF_SECONDS = 0.03  # -1 / 45009: soon (30, 60, 120 ms…), the window is 20 s
 WELCOME_MAX_ATTEMPTS = 8  # the deadline stops it first
 NAME_LOOKUP_SECONDS = 1.0  # at most this much of the window is spent learning the name
 
