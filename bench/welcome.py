@@ -159,11 +159,11 @@ async def scenario(
     failures = sum(1 for c in calls if c["errcode"] != 0)
     if os.environ.get("BENCH_TIMELINE"):  # latency by the second the callback left
         started = min(sent.values())
-        seconds: dict[int, list[float]] = {}
+        by_second: dict[int, list[float]] = {}
         for c in delivered:
             at = sent[c["body"]["welcome_code"]]
-            seconds.setdefault(int(at - started), []).append((c["at"] - at) * 1000)
-        for second, values in sorted(seconds.items()):
+            by_second.setdefault(int(at - started), []).append((c["at"] - at) * 1000)
+        for second, values in sorted(by_second.items()):
             print(f"  t={second:3d}s n={len(values):3d} max={max(values):6.0f} ms")
     statuses = {k: v - before.get(k, 0) for k, v in statuses.items()}
     print(f"{name}:" + await stages(dsn), flush=True)

@@ -366,6 +366,13 @@ async def test_passive_reply_decrypts_with_wechatpy_to_the_configured_answer(
         ),
         ("tag", {"on": "channel", "state": "s"}, {"add_tags": ["etNOSUCHTAG"]}, "unknown tag id"),
         ("reply", {"keywords": []}, {"text": "x"}, "at least 1"),
+        ("tag", {"on": "keyword"}, {"add_tags": ["t"]}, "a keyword tag rule needs keywords"),
+        (
+            "tag",
+            {"on": "keyword", "keywords": ["[a"], "mode": "regex"},
+            {"add_tags": ["t"]},
+            "bad regular",
+        ),
         ("nonsense", {}, {}, "kind must be one of"),
     ],
 )

@@ -13,16 +13,18 @@ from app.main import create_app
 from app.simulator.callbacks import event_xml
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import deliver, wait_for
-from tests.test_automations import rule
+from tests.test_automations import action_of, finished, new_customer, rule
 
 KF = "wkSHOPSERVICE"
 
 
-async def customer_writes(simulator: Simulator, app: RegisteredApp, content: str) -> str:
+async def customer_writes(
+    simulator: Simulator, app: RegisteredApp, content: str, customer: str = "wmKFCUSTOMER"
+) -> str:
     async with httpx.AsyncClient(base_url=simulator.url) as sim:
         answer = await sim.post(
             f"/sim/corps/{app.corp_id}/kf/{KF}/messages",
-            json={"external_userid": "wmKFCUSTOMER", "content": content},
+            json={"external_userid": customer, "content": content},
         )
         return str(answer.json()["token"])
 
@@ -53,7 +55,7 @@ async def test_kf_messages_are_answered_once_and_the_cursor_survives_a_restart(
 
     async def both_pulls_ended() -> bool:  # the burst's second pull finds nothing new
         done = "SELECT count(*) FROM actions WHERE kind = 'kf_sync' AND finished_at IS NOT NULL"
-        return await db.fetchval(done) == 2
+        return int(await db.fetchval(done)) == 2
 
     await wait_for(answered)
     await wait_for(both_pulls_ended)
@@ -123,3 +125,53 @@ async def test_kf_welcome_on_enter_session(
     [welcome] = sent(simulator, "kf/send_msg_on_event")
     assert welcome["code"] == entered["welcome_code"]
     assert welcome["text"]["content"] == "您好，请问有什么可以帮您？"
+
+
+async def test_keyword_tags_from_what_customers_write_to_kf(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    tags = next(iter(simulator.state.corp(wecom_app.corp_id).tag_groups.values()))["tag"]
+    price_tag, vip_tag = tags[0]["id"], tags[1]["id"]
+    for tag in (price_tag, vip_tag):
+        await db.execute(
+            "INSERT INTO tags (corp_id, tag_id, name) VALUES ($1, $2, 't')", wecom_app.corp_id, tag
+        )
+    keyword = {"on": "keyword", "mode": "contains"}
+    await rule(
+        settings, "tag", keyword | {"keywords": ["价格", "多少钱"]}, {"add_tags": [price_tag]}
+    )
+    await rule(
+        settings, "tag", keyword | {"keywords": ["会员"], "open_kfid": KF}, {"add_tags": [vip_tag]}
+    )
+    await rule(  # another account's rule: must not fire here
+        settings,
+        "tag",
+        keyword | {"keywords": ["价格"], "open_kfid": "wkOTHER"},
+        {"remove_tags": [price_tag]},
+    )
+    friend = await new_customer(live, wecom_app, simulator, "kf_channel")
+    await finished(db, "welcome", friend)  # skipped: no welcome rule; the follow is stored
+    token = await customer_writes(simulator, wecom_app, "会员价格是多少？", customer=friend)
+    await customer_writes(simulator, wecom_app, "价格", customer="wmSTRANGER")  # no friend
+    await customer_writes(simulator, wecom_app, "你好", customer=friend)  # no keyword
+    await deliver(live, wecom_app, kf_callback(wecom_app, token))
+
+    await finished(db, "mark_tag", friend)
+    await finished(db, "mark_tag", "wmSTRANGER")
+    [marked] = [
+        c.body
+        for c in simulator.state.calls
+        if c.api == "externalcontact/mark_tag" and c.errcode == 0
+    ]  # both rules of this account in one call; none for the stranger or for "你好"
+    assert (marked["userid"], marked["external_userid"]) == ("zhangsan", friend)
+    assert sorted(marked["add_tag"]) == sorted([price_tag, vip_tag])
+    assert marked["remove_tag"] == []
+    stranger = await action_of(db, "mark_tag", "wmSTRANGER")
+    assert stranger is not None and stranger["status"] == "skipped"
+    assert stranger["reason"] == "the customer is not a friend of any member"
+    tag_ids = await db.fetchval("SELECT tag_ids FROM follows WHERE external_userid = $1", friend)
+    assert sorted(tag_ids) == sorted([price_tag, vip_tag])

@@ -16,12 +16,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.automations.replies import choose_reply
 from app.automations.rules import ReplyContent, WelcomeContent, render
-from app.automations.store import enabled_rules
-from app.automations.triggers import choose_welcome
-from app.processing.actions import Outcome, Run
+from app.automations.store import LoadedRule, enabled_rules
+from app.automations.triggers import (
+    MARK_TAG,
+    TAG_DEADLINE,
+    choose_welcome,
+    enqueue_mark_tags,
+    friend_of,
+)
+from app.processing.actions import ClaimedAction, Outcome, Run
 from app.processing.enqueue import enqueue
 
 KF_REPLY = "kf_reply"
@@ -57,16 +64,40 @@ def _reply_msgid(source_msgid: str) -> str:
     return "r" + hashlib.sha256(source_msgid.encode()).hexdigest()[:31]
 
 
+async def _tag_by_keyword(
+    session: AsyncSession, action: ClaimedAction, message: dict[str, Any], rules: list[LoadedRule]
+) -> int:
+    """A customer's words that a keyword tag rule matches: one mark_tag for all of them."""
+    customer = message["external_userid"]
+    text = message["text"]["content"]
+    matched = [r for r in rules if r.match.matches_message(text, open_kfid=action.target)]
+    if not matched:
+        return 0
+    await enqueue_mark_tags(
+        session,
+        app_id=action.app_id,
+        corp_id=action.corp_id,
+        event_id=action.event_id,
+        external=customer,
+        user_id=await friend_of(session, action.corp_id, customer),
+        matched=matched,
+        key=f"{MARK_TAG}:kf:{action.corp_id}:{message['msgid']}",
+        deadline=datetime.now(UTC) + TAG_DEADLINE,
+    )
+    return 1
+
+
 async def kf_sync(run: Run) -> Outcome:
     action = run.action
     open_kfid = action.target
-    pulled = replies = welcomes = 0
+    pulled = replies = welcomes = tags = 0
     async with run.sessionmaker.begin() as session:
         connection = await session.connection()
         keys = {"corp_id": action.corp_id, "open_kfid": open_kfid}
         cursor = (await connection.execute(_LOCK_CURSOR, keys)).scalar_one()
         reply_rules = await enabled_rules(session, "reply", action.app_id)
         welcome_rules = await enabled_rules(session, "welcome", action.app_id)
+        tag_rules = await enabled_rules(session, "tag", action.app_id)
         while True:
             body = await run.client.call(
                 run.credentials,
@@ -109,6 +140,7 @@ async def kf_sync(run: Run) -> Outcome:
                     "event_id": action.event_id,
                 }
                 if message.get("origin") == 3 and content:
+                    tags += await _tag_by_keyword(session, action, message, tag_rules)
                     rule = choose_reply(reply_rules, content, open_kfid=open_kfid)
                     if rule is not None:
                         replies += 1
@@ -168,7 +200,9 @@ async def kf_sync(run: Run) -> Outcome:
             await connection.execute(_SAVE_CURSOR, {**keys, "cursor": cursor})
             if not body.get("has_more"):
                 break
-    return Outcome("succeeded", f"{pulled} new, {replies} replies, {welcomes} welcomes")
+    return Outcome(
+        "succeeded", f"{pulled} new, {replies} replies, {welcomes} welcomes, {tags} taggings"
+    )
 
 
 async def kf_reply(run: Run) -> Outcome:

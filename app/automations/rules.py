@@ -169,21 +169,49 @@ def render(template: str, values: dict[str, str | None]) -> str:
     return template.format(**filled)
 
 
+def _keywords_match(keywords: list[str], mode: str, text: str) -> bool:
+    text = text.strip()
+    if mode == "exact":
+        return text in keywords
+    if mode == "contains":
+        return any(keyword in text for keyword in keywords)
+    try:
+        return any(regex.search(k, text, timeout=REGEX_TIMEOUT_SECONDS) for k in keywords)
+    except TimeoutError:
+        return False
+
+
+Keyword = Annotated[str, Field(min_length=1)]
+KeywordMode = Literal["exact", "contains", "regex"]
+
+
 # tags ----------------------------------------------------------------------------------
 
 
 class TagMatch(_Strict):
-    on: Literal["channel", "group_join"]
+    """on channel: the customer arrived through a `state`; on group_join: joined one of
+    `chat_ids` (none: any group); on keyword: wrote one of `keywords` to 微信客服 (to
+    `open_kfid`, if given)."""
+
+    on: Literal["channel", "group_join", "keyword"]
     state: str | None = None
     state_mode: Literal["exact", "prefix", "regex"] = "exact"
-    chat_ids: list[str] = Field(default_factory=list)  # group_join: empty means any group
+    chat_ids: list[str] = Field(default_factory=list)
+    keywords: list[Keyword] = Field(default_factory=list)
+    mode: KeywordMode = "contains"
+    open_kfid: str | None = None
 
     @model_validator(mode="after")
     def _valid(self) -> "TagMatch":
         if self.on == "channel" and not self.state:
             raise ValueError("a channel tag rule needs a state")
+        if self.on == "keyword" and not self.keywords:
+            raise ValueError("a keyword tag rule needs keywords")
         if self.state is not None and self.state_mode == "regex":
             _check_pattern(self.state)
+        if self.mode == "regex":
+            for keyword in self.keywords:
+                _check_pattern(keyword)
         return self
 
     def matches_channel(self, state: str) -> bool:
@@ -195,6 +223,13 @@ class TagMatch(_Strict):
 
     def matches_group(self, chat_id: str) -> bool:
         return self.on == "group_join" and (not self.chat_ids or chat_id in self.chat_ids)
+
+    def matches_message(self, text: str, *, open_kfid: str) -> bool:
+        return (
+            self.on == "keyword"
+            and self.open_kfid in (None, open_kfid)
+            and _keywords_match(self.keywords, self.mode, text)
+        )
 
 
 class TagContent(_Strict):
@@ -212,8 +247,8 @@ class TagContent(_Strict):
 
 
 class ReplyMatch(_Strict):
-    keywords: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    mode: Literal["exact", "contains", "regex"] = "exact"
+    keywords: list[Keyword] = Field(min_length=1)
+    mode: KeywordMode = "exact"
     open_kfid: str | None = None  # only this 微信客服 account; unset: every app and account
 
     @model_validator(mode="after")
@@ -224,15 +259,7 @@ class ReplyMatch(_Strict):
         return self
 
     def matches(self, text: str) -> bool:
-        text = text.strip()
-        if self.mode == "exact":
-            return text in self.keywords
-        if self.mode == "contains":
-            return any(keyword in text for keyword in self.keywords)
-        try:
-            return any(regex.search(k, text, timeout=REGEX_TIMEOUT_SECONDS) for k in self.keywords)
-        except TimeoutError:
-            return False
+        return _keywords_match(self.keywords, self.mode, text)
 
 
 class ReplyContent(_Strict):

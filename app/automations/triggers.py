@@ -116,33 +116,37 @@ async def _welcome(
     )
 
 
-async def _mark_tags(
+async def enqueue_mark_tags(
     session: AsyncSession,
-    context: Context,
     *,
-    user_id: str,
+    app_id: int,
+    corp_id: str,
+    event_id: int | None,
     external: str,
+    user_id: str | None,
     matched: list[LoadedRule],
-    reason_if_none: str | None = None,
+    key: str,
+    deadline: datetime,
 ) -> None:
+    """One mark_tag action for all the rules that fired for this customer at once; without
+    a member the customer is a friend of (WeCom would answer 84061) it is `skipped`."""
     add = sorted({t for r in matched for t in r.content.add_tags})
     remove = sorted({t for r in matched for t in r.content.remove_tags} - set(add))
-    key = f"{MARK_TAG}:{context.event_id}:{external}"
     common: dict[str, Any] = {
         "kind": MARK_TAG,
-        "app_id": context.app_id,
-        "corp_id": context.corp_id,
+        "app_id": app_id,
+        "corp_id": corp_id,
         "target": external,
-        "event_id": context.event_id,
+        "event_id": event_id,
         "idempotency_key": key,
     }
-    if reason_if_none:
-        await enqueue(session, **common, skipped=reason_if_none)
+    if not user_id:
+        await enqueue(session, **common, skipped="the customer is not a friend of any member")
         return
     await enqueue(
         session,
         **common,
-        deadline=context.received_at + TAG_DEADLINE,
+        deadline=deadline,
         payload={
             "userid": user_id,
             "add_tag": add,
@@ -150,6 +154,31 @@ async def _mark_tags(
             "rule_ids": [r.id for r in matched],
         },
     )
+
+
+async def friend_of(session: AsyncSession, corp_id: str, external: str) -> str | None:
+    """The member the customer most recently became a friend of, if any."""
+    return await session.scalar(
+        select(Follow.userid)
+        .where(
+            Follow.corp_id == corp_id,
+            Follow.external_userid == external,
+            Follow.status == "active",
+        )
+        .order_by(Follow.added_at.desc().nulls_last())
+        .limit(1)
+    )
+
+
+def _tagging(context: Context, external: str) -> dict[str, Any]:
+    return {
+        "app_id": context.app_id,
+        "corp_id": context.corp_id,
+        "event_id": context.event_id,
+        "external": external,
+        "key": f"{MARK_TAG}:{context.event_id}:{external}",
+        "deadline": context.received_at + TAG_DEADLINE,
+    }
 
 
 async def _tag_by_channel(
@@ -163,11 +192,10 @@ async def _tag_by_channel(
         if r.match.matches_channel(event.state)
     ]
     if matched:
-        await _mark_tags(
+        await enqueue_mark_tags(
             session,
-            context,
+            **_tagging(context, event.external_user_id),
             user_id=event.user_id,
-            external=event.external_user_id,
             matched=matched,
         )
 
@@ -185,22 +213,9 @@ async def _tag_by_group(
     for member in dict.fromkeys(event.mem_change_list):
         if not member.startswith(("wm", "wo")):  # corp members are not customers
             continue
-        # mark_tag needs a member the customer is a friend of (else WeCom answers 84061).
-        user_id = await session.scalar(
-            select(Follow.userid)
-            .where(
-                Follow.corp_id == context.corp_id,
-                Follow.external_userid == member,
-                Follow.status == "active",
-            )
-            .order_by(Follow.added_at.desc().nulls_last())
-            .limit(1)
-        )
-        await _mark_tags(
+        await enqueue_mark_tags(
             session,
-            context,
-            user_id=user_id or "",
-            external=member,
+            **_tagging(context, member),
+            user_id=await friend_of(session, context.corp_id, member),
             matched=matched,
-            reason_if_none=None if user_id else "the customer is not a friend of any member",
         )
