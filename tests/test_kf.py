@@ -19,12 +19,16 @@ KF = "wkSHOPSERVICE"
 
 
 async def customer_writes(
-    simulator: Simulator, app: RegisteredApp, content: str, customer: str = "wmKFCUSTOMER"
+    simulator: Simulator,
+    app: RegisteredApp,
+    content: str,
+    customer: str = "wmKFCUSTOMER",
+    seconds_ago: int = 0,
 ) -> str:
     async with httpx.AsyncClient(base_url=simulator.url) as sim:
         answer = await sim.post(
             f"/sim/corps/{app.corp_id}/kf/{KF}/messages",
-            json={"external_userid": customer, "content": content},
+            json={"external_userid": customer, "content": content, "seconds_ago": seconds_ago},
         )
         return str(answer.json()["token"])
 
@@ -175,3 +179,49 @@ async def test_keyword_tags_from_what_customers_write_to_kf(
     assert stranger["reason"] == "the customer is not a friend of any member"
     tag_ids = await db.fetchval("SELECT tag_ids FROM follows WHERE external_userid = $1", friend)
     assert sorted(tag_ids) == sorted([price_tag, vip_tag])
+
+
+async def test_replies_stay_inside_kf_send_limits(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    """WeCom accepts at most 5 messages per customer message, within 48 h of it: a reply
+    that would break either is `skipped` saying which, and never sent."""
+    await rule(settings, "reply", {"keywords": ["菜单"]}, {"text": "1. 下单 2. 查询"})
+    token = await customer_writes(simulator, wecom_app, "菜单", customer="wmEAGER")
+    for _ in range(6):  # seven in a row, read at once: seven replies after the last one
+        await customer_writes(simulator, wecom_app, "菜单", customer="wmEAGER")
+    two_days = 49 * 3600
+    await customer_writes(simulator, wecom_app, "菜单", customer="wmLATE", seconds_ago=two_days)
+    await deliver(live, wecom_app, kf_callback(wecom_app, token))
+
+    async def all_ended() -> bool:
+        pending = "SELECT count(*) FROM actions WHERE kind = 'kf_reply' AND finished_at IS NULL"
+        total = "SELECT count(*) FROM actions WHERE kind = 'kf_reply'"
+        return int(await db.fetchval(total)) == 8 and int(await db.fetchval(pending)) == 0
+
+    await wait_for(all_ended)
+    outcomes = await db.fetch(
+        "SELECT target, status, reason FROM actions WHERE kind = 'kf_reply' ORDER BY id"
+    )
+    eager = [(r["status"], r["reason"]) for r in outcomes if r["target"] == "wmEAGER"]
+    assert [status for status, _ in eager].count("succeeded") == 5
+    assert [reason for status, reason in eager if status == "skipped"] == [
+        "5 messages already sent since the customer's last message"
+    ] * 2
+    [late] = [(r["status"], r["reason"]) for r in outcomes if r["target"] == "wmLATE"]
+    assert late == ("skipped", "more than 48 h since the customer's last message")
+    sends = [c["touser"] for c in sent(simulator, "kf/send_msg")]
+    assert sends == ["wmEAGER"] * 5
+
+    # The customer writes again: the window opens anew.
+    token = await customer_writes(simulator, wecom_app, "菜单", customer="wmEAGER")
+    await deliver(live, wecom_app, kf_callback(wecom_app, token))
+
+    async def answered_again() -> bool:
+        return len(sent(simulator, "kf/send_msg")) == 6
+
+    await wait_for(answered_again)

@@ -34,6 +34,7 @@ from app.processing.enqueue import enqueue
 KF_REPLY = "kf_reply"
 KF_WELCOME = "kf_welcome"
 SESSION_WINDOW = timedelta(hours=48)  # send_msg only within 48 h of the customer's message
+REPLIES_PER_MESSAGE = 5  # …and at most 5 messages per customer message
 KF_CODE_SECONDS = 20
 
 _LOCK_CURSOR = text(
@@ -57,6 +58,37 @@ _STORE_MESSAGE = text(
     RETURNING id
     """
 )
+
+
+_CUSTOMER_WROTE = text(
+    """
+    INSERT INTO kf_windows (corp_id, open_kfid, external_userid, last_message_at, replies)
+    VALUES (:corp_id, :open_kfid, :customer, :at, 0)
+    ON CONFLICT (corp_id, open_kfid, external_userid) DO UPDATE SET
+        last_message_at = excluded.last_message_at, replies = 0
+    WHERE kf_windows.last_message_at <= excluded.last_message_at  -- each new message, once
+    """
+)
+# A reply takes one of the window's five places before it is sent, and gives it back if the
+# send fails (a crash mid-call keeps it: better one reply too few than one WeCom refuses).
+_TAKE_PLACE = """
+    UPDATE kf_windows SET replies = replies + 1
+    WHERE corp_id = $1 AND open_kfid = $2 AND external_userid = $3
+      AND replies < $4 AND last_message_at > now() - $5::interval
+    RETURNING replies
+"""
+_GIVE_BACK_PLACE = """
+    UPDATE kf_windows SET replies = greatest(replies - 1, 0)
+    WHERE corp_id = $1 AND open_kfid = $2 AND external_userid = $3
+"""
+_WINDOW = """
+    SELECT last_message_at, replies FROM kf_windows
+    WHERE corp_id = $1 AND open_kfid = $2 AND external_userid = $3
+"""
+
+
+def _sent_at(message: dict[str, Any]) -> datetime:
+    return datetime.fromtimestamp(message.get("send_time", time.time()), UTC)
 
 
 def _reply_msgid(source_msgid: str) -> str:
@@ -125,14 +157,17 @@ async def kf_sync(run: Run) -> Outcome:
                         "msg_type": message.get("msgtype", ""),
                         "content": content,
                         "payload": json.dumps(message, ensure_ascii=False),
-                        "sent_at": datetime.fromtimestamp(
-                            message.get("send_time", time.time()), UTC
-                        ),
+                        "sent_at": _sent_at(message),
                     },
                 )
                 if stored.first() is None:
                     continue  # read before: already answered, if it needed an answer
                 pulled += 1
+                if message.get("origin") == 3 and sender:
+                    await connection.execute(
+                        _CUSTOMER_WROTE,
+                        {**keys, "customer": sender, "at": _sent_at(message)},
+                    )
                 common = {
                     "app_id": action.app_id,
                     "corp_id": action.corp_id,
@@ -150,8 +185,6 @@ async def kf_sync(run: Run) -> Outcome:
                             kind=KF_REPLY,
                             **common,
                             idempotency_key=f"{KF_REPLY}:{action.corp_id}:{message['msgid']}",
-                            deadline=datetime.fromtimestamp(message["send_time"], UTC)
-                            + SESSION_WINDOW,
                             payload={
                                 "open_kfid": open_kfid,
                                 "text": rule.content.text,
@@ -206,21 +239,40 @@ async def kf_sync(run: Run) -> Outcome:
 
 
 async def kf_reply(run: Run) -> Outcome:
+    """Within the customer's send window (PROTOCOL.md §5.7), else `skipped` saying which
+    limit it would break: WeCom accepts such a send and then fails to deliver it."""
     payload: dict[str, Any] = run.action.payload
-    await run.client.call(
-        run.credentials,
-        "POST",
-        "kf/send_msg",
-        json={
-            "touser": run.action.target,
-            "open_kfid": payload["open_kfid"],
-            "msgid": payload["msgid"],
-            "msgtype": "text",
-            "text": {"content": payload["text"]},
-        },
-        deadline=run.deadline_monotonic,
-    )
+    window = (run.action.corp_id, payload["open_kfid"], run.action.target)
+    taken = await run.db.fetchval(_TAKE_PLACE, *window, REPLIES_PER_MESSAGE, SESSION_WINDOW)
+    if taken is None:
+        return Outcome("skipped", await _window_closed(run, window))
+    try:
+        await run.client.call(
+            run.credentials,
+            "POST",
+            "kf/send_msg",
+            json={
+                "touser": run.action.target,
+                "open_kfid": payload["open_kfid"],
+                "msgid": payload["msgid"],
+                "msgtype": "text",
+                "text": {"content": payload["text"]},
+            },
+            deadline=run.deadline_monotonic,
+        )
+    except Exception:
+        await run.db.execute(_GIVE_BACK_PLACE, *window)
+        raise
     return Outcome("succeeded", f"rule {payload.get('rule_name')!r}")
+
+
+async def _window_closed(run: Run, window: tuple[str, str, str]) -> str:
+    row = await run.db.fetchrow(_WINDOW, *window)
+    if row is None:
+        return "no message from this customer has been read"
+    if row["replies"] >= REPLIES_PER_MESSAGE:
+        return f"{REPLIES_PER_MESSAGE} messages already sent since the customer's last message"
+    return "more than 48 h since the customer's last message"
 
 
 async def kf_welcome(run: Run) -> Outcome:

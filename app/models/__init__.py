@@ -5,7 +5,7 @@ from app.models.base import Base
 from app.models.customer import ExternalContact, Follow
 from app.models.event import Event
 from app.models.group_chat import CustomerGroup, GroupMember
-from app.models.kf_cursor import KfCursor
+from app.models.kf import KfCursor, KfWindow
 from app.models.member import Department, Member
 from app.models.message import Message
 from app.models.rule import Rule
@@ -26,6 +26,7 @@ __all__ = [
     "Follow",
     "GroupMember",
     "KfCursor",
+    "KfWindow",
     "Member",
     "Message",
     "Rule",

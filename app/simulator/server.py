@@ -351,6 +351,7 @@ class KfCustomerIn(BaseModel):
 class KfMessageIn(BaseModel):
     external_userid: str
     content: str
+    seconds_ago: int = 0  # a message written earlier (a 48-hour window that has closed)
 
 
 class CustomerIn(BaseModel):
@@ -418,7 +419,7 @@ def control_router(sim: SimState) -> APIRouter:
                 "msgid": msgid,
                 "open_kfid": open_kfid,
                 "external_userid": message.external_userid,
-                "send_time": int(time.time()),
+                "send_time": int(time.time()) - message.seconds_ago,
                 "origin": 3,
                 "msgtype": "text",
                 "text": {"content": message.content},
