@@ -98,8 +98,22 @@ async def test_kf_messages_are_read_once_through_the_cursor(
 
 
 async def test_media_upload_and_unknown_open_kfid(wecom: WecomClient) -> None:
-    uploaded = await wecom.call(CREDENTIALS, "POST", "media/upload", params={"type": "image"})
+    uploaded = await wecom.call(
+        CREDENTIALS,
+        "POST",
+        "media/upload",
+        params={"type": "image"},
+        media=("poster.png", b"\x89PNG" + bytes(100)),
+    )
     assert uploaded["media_id"].startswith("MEDIA")
+    for params, media, errcode in (
+        ({"type": "image"}, None, 44001),  # no file
+        ({"type": "image"}, ("tiny.png", b"12345"), 40006),  # 5 bytes: too small
+        ({"type": "picture"}, ("p.png", bytes(100)), 40004),
+    ):
+        with pytest.raises(WecomApiError) as refused:
+            await wecom.call(CREDENTIALS, "POST", "media/upload", params=params, media=media)
+        assert refused.value.errcode == errcode
     with pytest.raises(WecomApiError) as raised:
         await wecom.call(CREDENTIALS, "POST", "kf/sync_msg", json={"open_kfid": "wkNONE"})
     assert raised.value.errcode == 95004

@@ -49,15 +49,27 @@ def _check_pattern(pattern: str) -> str:
 # welcome -------------------------------------------------------------------------------
 
 
-class Image(_Strict):
-    msgtype: Literal["image"] = "image"
+class MediaAttachment(_Strict):
+    """media_id: uploaded by someone else, valid 3 days. file: a path when the rule is
+    saved; wecom-hub keeps the file (sha256 names it) and keeps a fresh upload of it."""
+
+    msgtype: str
     media_id: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+
+    def _needs_source(self, *others: str | None) -> None:
+        if not self.media_id and not self.file and not any(others):
+            raise ValueError(f"{self.msgtype} needs media_id or file")
+
+
+class Image(MediaAttachment):
+    msgtype: Literal["image"] = "image"
     pic_url: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "Image":
-        if not self.media_id and not self.pic_url:
-            raise ValueError("image needs media_id or pic_url")
+        self._needs_source(self.pic_url)
         return self
 
 
@@ -72,24 +84,39 @@ class Link(_Strict):
     _desc = field_validator("desc")(_bytes_at_most(512, "link desc"))
 
 
-class Miniprogram(_Strict):
+class Miniprogram(MediaAttachment):
+    """Its cover image is the media: `pic_media_id` on the wire, or `file`."""
+
     msgtype: Literal["miniprogram"] = "miniprogram"
     title: Annotated[str, Field(min_length=1)]
-    pic_media_id: Annotated[str, Field(min_length=1)]
+    pic_media_id: str | None = None
     appid: Annotated[str, Field(min_length=1)]
     page: Annotated[str, Field(min_length=1)]
 
     _title = field_validator("title")(_bytes_at_most(64, "miniprogram title"))
 
+    @model_validator(mode="after")
+    def _one_source(self) -> "Miniprogram":
+        self._needs_source(self.pic_media_id)
+        return self
 
-class Video(_Strict):
+
+class Video(MediaAttachment):
     msgtype: Literal["video"] = "video"
-    media_id: Annotated[str, Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Video":
+        self._needs_source()
+        return self
 
 
-class File(_Strict):
+class File(MediaAttachment):
     msgtype: Literal["file"] = "file"
-    media_id: Annotated[str, Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "File":
+        self._needs_source()
+        return self
 
 
 Attachment = Annotated[Image | Link | Miniprogram | Video | File, Field(discriminator="msgtype")]

@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.automations.rules import SCHEMAS, TagContent
+from app.automations.media import has_files, keep_files, schedule_uploads
+from app.automations.rules import SCHEMAS, TagContent, WelcomeContent
 from app.models import Rule, Tag, WecomApp
 
 
@@ -55,6 +56,11 @@ async def add_rule(
     priority: int = 0,
 ) -> Rule:
     match_model, content_model = validate(kind, match, content)
+    if isinstance(content_model, WelcomeContent):
+        try:
+            content_model = await keep_files(session, content_model)
+        except ValueError as exc:
+            raise RuleInvalid([f"content.attachments: {exc}"]) from None
     if isinstance(content_model, TagContent):
         await _check_tags_exist(
             session, app_id, [*content_model.add_tags, *content_model.remove_tags]
@@ -69,6 +75,8 @@ async def add_rule(
     )
     session.add(rule)
     await session.flush()
+    if isinstance(content_model, WelcomeContent) and has_files(content_model):
+        await schedule_uploads(session)  # uploaded before the first customer, if it can be
     return rule
 
 

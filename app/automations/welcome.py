@@ -9,6 +9,7 @@ welcome was delivered (or the customer started chatting), ends the action as `sk
 import asyncio
 from typing import Any
 
+from app.automations.media import attachments_on_the_wire
 from app.automations.rules import WelcomeContent, render
 from app.processing.actions import Outcome, Run
 from app.wecom.errors import WecomApiError
@@ -61,11 +62,15 @@ async def send_welcome(run: Run) -> Outcome:
     if content.text:
         names = await _names(run, content, payload.get("user_id", ""))
         request["text"] = {"content": render(content.text, names)}
+    left_out = ""
     if content.attachments:
-        request["attachments"] = [
-            {"msgtype": a.msgtype, a.msgtype: a.model_dump(exclude={"msgtype"}, exclude_none=True)}
-            for a in content.attachments
-        ]
+        attachments, missing = await attachments_on_the_wire(run.db, run.action.corp_id, content)
+        if missing:
+            left_out = f"; left out, no fresh upload yet: {', '.join(missing)}"
+        if attachments:
+            request["attachments"] = attachments
+    if "text" not in request and "attachments" not in request:
+        return Outcome("failed", "nothing to send" + left_out)
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -78,7 +83,7 @@ async def send_welcome(run: Run) -> Outcome:
                 backoff=WELCOME_BACKOFF_SECONDS,
                 max_attempts=WELCOME_MAX_ATTEMPTS,
             )
-            return Outcome("succeeded", f"rule {payload.get('rule_name')!r}")
+            return Outcome("succeeded", f"rule {payload.get('rule_name')!r}{left_out}")
         except WecomApiError as exc:
             if exc.errcode == 41051:
                 return Outcome(

@@ -6,6 +6,7 @@ from app.models.customer import ExternalContact, Follow
 from app.models.event import Event
 from app.models.group_chat import CustomerGroup, GroupMember
 from app.models.kf import KfCursor, KfWindow
+from app.models.media import MediaFile, MediaUpload
 from app.models.member import Department, Member
 from app.models.message import Message
 from app.models.rule import Rule
@@ -27,6 +28,8 @@ __all__ = [
     "GroupMember",
     "KfCursor",
     "KfWindow",
+    "MediaFile",
+    "MediaUpload",
     "Member",
     "Message",
     "Rule",

@@ -78,7 +78,7 @@ class ClaimedAction:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    status: str  # "succeeded" or "skipped"
+    status: str  # "succeeded", "skipped", or "failed" (for a reason of our own, not WeCom's)
     reason: str | None = None
 
 

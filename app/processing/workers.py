@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.automations import kf
+from app.automations import kf, media, uploads
 from app.automations.tagging import mark_tags
 from app.automations.triggers import KF_SYNC, MARK_TAG, WELCOME
 from app.automations.welcome import send_welcome
@@ -49,6 +49,7 @@ HANDLERS: dict[str, Handler] = {
     ENRICH_CONTACT: enrichment.enrich_contact,
     ENRICH_GROUP: enrichment.enrich_group,
     SYNC_TAGS: enrichment.sync_tags,
+    media.UPLOAD_MEDIA: uploads.upload_media,
 }
 
 
@@ -98,6 +99,9 @@ async def running(
             if "actions" in loops:
                 runner = action_runner(settings, runner_db, runner_sessions, dsn, box, client)
                 coroutines.append(runner.run(stop))
+                coroutines.append(
+                    media.keep_uploads_fresh(runner_db, stop, every=media.SCHEDULE_SECONDS)
+                )
             tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
             try:
                 yield tasks

@@ -5,6 +5,8 @@ Run it with `wecom-hub sim serve`; point WECOM_HUB_WECOM_API_BASE_URL at it.
 """
 
 import asyncio
+import email
+import email.policy
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from app.simulator.state import (
+    MEDIA_SECONDS,
     WELCOME_CODE_SECONDS,
     Call,
     Contact,
@@ -40,7 +43,9 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
     async def answer(request: Request, name: str, handler: Handler | None) -> Response:
         """Common path of every API: faults, token check, rate limit, record."""
         body: dict[str, Any] = {}
-        if request.method == "POST":
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            body = _form_files(request.headers["content-type"], await request.body())
+        elif request.method == "POST":
             try:
                 body = await request.json()
             except ValueError:
@@ -266,6 +271,7 @@ async def send_welcome_msg(
         raise ApiError(41049, "too many attachments")
     if code is None:
         raise ApiError(40098, "invalid welcome_code")
+    _known_media(corp, body)
     issued, used = code
     if used:
         raise ApiError(41051, "externaluser has started chatting")
@@ -279,11 +285,18 @@ async def send_welcome_msg(
 
 
 async def media_upload(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
-    if query.get("type") not in ("image", "voice", "video", "file"):
+    limits = {"image": 10 << 20, "voice": 2 << 20, "video": 10 << 20, "file": 20 << 20}
+    kind = query.get("type", "")
+    if kind not in limits:
         raise ApiError(40004, "invalid media type")
+    media = body.get("media")
+    if not media:
+        raise ApiError(44001, "empty media data")
+    if not 5 < media["size"] <= limits[kind]:
+        raise ApiError(40006, "invalid file size")
     media_id = f"MEDIA{secrets.token_hex(16)}"
     corp.media[media_id] = time.time()
-    return {"type": query["type"], "media_id": media_id, "created_at": str(int(time.time()))}
+    return {"type": kind, "media_id": media_id, "created_at": str(int(time.time()))}
 
 
 async def kf_sync_msg(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
@@ -300,10 +313,33 @@ async def kf_sync_msg(corp: Corp, body: dict[str, Any], query: dict[str, str]) -
     return {"next_cursor": f"c{end}", "has_more": int(end < len(messages)), "msg_list": page}
 
 
+def _form_files(content_type: str, raw: bytes) -> dict[str, Any]:
+    """A multipart form's file fields: name → {filename, size} (the content is not kept)."""
+    message = email.message_from_bytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw, policy=email.policy.HTTP
+    )
+    files: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name, filename = part.get_param("name", header="content-disposition"), part.get_filename()
+        content = part.get_payload(decode=True)
+        if isinstance(name, str) and filename and isinstance(content, bytes):
+            files[name] = {"filename": filename, "size": len(content)}
+    return files
+
+
 def _known_media(corp: Corp, body: dict[str, Any]) -> None:
-    for part in body.values():
-        if isinstance(part, dict) and "media_id" in part and part["media_id"] not in corp.media:
-            raise ApiError(40007, "invalid media_id")
+    """Every media_id (or a miniprogram's pic_media_id) in the message, uploaded and not
+    older than 3 days."""
+    parts = [*body.values(), *(a.get(a.get("msgtype"), {}) for a in body.get("attachments", []))]
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        for key in ("media_id", "pic_media_id"):
+            if key not in part:
+                continue
+            uploaded = corp.media.get(part[key])
+            if uploaded is None or time.time() - uploaded > MEDIA_SECONDS:
+                raise ApiError(40007, "invalid media_id")
 
 
 async def kf_send_msg(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:

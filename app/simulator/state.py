@@ -10,6 +10,7 @@ from typing import Any
 
 TOKEN_SECONDS = 7200
 WELCOME_CODE_SECONDS = 20
+MEDIA_SECONDS = 3 * 24 * 3600  # a temporary media_id lives 3 days
 
 
 @dataclass

@@ -100,6 +100,7 @@ class WecomClient:
             "gettoken",
             params={"corpid": corp_id, "corpsecret": secret},
             json=None,
+            media=None,
             token=None,
         )
         return str(body["access_token"]), int(body.get("expires_in", 7200))
@@ -112,13 +113,15 @@ class WecomClient:
         *,
         params: dict[str, str] | None = None,
         json: dict[str, Any] | None = None,
+        media: tuple[str, bytes] | None = None,
         deadline: float | None = None,
         backoff: float | None = None,
         max_attempts: int | None = None,
     ) -> dict[str, Any]:
         """The JSON answer of a successful call (errcode 0). deadline is a time.monotonic()
         instant after which no attempt starts and no backoff is slept; a caller with a short
-        deadline (a welcome) passes a short backoff and lets the deadline bound the tries."""
+        deadline (a welcome) passes a short backoff and lets the deadline bound the tries.
+        media: (filename, content), sent as media/upload's multipart form."""
         assert self.tokens is not None, "WecomClient.tokens is not set"
         attempt, refreshed, replacing = 0, False, None
         while True:
@@ -128,7 +131,7 @@ class WecomClient:
             )
             try:
                 return await self._exchange(
-                    credentials, method, api, params=params, json=json, token=token
+                    credentials, method, api, params=params, json=json, media=media, token=token
                 )
             except WecomApiError as exc:
                 if exc.errcode in TOKEN_ERRCODES and not refreshed:
@@ -155,6 +158,7 @@ class WecomClient:
         *,
         params: dict[str, str] | None,
         json: dict[str, Any] | None,
+        media: tuple[str, bytes] | None,
         token: str | None,
     ) -> dict[str, Any]:
         query = dict(params or {})
@@ -163,11 +167,18 @@ class WecomClient:
         status: int | None = None
         errcode: int | None = None
         errmsg: str | None = None
+        form = None
+        if media is not None:  # a fresh form for each attempt: a sent one cannot be resent
+            # The filename as is (UTF-8), not percent-encoded: the customer sees it.
+            form = aiohttp.FormData(quote_fields=False)
+            form.add_field("media", media[1], filename=media[0])
         started = time.perf_counter()
         try:
             async with (
                 self._limiter.slot(credentials.corp_id, api),
-                self._http.request(method, f"/cgi-bin/{api}", params=query, json=json) as response,
+                self._http.request(
+                    method, f"/cgi-bin/{api}", params=query, json=json, data=form
+                ) as response,
             ):
                 status = response.status
                 if status >= 500:
