@@ -184,7 +184,7 @@ def sync(
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from app.sync import Sync
-    from app.wecom.factory import create_client, create_http
+    from app.wecom.factory import open_client
 
     settings = get_settings()
     logs.configure("WARNING")
@@ -201,8 +201,7 @@ def sync(
                     console.print(f"[red]no app {app!r}[/red]")
                     raise typer.Exit(1)
                 credentials = await wecom_apps.load_credentials(session, box, found.id)
-            async with create_http(settings) as http:
-                client = create_client(settings, sessionmaker, box, http)
+            async with open_client(settings, sessionmaker, box) as client:
                 with Progress(
                     SpinnerColumn(),
                     TextColumn("{task.description}"),

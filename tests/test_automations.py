@@ -18,7 +18,7 @@ from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
 from app.processing import workers
 from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
 from app.simulator.sender import Scenario
-from app.wecom.factory import create_client, create_http
+from app.wecom.factory import open_client
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import deliver, wait_for
 
@@ -77,6 +77,18 @@ async def new_customer(
 
 async def action_of(db: asyncpg.Connection, kind: str, target: str) -> asyncpg.Record | None:
     return await db.fetchrow("SELECT * FROM actions WHERE kind = $1 AND target = $2", kind, target)
+
+
+async def two_known_tags(
+    simulator: Simulator, app: RegisteredApp, db: asyncpg.Connection
+) -> tuple[str, str]:
+    """Two of the corp's tags, known to the hub as `sync` would have made them known."""
+    tags = next(iter(simulator.state.corp(app.corp_id).tag_groups.values()))["tag"]
+    for tag in tags[:2]:
+        await db.execute(
+            "INSERT INTO tags (corp_id, tag_id, name) VALUES ($1, $2, 't')", app.corp_id, tag["id"]
+        )
+    return tags[0]["id"], tags[1]["id"]
 
 
 async def finished(db: asyncpg.Connection, kind: str, target: str) -> None:
@@ -214,10 +226,8 @@ async def test_duplicates_and_two_runners_still_send_one_welcome(
     maker = create_sessionmaker(engine)
     pool = create_pool(asyncpg_dsn(configured.database_url), configured, max_size=4)
     # a second runner, as in another replica
-    async with pool, create_http(configured) as http:
-        runner = workers.action_runner(
-            configured, pool, maker, "", box, create_client(configured, maker, box, http)
-        )
+    async with pool, open_client(configured, maker, box) as client:
+        runner = workers.action_runner(configured, pool, maker, "", box, client)
         stop = asyncio.Event()
 
         async def run_until_stopped() -> None:  # stops between claims, never mid-query
@@ -252,12 +262,7 @@ async def test_tags_by_channel_and_by_group_join(
     wecom_app: RegisteredApp,
     db: asyncpg.Connection,
 ) -> None:
-    tags = next(iter(simulator.state.corp(wecom_app.corp_id).tag_groups.values()))["tag"]
-    channel_tag, group_tag = tags[0]["id"], tags[1]["id"]
-    for tag in (channel_tag, group_tag):
-        await db.execute(
-            "INSERT INTO tags (corp_id, tag_id, name) VALUES ($1, $2, 't')", wecom_app.corp_id, tag
-        )
+    channel_tag, group_tag = await two_known_tags(simulator, wecom_app, db)
     await rule(
         settings,
         "tag",

@@ -13,7 +13,7 @@ from app.main import create_app
 from app.simulator.callbacks import event_xml
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import deliver, wait_for
-from tests.test_automations import action_of, finished, new_customer, rule
+from tests.test_automations import action_of, finished, new_customer, rule, two_known_tags
 
 KF = "wkSHOPSERVICE"
 
@@ -138,12 +138,7 @@ async def test_keyword_tags_from_what_customers_write_to_kf(
     wecom_app: RegisteredApp,
     db: asyncpg.Connection,
 ) -> None:
-    tags = next(iter(simulator.state.corp(wecom_app.corp_id).tag_groups.values()))["tag"]
-    price_tag, vip_tag = tags[0]["id"], tags[1]["id"]
-    for tag in (price_tag, vip_tag):
-        await db.execute(
-            "INSERT INTO tags (corp_id, tag_id, name) VALUES ($1, $2, 't')", wecom_app.corp_id, tag
-        )
+    price_tag, vip_tag = await two_known_tags(simulator, wecom_app, db)
     keyword = {"on": "keyword", "mode": "contains"}
     await rule(
         settings, "tag", keyword | {"keywords": ["价格", "多少钱"]}, {"add_tags": [price_tag]}

@@ -13,7 +13,7 @@ from app.simulator.state import Fault
 from app.sync import Sync
 from app.wecom.client import Credentials, WecomClient
 from app.wecom.errors import WecomApiError
-from app.wecom.factory import create_client, create_http
+from app.wecom.factory import open_client
 from tests.conftest import RegisteredApp, Simulator
 
 STATE_QUERIES = {
@@ -41,8 +41,7 @@ async def syncing(
     maker = create_sessionmaker(engine)
     box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
     app_id = await db.fetchval("SELECT id FROM apps")
-    async with create_http(configured) as http:
-        client = create_client(configured, maker, box, http)
+    async with open_client(configured, maker, box) as client:
         yield Sync(maker, client, Credentials(wecom_app.corp_id, wecom_app.secret, app_id)), client
     await engine.dispose()
 

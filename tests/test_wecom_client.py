@@ -17,7 +17,7 @@ from app.db import create_engine, create_sessionmaker
 from app.simulator.state import Contact, Fault
 from app.wecom.client import Credentials, WecomClient
 from app.wecom.errors import WecomApiError
-from app.wecom.factory import create_client, create_http
+from app.wecom.factory import open_client
 from app.wecom.ratelimit import RateLimiter, Window
 from tests.conftest import Simulator
 
@@ -35,8 +35,8 @@ async def client(
     assert configured.database_url and configured.secret_key
     engine = create_engine(configured.database_url, configured, pool_size=4)
     box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
-    async with create_http(configured) as http:
-        yield create_client(configured, create_sessionmaker(engine), box, http)
+    async with open_client(configured, create_sessionmaker(engine), box) as client:
+        yield client
     await engine.dispose()
 
 

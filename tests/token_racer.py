@@ -8,7 +8,7 @@ import time
 from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.db import create_engine, create_sessionmaker
-from app.wecom.factory import create_client, create_http
+from app.wecom.factory import open_client
 
 
 async def main(
@@ -16,10 +16,8 @@ async def main(
 ) -> None:
     settings = Settings(_env_file=None, database_url=database_url, wecom_api_base_url=sim_url)
     engine = create_engine(database_url, settings, pool_size=2)
-    async with create_http(settings) as http:
-        client = create_client(
-            settings, create_sessionmaker(engine), SecretBox(parse_key(secret_key)), http
-        )
+    box = SecretBox(parse_key(secret_key))
+    async with open_client(settings, create_sessionmaker(engine), box) as client:
         assert client.tokens is not None
         await asyncio.sleep(max(0.0, start_at - time.time()))
         tokens = await asyncio.gather(*(client.tokens.token(corp_id, secret) for _ in range(2)))

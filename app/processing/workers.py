@@ -20,7 +20,7 @@ from app.processing.actions import ActionRunner, Handler
 from app.processing.processor import EventProcessor
 from app.processing.projection import ENRICH_CONTACT, ENRICH_GROUP, SYNC_TAGS
 from app.wecom.client import WecomClient
-from app.wecom.factory import create_client, create_http
+from app.wecom.factory import open_client
 
 RUNNER_CONCURRENCY = 16  # actions in flight per process
 LOOPS = frozenset({"events", "actions"})
@@ -89,8 +89,7 @@ async def running(
     runner_sessions = create_sessionmaker(runner_engine)
     runner_db = create_pool(dsn, settings, max_size=RUNNER_CONCURRENCY + 2)
     try:
-        async with runner_db, create_http(settings) as http:
-            client = create_client(settings, runner_sessions, box, http)
+        async with runner_db, open_client(settings, runner_sessions, box) as client:
             stop = asyncio.Event()
             coroutines = []
             if "events" in loops:
@@ -112,7 +111,6 @@ async def running(
                 for task in unfinished:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                await client.drain_records()
     finally:
         await processor_engine.dispose()
         await runner_engine.dispose()

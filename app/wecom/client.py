@@ -88,9 +88,9 @@ class WecomClient:
     async def drain_records(self) -> None:
         """Write the records not yet written (tests, shutdown)."""
         await asyncio.gather(*self._recording, return_exceptions=True)
-        flush = getattr(self._record, "flush", None)
-        if flush is not None:
-            await flush()
+        close = getattr(self._record, "close", None)
+        if close is not None:
+            await close()
 
     async def fetch_token(self, corp_id: str, secret: str) -> tuple[str, int]:
         """gettoken itself: the TokenCache calls this, once for everyone."""

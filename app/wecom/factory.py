@@ -1,5 +1,8 @@
 """Assemble the client from settings: one aiohttp session, the shared token cache, the limiter."""
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -9,6 +12,20 @@ from app.wecom.client import WecomClient
 from app.wecom.ratelimit import RateLimiter
 from app.wecom.recording import CallRecorder
 from app.wecom.tokens import TokenCache
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], box: SecretBox
+) -> AsyncIterator[WecomClient]:
+    """The client with its own HTTP session; on exit the call records still in the air are
+    written (before the caller disposes of its engine) and the session is closed."""
+    async with create_http(settings) as http:
+        client = create_client(settings, sessionmaker, box, http)
+        try:
+            yield client
+        finally:
+            await client.drain_records()
 
 
 def create_client(

@@ -35,6 +35,13 @@ class CallRecorder:
         await asyncio.sleep(self._interval)
         await self.flush()
 
+    async def close(self) -> None:
+        """Write what is pending, after the scheduled write (if any) has ended: nothing may
+        still hold a connection when the caller disposes of its engine."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self.flush()
+
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
         if not batch:
