@@ -18,7 +18,7 @@ from app.simulator.state import Contact, Fault
 from app.wecom.client import Credentials, WecomClient
 from app.wecom.errors import WecomApiError
 from app.wecom.factory import open_client
-from app.wecom.ratelimit import RateLimiter, Window
+from app.wecom.ratelimit import NoSlotInTime, RateLimiter, Window
 from tests.conftest import Simulator
 
 CORP, SECRET = "wwsimcorp000000001", "corp-secret-for-tests"
@@ -213,3 +213,23 @@ async def test_rate_limiter_holds_calls_over_the_minute_budget() -> None:
     assert sorted(entered) == ["a", "b"] and len(pending) == 1
     for task in pending:
         task.cancel()
+
+
+async def test_a_call_never_starts_after_its_deadline(
+    client: WecomClient, simulator: Simulator
+) -> None:
+    """Not even a first attempt, and not after waiting for a slot under our own limits:
+    a welcome must not be sent once its 20 seconds are over."""
+    with pytest.raises(WecomApiError) as late:
+        await get_contact(client, deadline=time.monotonic() - 0.001)
+    assert late.value.errmsg == "deadline passed before the call"
+
+    limiter = RateLimiter(per_minute=1, per_hour=100, concurrency=8)
+    async with limiter.slot("ww1", "externalcontact/send_welcome_msg"):
+        pass  # the minute's only call
+    started = time.monotonic()
+    with pytest.raises(NoSlotInTime):
+        async with limiter.slot("ww1", "externalcontact/send_welcome_msg", deadline=started + 0.1):
+            pytest.fail("a slot past the deadline")
+    assert time.monotonic() - started < 1  # gave up at the deadline, not after a minute
+    assert calls(simulator, "externalcontact/get") == []

@@ -24,7 +24,7 @@ import aiohttp
 
 from app.metrics import WECOM_API_CALLS, WECOM_API_SECONDS
 from app.wecom.errors import TOKEN_ERRCODES, WecomApiError
-from app.wecom.ratelimit import RateLimiter
+from app.wecom.ratelimit import NoSlotInTime, RateLimiter
 from app.wecom.tokens import TokenCache
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,17 @@ class WecomClient:
                 credentials.corp_id, credentials.secret, replacing=replacing
             )
             try:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WecomApiError(api, None, "deadline passed before the call")
                 return await self._exchange(
-                    credentials, method, api, params=params, json=json, media=media, token=token
+                    credentials,
+                    method,
+                    api,
+                    params=params,
+                    json=json,
+                    media=media,
+                    token=token,
+                    deadline=deadline,
                 )
             except WecomApiError as exc:
                 if exc.errcode in TOKEN_ERRCODES and not refreshed:
@@ -160,6 +169,7 @@ class WecomClient:
         json: dict[str, Any] | None,
         media: tuple[str, bytes] | None,
         token: str | None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         query = dict(params or {})
         if token is not None:
@@ -175,7 +185,7 @@ class WecomClient:
         started = time.perf_counter()
         try:
             async with (
-                self._limiter.slot(credentials.corp_id, api),
+                self._limiter.slot(credentials.corp_id, api, deadline=deadline),
                 self._http.request(
                     method, f"/cgi-bin/{api}", params=query, json=json, data=form
                 ) as response,
@@ -198,6 +208,9 @@ class WecomClient:
             if errcode != 0:
                 raise WecomApiError(api, errcode, errmsg, http_status=status)
             return body
+        except NoSlotInTime as exc:
+            errmsg = str(exc)
+            raise WecomApiError(api, None, errmsg) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             errmsg = f"{type(exc).__name__}: {exc}"[:500]
             raise WecomApiError(api, None, errmsg) from exc

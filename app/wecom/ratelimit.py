@@ -51,6 +51,10 @@ class _Budget:
                 window.take(now)
 
 
+class NoSlotInTime(Exception):
+    """Our own limits would hold the call past its deadline (a welcome's 20 s)."""
+
+
 class RateLimiter:
     def __init__(self, *, per_minute: int, per_hour: int, concurrency: int) -> None:
         self._per_minute = per_minute
@@ -60,12 +64,23 @@ class RateLimiter:
         self._slots: dict[tuple[str, str], asyncio.Semaphore] = {}
 
     @contextlib.asynccontextmanager
-    async def slot(self, corp_id: str, api: str) -> AsyncIterator[None]:
+    async def slot(
+        self, corp_id: str, api: str, *, deadline: float | None = None
+    ) -> AsyncIterator[None]:
+        """deadline: a time.monotonic() instant; waiting for a slot never goes past it."""
         key = (corp_id, api)
         budget = self._budgets.get(key)
         if budget is None:
             budget = self._budgets[key] = _Budget(self._per_minute, self._per_hour)
             self._slots[key] = asyncio.Semaphore(self._concurrency)
-        await budget.take()
-        async with self._slots[key]:
+        slots = self._slots[key]
+        try:
+            async with asyncio.timeout_at(deadline):  # the loop's clock is time.monotonic()
+                await budget.take()
+                await slots.acquire()
+        except TimeoutError:
+            raise NoSlotInTime(f"no call slot for {api} before the deadline") from None
+        try:
             yield
+        finally:
+            slots.release()
