@@ -12,15 +12,19 @@ from defusedxml import ElementTree
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 from app.automations.store import RuleInvalid, add_rule
+from app.automations.welcome import send_welcome
 from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
 from app.processing import workers
+from app.processing.actions import Run
+from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
 from app.simulator.sender import Scenario
 from app.wecom.factory import open_client
+from app.wecom_apps import load_credentials
 from tests.conftest import RegisteredApp, Simulator
-from tests.processing_helpers import deliver, wait_for
+from tests.processing_helpers import deliver, drain, sessionmaker_for, wait_for
 
 
 async def rule(
@@ -403,3 +407,66 @@ def test_sender_scenarios_build_valid_callbacks() -> None:
     for name, build in SCENARIOS.items():
         fields = safexml.parse(build("wwcorp", Scenario(state="s"), "CODE"))
         assert fields["ToUserName"] == "wwcorp", name
+
+
+async def test_a_runner_killed_mid_welcome_is_taken_over_and_nothing_is_sent_twice(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    """Two runners "die" holding a welcome each: one before its call, one after the call
+    reached WeCom but before it recorded that. When their leases end, a live runner sends
+    the first welcome, and for the second WeCom's single-use code answers 41051: each
+    customer is welcomed exactly once, and each action says what happened."""
+    simulator.state.corp(wecom_app.corp_id).secrets.add(wecom_app.secret)
+    simulator.state.seed(wecom_app.corp_id, members=1, customers_per_member=0, groups=0, tags=0)
+    await rule(settings, "welcome", {}, {"text": "你好"})
+    for customer in ("wmNEVERSENT", "wmSENTUNRECORDED"):
+        code = simulator.state.issue_welcome_code(wecom_app.corp_id)
+        await deliver(client, wecom_app, add_external_contact(
+            corp_id=wecom_app.corp_id, user_id="zhangsan", external_user_id=customer,
+            welcome_code=code))  # fmt: skip
+    processor_maker = sessionmaker_for(settings)
+    await drain(EventProcessor(processor_maker))
+    await processor_maker.kw["bind"].dispose()
+
+    configured = settings.model_copy(
+        update={"wecom_api_base_url": simulator.url, "processor_lease_seconds": 1.0}
+    )
+    assert configured.database_url and configured.secret_key
+    engine = create_engine(configured.database_url, configured, pool_size=4)
+    box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
+    maker = create_sessionmaker(engine)
+    pool = create_pool(asyncpg_dsn(configured.database_url), configured, max_size=4)
+    async with pool, open_client(configured, maker, box) as wecom:
+        dead, live = (
+            workers.action_runner(configured, pool, maker, "", box, wecom) for _ in range(2)
+        )
+        claimed = {a.target: a for a in await dead.claim(limit=10) if a.kind == "welcome"}
+        assert set(claimed) == {"wmNEVERSENT", "wmSENTUNRECORDED"}
+        async with maker() as session:
+            credentials = await load_credentials(session, box, claimed["wmNEVERSENT"].app_id)
+        half_done = claimed["wmSENTUNRECORDED"]
+        await send_welcome(Run(half_done, credentials, wecom, maker, pool))  # then it "dies"
+        assert await live.run_once() == 0  # the leases still hold
+
+        async def both_ended() -> bool:
+            await live.run_once()
+            ended = (
+                "SELECT count(*) FROM actions WHERE kind = 'welcome' AND finished_at IS NOT NULL"
+            )
+            return int(await db.fetchval(ended)) == 2
+
+        await wait_for(both_ended)
+    await engine.dispose()
+
+    delivered = [w["welcome_code"] for w in welcomes(simulator)]
+    assert len(delivered) == len(set(delivered)) == 2
+    never_sent = await action_of(db, "welcome", "wmNEVERSENT")
+    assert never_sent is not None and never_sent["status"] == "succeeded"
+    assert never_sent["attempts"] == 2
+    unrecorded = await action_of(db, "welcome", "wmSENTUNRECORDED")
+    assert unrecorded is not None and unrecorded["status"] == "skipped"
+    assert unrecorded["reason"].startswith("41051")
