@@ -110,6 +110,14 @@ async def test_attachment_files_are_uploaded_ahead_and_refreshed_before_they_exp
               if a["msgtype"] == "image"]  # fmt: skip
     assert images == [first["poster.png"], renewed["poster.png"]]
 
+    # A rule switched off: its files are no longer kept fresh.
+    await db.execute("UPDATE rules SET enabled = false")
+    await db.execute("UPDATE media_uploads SET expires_at = now() + interval '1 hour'")
+    count = "SELECT count(*) FROM actions WHERE kind = 'upload_media'"
+    before = await db.fetchval(count)
+    await db.execute(SCHEDULE_UPLOADS)
+    assert await db.fetchval(count) == before == 5
+
 
 async def test_a_welcome_leaves_out_a_file_with_no_fresh_upload_and_says_so(
     live: httpx.AsyncClient,

@@ -83,7 +83,8 @@ async def keep_files(session: AsyncSession, content: WelcomeContent) -> WelcomeC
     return content.model_copy(update={"attachments": attachments})
 
 
-# One statement, safe to run from every replica at once: the idempotency key names the
+# One statement, safe to run from every replica at once, for the files that enabled rules
+# use (a disabled or removed rule's files are left to expire): the idempotency key names the
 # upload being replaced (and the hour), so each refresh is enqueued once, and an upload
 # that failed for good is tried again the next hour.
 SCHEDULE_UPLOADS = """
@@ -93,6 +94,10 @@ SCHEDULE_UPLOADS = """
         CROSS JOIN apps a
         LEFT JOIN media_uploads u ON u.sha256 = f.sha256 AND u.corp_id = a.corp_id
         WHERE a.removed_at IS NULL
+          AND f.sha256 IN (  -- files that an enabled welcome rule uses
+              SELECT jsonb_array_elements(r.content -> 'attachments') ->> 'sha256'
+              FROM rules r WHERE r.kind = 'welcome' AND r.enabled
+          )
           AND (u.media_id IS NULL
                OR u.expires_at < now() + interval '1 day')  -- REFRESH_AHEAD
         GROUP BY f.sha256, a.corp_id, u.media_id
