@@ -183,7 +183,7 @@ def sync(
     """Import the corp's existing customers, groups and tags (resumable, idempotent)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
-    from app.sync import Sync
+    from app.sync import Sync, SyncBusy
     from app.wecom.factory import open_client
 
     settings = get_settings()
@@ -224,6 +224,9 @@ def sync(
         summary = asyncio.run(run())
     except WecomApiError as exc:
         console.print(f"[red]sync stopped: {exc}; run it again to resume[/red]")
+        raise typer.Exit(1) from None
+    except SyncBusy as exc:
+        console.print(f"[red]{exc}; it resumes from the same place, no need for a second[/red]")
         raise typer.Exit(1) from None
     verb = "resumed and finished" if summary.resumed else "finished"
     counts = ", ".join(f"{n:,} {what}" for what, n in summary.counts.items())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.models import SyncRun
 from app.processing.enrichment import apply_contacts, apply_follows, apply_group, apply_tags
@@ -24,6 +24,10 @@ PAGE_LIMIT = 100  # and returns at most 100 per page
 GROUPS_PER_PAGE = 100
 
 Progress = Callable[[str, int], None]  # (phase, items done in this step)
+
+
+class SyncBusy(Exception):
+    """Another `sync` of the same app is running (here or on another machine)."""
 
 
 @dataclass
@@ -49,6 +53,22 @@ class Sync:
         self._progress = progress
 
     async def run(self) -> Summary:
+        """One sync per app at a time: a session advisory lock, held on a connection of its
+        own for the whole run and released if the process dies, so that two runs never
+        resume the same position and write over each other's progress."""
+        assert self._credentials.app_id is not None
+        lock = func.hashtext(f"sync:{self._credentials.app_id}")
+        engine: AsyncEngine = self._sessionmaker.kw["bind"]
+        async with engine.connect() as connection:
+            holder = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            if not await holder.scalar(select(func.pg_try_advisory_lock(lock))):
+                raise SyncBusy(f"a sync of app {self._credentials.app_id} is already running")
+            try:
+                return await self._run()
+            finally:
+                await holder.execute(select(func.pg_advisory_unlock(lock)))
+
+    async def _run(self) -> Summary:
         run, resumed = await self._start()
         position: dict[str, Any] = dict(run.position)
         counts: dict[str, int] = dict(run.counts)

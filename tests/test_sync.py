@@ -10,7 +10,7 @@ from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.db import create_engine, create_sessionmaker
 from app.simulator.state import Fault
-from app.sync import Sync
+from app.sync import Sync, SyncBusy
 from app.wecom.client import Credentials, WecomClient
 from app.wecom.errors import WecomApiError
 from app.wecom.factory import open_client
@@ -104,3 +104,24 @@ async def test_an_interrupted_sync_resumes_where_it_stopped(
     pages = [c for c in simulator.state.calls if c.api == "externalcontact/batch/get_by_user"]
     assert len(pages) == 3  # the three not yet done, not all six again
     assert await db.fetchval("SELECT count(*) FROM follows") == 600
+
+
+async def test_a_second_sync_of_the_same_app_is_refused_while_one_runs(
+    syncing: tuple[Sync, WecomClient],
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    """Two runs resuming the same position would write over each other's progress: the
+    second is refused at once, and runs normally once the first has ended."""
+    sync, _ = syncing
+    simulator.state.seed(wecom_app.corp_id, members=1, customers_per_member=10, groups=1)
+    app_id = await db.fetchval("SELECT id FROM apps")
+    lock = "SELECT {}(hashtext('sync:' || $1::text))"
+    await db.execute(lock.format("pg_advisory_lock"), str(app_id))  # a sync elsewhere
+    with pytest.raises(SyncBusy):
+        await sync.run()
+    assert await db.fetchval("SELECT count(*) FROM sync_runs") == 0
+    assert simulator.state.calls == []
+    await db.execute(lock.format("pg_advisory_unlock"), str(app_id))  # it ended
+    assert (await sync.run()).counts["follows"] == 10
