@@ -33,3 +33,10 @@ ACTIONS_FINISHED = Counter(
     "Action attempts by kind and result: succeeded, skipped, failed, expired, retry.",
     ["kind", "status"],
 )
+WELCOME_SECONDS = Histogram(
+    "wecom_hub_welcome_seconds",
+    "From the add_external_contact event's CreateTime (whole seconds, so up to a second "
+    "more than the truth) to WeCom accepting the welcome: what a welcome_code's 20 seconds "
+    "are measured against.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 20),
+)

@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 from defusedxml import ElementTree
+from prometheus_client import REGISTRY
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 from app.automations.store import RuleInvalid, add_rule
@@ -124,6 +125,7 @@ async def test_channel_welcome_with_attachments_and_the_default_for_other_channe
         },
     )
 
+    welcomes_timed = REGISTRY.get_sample_value("wecom_hub_welcome_seconds_count") or 0
     spring = await new_customer(live, wecom_app, simulator, "spring_promo", name="王小明")
     other = await new_customer(live, wecom_app, simulator, "poster_7", name="李雷")
     await finished(db, "welcome", spring)
@@ -138,6 +140,7 @@ async def test_channel_welcome_with_attachments_and_the_default_for_other_channe
         "image",
     ]
     assert "attachments" not in by_text["你好 李雷，我是我们"]
+    assert REGISTRY.get_sample_value("wecom_hub_welcome_seconds_count") == welcomes_timed + 2
     done = await action_of(db, "welcome", spring)
     assert done is not None and done["status"] == "succeeded"
     assert "rule_name" in done["payload"]

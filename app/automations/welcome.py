@@ -7,10 +7,13 @@ welcome was delivered (or the customer started chatting), ends the action as `sk
 """
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.automations.media import attachments_on_the_wire
 from app.automations.rules import WelcomeContent, render
+from app.automations.triggers import WELCOME_CODE_SECONDS
+from app.metrics import WELCOME_SECONDS
 from app.processing.actions import Outcome, Run
 from app.wecom.errors import WecomApiError
 
@@ -83,6 +86,9 @@ async def send_welcome(run: Run) -> Outcome:
                 backoff=WELCOME_BACKOFF_SECONDS,
                 max_attempts=WELCOME_MAX_ATTEMPTS,
             )
+            if run.action.deadline is not None:  # deadline = CreateTime + 20 s
+                created = run.action.deadline - timedelta(seconds=WELCOME_CODE_SECONDS)
+                WELCOME_SECONDS.observe((datetime.now(UTC) - created).total_seconds())
             return Outcome("succeeded", f"rule {payload.get('rule_name')!r}{left_out}")
         except WecomApiError as exc:
             if exc.errcode == 41051:
