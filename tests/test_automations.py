@@ -2,7 +2,10 @@
 service, rules in Postgres, WeCom played by the simulator over HTTP."""
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -10,6 +13,7 @@ import httpx
 import pytest
 from defusedxml import ElementTree
 from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 from app.automations.store import RuleInvalid, add_rule
@@ -18,10 +22,11 @@ from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
 from app.processing import workers
-from app.processing.actions import Run
+from app.processing.actions import ActionRunner, Run
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
 from app.simulator.sender import Scenario
+from app.wecom.client import WecomClient
 from app.wecom.factory import open_client
 from app.wecom_apps import load_credentials
 from tests.conftest import RegisteredApp, Simulator
@@ -218,6 +223,35 @@ async def test_already_delivered_welcome_is_skipped_41051(
     assert taken is not None and taken["status"] == "skipped" and "41051" in taken["reason"]
 
 
+@dataclass
+class Replica:
+    """Another replica's action runner, with what it runs on."""
+
+    runner: ActionRunner
+    sessions: async_sessionmaker[AsyncSession]
+    pool: asyncpg.Pool
+    client: WecomClient
+    box: SecretBox
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    settings: Settings, simulator: Simulator, **updates: Any
+) -> AsyncIterator[Replica]:
+    configured = settings.model_copy(update={"wecom_api_base_url": simulator.url, **updates})
+    assert configured.database_url and configured.secret_key
+    engine = create_engine(configured.database_url, configured, pool_size=4)
+    box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
+    maker = create_sessionmaker(engine)
+    pool = create_pool(asyncpg_dsn(configured.database_url), configured, max_size=4)
+    try:
+        async with pool, open_client(configured, maker, box) as client:
+            runner = workers.action_runner(configured, pool, maker, "", box, client)
+            yield Replica(runner, maker, pool, client, box)
+    finally:
+        await engine.dispose()
+
+
 async def test_duplicates_and_two_runners_still_send_one_welcome(
     live: httpx.AsyncClient,
     settings: Settings,
@@ -226,15 +260,8 @@ async def test_duplicates_and_two_runners_still_send_one_welcome(
     db: asyncpg.Connection,
 ) -> None:
     await rule(settings, "welcome", {}, {"text": "你好"})
-    configured = settings.model_copy(update={"wecom_api_base_url": simulator.url})
-    assert configured.database_url and configured.secret_key
-    engine = create_engine(configured.database_url, configured, pool_size=4)
-    box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
-    maker = create_sessionmaker(engine)
-    pool = create_pool(asyncpg_dsn(configured.database_url), configured, max_size=4)
-    # a second runner, as in another replica
-    async with pool, open_client(configured, maker, box) as client:
-        runner = workers.action_runner(configured, pool, maker, "", box, client)
+    async with replica(settings, simulator) as second_replica:  # beside the live one
+        runner = second_replica.runner
         stop = asyncio.Event()
 
         async def run_until_stopped() -> None:  # stops between claims, never mid-query
@@ -257,7 +284,6 @@ async def test_duplicates_and_two_runners_still_send_one_welcome(
         finally:
             stop.set()
             await second
-    await engine.dispose()
     assert [w["welcome_code"] for w in welcomes(simulator)] == [code]
     assert await db.fetchval("SELECT count(*) FROM actions WHERE kind = 'welcome'") == 1
 
@@ -435,24 +461,17 @@ async def test_a_runner_killed_mid_welcome_is_taken_over_and_nothing_is_sent_twi
     await drain(EventProcessor(processor_maker))
     await processor_maker.kw["bind"].dispose()
 
-    configured = settings.model_copy(
-        update={"wecom_api_base_url": simulator.url, "processor_lease_seconds": 1.0}
-    )
-    assert configured.database_url and configured.secret_key
-    engine = create_engine(configured.database_url, configured, pool_size=4)
-    box = SecretBox(parse_key(configured.secret_key.get_secret_value()))
-    maker = create_sessionmaker(engine)
-    pool = create_pool(asyncpg_dsn(configured.database_url), configured, max_size=4)
-    async with pool, open_client(configured, maker, box) as wecom:
-        dead, live = (
-            workers.action_runner(configured, pool, maker, "", box, wecom) for _ in range(2)
-        )
+    async with (
+        replica(settings, simulator, processor_lease_seconds=1.0) as died,
+        replica(settings, simulator, processor_lease_seconds=1.0) as survivor,
+    ):
+        dead, live = died.runner, survivor.runner
         claimed = {a.target: a for a in await dead.claim(limit=10) if a.kind == "welcome"}
         assert set(claimed) == {"wmNEVERSENT", "wmSENTUNRECORDED"}
-        async with maker() as session:
-            credentials = await load_credentials(session, box, claimed["wmNEVERSENT"].app_id)
+        async with died.sessions() as session:
+            credentials = await load_credentials(session, died.box, claimed["wmNEVERSENT"].app_id)
         half_done = claimed["wmSENTUNRECORDED"]
-        await send_welcome(Run(half_done, credentials, wecom, maker, pool))  # then it "dies"
+        await send_welcome(Run(half_done, credentials, died.client, died.sessions, died.pool))
         assert await live.run_once() == 0  # the leases still hold
 
         async def both_ended() -> bool:
@@ -463,7 +482,6 @@ async def test_a_runner_killed_mid_welcome_is_taken_over_and_nothing_is_sent_twi
             return int(await db.fetchval(ended)) == 2
 
         await wait_for(both_ended)
-    await engine.dispose()
 
     delivered = [w["welcome_code"] for w in welcomes(simulator)]
     assert len(delivered) == len(set(delivered)) == 2
