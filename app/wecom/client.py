@@ -126,12 +126,12 @@ class WecomClient:
         attempt, refreshed, replacing = 0, False, None
         while True:
             attempt += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WecomApiError(api, None, "deadline passed before the call")
             token = await self.tokens.token(
                 credentials.corp_id, credentials.secret, replacing=replacing
             )
             try:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WecomApiError(api, None, "deadline passed before the call")
                 return await self._exchange(
                     credentials,
                     method,
