@@ -22,7 +22,8 @@ from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
 from app.processing import workers
-from app.processing.actions import ActionRunner, Run
+from app.actions.runner import ActionRunner
+from app.actions.wecom import WecomRun
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
 from app.simulator.sender import Scenario
@@ -468,10 +469,16 @@ async def test_a_runner_killed_mid_welcome_is_taken_over_and_nothing_is_sent_twi
         dead, live = died.runner, survivor.runner
         claimed = {a.target: a for a in await dead.claim(limit=10) if a.kind == "welcome"}
         assert set(claimed) == {"wmNEVERSENT", "wmSENTUNRECORDED"}
-        async with died.sessions() as session:
-            credentials = await load_credentials(session, died.box, claimed["wmNEVERSENT"].app_id)
         half_done = claimed["wmSENTUNRECORDED"]
-        await send_welcome(Run(half_done, credentials, died.client, died.sessions, died.pool))
+        assert half_done.app_id is not None
+        async with died.sessions() as session:
+            credentials = await load_credentials(session, died.box, half_done.app_id)
+        await send_welcome(
+            WecomRun(
+                half_done, died.sessions, died.pool, half_done.app_id, credentials.corp_id,
+                credentials, died.client,
+            )
+        )  # fmt: skip
         assert await live.run_once() == 0  # the leases still hold
 
         async def both_ended() -> bool:

@@ -124,9 +124,12 @@ async def test_enrichment_failure_is_visible_and_blocks_nothing(
 
     await wait_for(failed)
     action = await db.fetchrow(
-        "SELECT errcode, errmsg, attempts FROM actions WHERE kind = 'enrich_contact'"
+        "SELECT error_code, error_message, attempts FROM actions WHERE kind = 'enrich_contact'"
     )
-    assert action is not None and (action["errcode"], action["attempts"]) == (48002, 1)
+    assert action is not None and (action["error_code"], action["attempts"]) == ("wecom.48002", 1)
+    assert action["error_message"]  # WeCom's errmsg, kept for the operator
+    attempts = await db.fetch("SELECT outcome, error_code FROM action_attempts")
+    assert [(a["outcome"], a["error_code"]) for a in attempts] == [("failed", "wecom.48002")]
     assert await db.fetchval("SELECT status FROM events") == "processed"
     assert await db.fetchval("SELECT status FROM follows") == "active"
 

@@ -18,21 +18,20 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.actions.enqueue import enqueue
+from app.actions.kinds import ActionKind, ActionStatus
+from app.actions.runner import Outcome
+from app.actions.wecom import WecomRun
 from app.automations.replies import choose_reply
 from app.automations.rules import ReplyContent, WelcomeContent, render
 from app.automations.store import LoadedRule, enabled_rules
 from app.automations.triggers import (
-    MARK_TAG,
     TAG_DEADLINE,
     choose_welcome,
     enqueue_mark_tags,
     friend_of,
 )
-from app.processing.actions import ClaimedAction, Outcome, Run
-from app.processing.enqueue import enqueue
 
-KF_REPLY = "kf_reply"
-KF_WELCOME = "kf_welcome"
 SESSION_WINDOW = timedelta(hours=48)  # send_msg only within 48 h of the customer's message
 REPLIES_PER_MESSAGE = 5  # …and at most 5 messages per customer message
 KF_CODE_SECONDS = 20
@@ -97,39 +96,39 @@ def _reply_msgid(source_msgid: str) -> str:
 
 
 async def _tag_by_keyword(
-    session: AsyncSession, action: ClaimedAction, message: dict[str, Any], rules: list[LoadedRule]
+    session: AsyncSession, run: WecomRun, message: dict[str, Any], rules: list[LoadedRule]
 ) -> int:
     """A customer's words that a keyword tag rule matches: one mark_tag for all of them."""
     customer = message["external_userid"]
     text = message["text"]["content"]
-    matched = [r for r in rules if r.match.matches_message(text, open_kfid=action.target)]
+    matched = [r for r in rules if r.match.matches_message(text, open_kfid=run.action.target)]
     if not matched:
         return 0
     await enqueue_mark_tags(
         session,
-        app_id=action.app_id,
-        corp_id=action.corp_id,
-        event_id=action.event_id,
+        app_id=run.app_id,
+        corp_id=run.corp_id,
+        event_id=run.action.event_id,
         external=customer,
-        user_id=await friend_of(session, action.corp_id, customer),
+        user_id=await friend_of(session, run.corp_id, customer),
         matched=matched,
-        key=f"{MARK_TAG}:kf:{action.corp_id}:{message['msgid']}",
+        key=f"{ActionKind.MARK_TAG}:kf:{run.corp_id}:{message['msgid']}",
         deadline=datetime.now(UTC) + TAG_DEADLINE,
     )
     return 1
 
 
-async def kf_sync(run: Run) -> Outcome:
+async def kf_sync(run: WecomRun) -> Outcome:
     action = run.action
     open_kfid = action.target
     pulled = replies = welcomes = tags = 0
     async with run.sessionmaker.begin() as session:
         connection = await session.connection()
-        keys = {"corp_id": action.corp_id, "open_kfid": open_kfid}
+        keys = {"corp_id": run.corp_id, "open_kfid": open_kfid}
         cursor = (await connection.execute(_LOCK_CURSOR, keys)).scalar_one()
-        reply_rules = await enabled_rules(session, "reply", action.app_id)
-        welcome_rules = await enabled_rules(session, "welcome", action.app_id)
-        tag_rules = await enabled_rules(session, "tag", action.app_id)
+        reply_rules = await enabled_rules(session, "reply", run.app_id)
+        welcome_rules = await enabled_rules(session, "welcome", run.app_id)
+        tag_rules = await enabled_rules(session, "tag", run.app_id)
         while True:
             body = await run.client.call(
                 run.credentials,
@@ -151,7 +150,7 @@ async def kf_sync(run: Run) -> Outcome:
                     _STORE_MESSAGE,
                     {
                         **keys,
-                        "app_id": action.app_id,
+                        "app_id": run.app_id,
                         "msg_id": message["msgid"],
                         "sender": sender,
                         "msg_type": message.get("msgtype", ""),
@@ -169,22 +168,22 @@ async def kf_sync(run: Run) -> Outcome:
                         {**keys, "customer": sender, "at": _sent_at(message)},
                     )
                 common = {
-                    "app_id": action.app_id,
-                    "corp_id": action.corp_id,
+                    "app_id": run.app_id,
+                    "corp_id": run.corp_id,
                     "target": sender,
                     "event_id": action.event_id,
                 }
                 if message.get("origin") == 3 and content:
-                    tags += await _tag_by_keyword(session, action, message, tag_rules)
+                    tags += await _tag_by_keyword(session, run, message, tag_rules)
                     rule = choose_reply(reply_rules, content, open_kfid=open_kfid)
                     if rule is not None:
                         replies += 1
                         assert isinstance(rule.content, ReplyContent)
                         await enqueue(
                             session,
-                            kind=KF_REPLY,
+                            kind=ActionKind.KF_REPLY,
                             **common,
-                            idempotency_key=f"{KF_REPLY}:{action.corp_id}:{message['msgid']}",
+                            idempotency_key=f"{ActionKind.KF_REPLY}:{run.corp_id}:{message['msgid']}",
                             payload={
                                 "open_kfid": open_kfid,
                                 "text": rule.content.text,
@@ -203,11 +202,11 @@ async def kf_sync(run: Run) -> Outcome:
                         at=at,
                         open_kfid=open_kfid,
                     )
-                    key = f"{KF_WELCOME}:{action.corp_id}:{code}"
+                    key = f"{ActionKind.KF_WELCOME}:{run.corp_id}:{code}"
                     if rule is None:
                         await enqueue(
                             session,
-                            kind=KF_WELCOME,
+                            kind=ActionKind.KF_WELCOME,
                             **common,
                             idempotency_key=key,
                             skipped=f"no kf welcome rule for {open_kfid}",
@@ -217,7 +216,7 @@ async def kf_sync(run: Run) -> Outcome:
                     assert isinstance(rule.content, WelcomeContent)
                     await enqueue(
                         session,
-                        kind=KF_WELCOME,
+                        kind=ActionKind.KF_WELCOME,
                         **common,
                         idempotency_key=key,
                         deadline=at + timedelta(seconds=KF_CODE_SECONDS),
@@ -234,18 +233,19 @@ async def kf_sync(run: Run) -> Outcome:
             if not body.get("has_more"):
                 break
     return Outcome(
-        "succeeded", f"{pulled} new, {replies} replies, {welcomes} welcomes, {tags} taggings"
+        ActionStatus.SUCCEEDED,
+        f"{pulled} new, {replies} replies, {welcomes} welcomes, {tags} taggings",
     )
 
 
-async def kf_reply(run: Run) -> Outcome:
+async def kf_reply(run: WecomRun) -> Outcome:
     """Within the customer's send window (PROTOCOL.md §5.7), else `skipped` saying which
     limit it would break: WeCom accepts such a send and then fails to deliver it."""
     payload: dict[str, Any] = run.action.payload
-    window = (run.action.corp_id, payload["open_kfid"], run.action.target)
+    window = (run.corp_id, payload["open_kfid"], run.action.target)
     taken = await run.db.fetchval(_TAKE_PLACE, *window, REPLIES_PER_MESSAGE, SESSION_WINDOW)
     if taken is None:
-        return Outcome("skipped", await _window_closed(run, window))
+        return Outcome(ActionStatus.SKIPPED, await _window_closed(run, window))
     try:
         await run.client.call(
             run.credentials,
@@ -263,10 +263,10 @@ async def kf_reply(run: Run) -> Outcome:
     except Exception:
         await run.db.execute(_GIVE_BACK_PLACE, *window)
         raise
-    return Outcome("succeeded", f"rule {payload.get('rule_name')!r}")
+    return Outcome(ActionStatus.SUCCEEDED, f"rule {payload.get('rule_name')!r}")
 
 
-async def _window_closed(run: Run, window: tuple[str, str, str]) -> str:
+async def _window_closed(run: WecomRun, window: tuple[str, str, str]) -> str:
     row = await run.db.fetchrow(_WINDOW, *window)
     if row is None:
         return "no message from this customer has been read"
@@ -275,7 +275,7 @@ async def _window_closed(run: Run, window: tuple[str, str, str]) -> str:
     return "more than 48 h since the customer's last message"
 
 
-async def kf_welcome(run: Run) -> Outcome:
+async def kf_welcome(run: WecomRun) -> Outcome:
     payload: dict[str, Any] = run.action.payload
     await run.client.call(
         run.credentials,
@@ -290,4 +290,4 @@ async def kf_welcome(run: Run) -> Outcome:
         deadline=run.deadline_monotonic,
         backoff=0.05,
     )
-    return Outcome("succeeded", f"rule {payload.get('rule_name')!r}")
+    return Outcome(ActionStatus.SUCCEEDED, f"rule {payload.get('rule_name')!r}")

@@ -3,12 +3,14 @@ one call per customer and event, however many rules fired."""
 
 from sqlalchemy import select, update
 
+from app.actions.kinds import ActionStatus
+from app.actions.runner import Outcome
+from app.actions.wecom import WecomRun
 from app.models import Follow
-from app.processing.actions import Outcome, Run
 from app.wecom.errors import WecomApiError
 
 
-async def mark_tags(run: Run) -> Outcome:
+async def mark_tags(run: WecomRun) -> Outcome:
     payload = run.action.payload
     try:
         await run.client.call(
@@ -25,16 +27,20 @@ async def mark_tags(run: Run) -> Outcome:
         )
     except WecomApiError as exc:
         if exc.errcode == 84061:
-            return Outcome("skipped", "84061: the customer is no longer a friend of the member")
+            return Outcome(
+                ActionStatus.SKIPPED, "84061: the customer is no longer a friend of the member"
+            )
         raise
     # mark_tag does not call back (no edit event): keep our copy of the follow's tags right.
     async with run.sessionmaker.begin() as session:
         key = (
-            Follow.corp_id == run.action.corp_id,
+            Follow.corp_id == run.corp_id,
             Follow.userid == payload["userid"],
             Follow.external_userid == run.action.target,
         )
         current = await session.scalar(select(Follow.tag_ids).where(*key)) or []
         tags = sorted((set(current) | set(payload["add_tag"])) - set(payload["remove_tag"]))
         await session.execute(update(Follow).where(*key).values(tag_ids=tags))
-    return Outcome("succeeded", f"add {payload['add_tag']} remove {payload['remove_tag']}")
+    return Outcome(
+        ActionStatus.SUCCEEDED, f"add {payload['add_tag']} remove {payload['remove_tag']}"
+    )

@@ -8,16 +8,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.actions.enqueue import enqueue
+from app.actions.kinds import ActionKind
 from app.automations.rules import WelcomeMatch
 from app.automations.store import LoadedRule, RuleCache
 from app.events import models as ev
+from app.events.context import Context, event_time
 from app.models import Follow
-from app.processing.enqueue import enqueue
-from app.processing.projection import Context, event_time
 
-WELCOME = "welcome"
-MARK_TAG = "mark_tag"
-KF_SYNC = "kf_sync"
 KF_TOKEN_LIFETIME = timedelta(minutes=10)  # the callback's Token, for sync_msg
 WELCOME_CODE_SECONDS = 20  # PROTOCOL.md §5.2: valid 20 s, usable once
 TAG_DEADLINE = timedelta(minutes=10)
@@ -54,12 +52,12 @@ async def automate(
         # The callback only says "something new": pull it (app/automations/kf.py).
         await enqueue(
             session,
-            kind=KF_SYNC,
+            kind=ActionKind.KF_SYNC,
             app_id=context.app_id,
             corp_id=context.corp_id,
             target=event.open_kf_id,
             event_id=context.event_id,
-            idempotency_key=f"{KF_SYNC}:{context.event_id}",
+            idempotency_key=f"{ActionKind.KF_SYNC}:{context.event_id}",
             deadline=context.received_at + KF_TOKEN_LIFETIME,
             payload={"token": event.token},
         )
@@ -69,7 +67,7 @@ async def _welcome(
     session: AsyncSession, event: ev.AddExternalContact, context: Context, rules: RuleCache
 ) -> None:
     common: dict[str, Any] = {
-        "kind": WELCOME,
+        "kind": ActionKind.WELCOME,
         "app_id": context.app_id,
         "corp_id": context.corp_id,
         "target": event.external_user_id,
@@ -79,15 +77,15 @@ async def _welcome(
         await enqueue(
             session,
             **common,
-            idempotency_key=f"{WELCOME}:event:{context.event_id}",
+            idempotency_key=f"{ActionKind.WELCOME}:event:{context.event_id}",
             skipped="no WelcomeCode in the event: the channel or the console sends "
             "its own welcome, or the customer already chatted",
         )
         return
     at = event_time(event, context)
-    key = f"{WELCOME}:{context.corp_id}:{event.welcome_code}"
+    key = f"{ActionKind.WELCOME}:{context.corp_id}:{event.welcome_code}"
     chosen = choose_welcome(
-        await rules.get(session, WELCOME, context.app_id),
+        await rules.get(session, "welcome", context.app_id),
         state=event.state,
         user_id=event.user_id,
         at=at,
@@ -133,7 +131,7 @@ async def enqueue_mark_tags(
     add = sorted({t for r in matched for t in r.content.add_tags})
     remove = sorted({t for r in matched for t in r.content.remove_tags} - set(add))
     common: dict[str, Any] = {
-        "kind": MARK_TAG,
+        "kind": ActionKind.MARK_TAG,
         "app_id": app_id,
         "corp_id": corp_id,
         "target": external,
@@ -176,7 +174,7 @@ def _tagging(context: Context, external: str) -> dict[str, Any]:
         "corp_id": context.corp_id,
         "event_id": context.event_id,
         "external": external,
-        "key": f"{MARK_TAG}:{context.event_id}:{external}",
+        "key": f"{ActionKind.MARK_TAG}:{context.event_id}:{external}",
         "deadline": context.received_at + TAG_DEADLINE,
     }
 

@@ -3,8 +3,10 @@ WeCom temporary media (media/upload) and keep the new media_id and when it ends.
 
 from datetime import UTC, datetime
 
+from app.actions.kinds import ActionStatus
+from app.actions.runner import Outcome
+from app.actions.wecom import WecomRun
 from app.automations.media import LIFETIME
-from app.processing.actions import Outcome, Run
 
 _FILE = "SELECT kind, filename, content FROM media_files WHERE sha256 = $1"
 _SAVE_UPLOAD = """
@@ -16,12 +18,12 @@ _SAVE_UPLOAD = """
 """
 
 
-async def upload_media(run: Run) -> Outcome:
+async def upload_media(run: WecomRun) -> Outcome:
     """The action: upload the file as temporary media, keep the new media_id."""
     sha256 = run.action.target
     kept = await run.db.fetchrow(_FILE, sha256)
     if kept is None:
-        return Outcome("skipped", "the file is no longer kept")
+        return Outcome(ActionStatus.SKIPPED, "the file is no longer kept")
     body = await run.client.call(
         run.credentials,
         "POST",
@@ -34,10 +36,10 @@ async def upload_media(run: Run) -> Outcome:
     uploaded_at = created if created.year > 2000 else datetime.now(UTC)
     await run.db.execute(
         _SAVE_UPLOAD,
-        run.action.corp_id,
+        run.corp_id,
         sha256,
         body["media_id"],
         uploaded_at,
         uploaded_at + LIFETIME,
     )
-    return Outcome("succeeded", f"{kept['filename']} is {body['media_id']}")
+    return Outcome(ActionStatus.SUCCEEDED, f"{kept['filename']} is {body['media_id']}")

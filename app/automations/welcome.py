@@ -10,11 +10,13 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.actions.kinds import ActionStatus
+from app.actions.runner import Outcome
+from app.actions.wecom import WecomRun
 from app.automations.media import attachments_on_the_wire
 from app.automations.rules import WelcomeContent, render
 from app.automations.triggers import WELCOME_CODE_SECONDS
 from app.metrics import WELCOME_SECONDS
-from app.processing.actions import Outcome, Run
 from app.wecom.errors import WecomApiError
 
 RETRY_41096_SECONDS = 0.3
@@ -29,13 +31,13 @@ _NAMES = """
 """
 
 
-async def _names(run: Run, content: WelcomeContent, user_id: str) -> dict[str, str | None]:
+async def _names(run: WecomRun, content: WelcomeContent, user_id: str) -> dict[str, str | None]:
     """customer_name and member_name, only if the template uses them. The customer is new,
     so the name is usually not known yet: ask WeCom, briefly; on any trouble, the template's
     fallback wording is used instead of delaying the welcome."""
     if "{" not in content.text:
         return {}
-    known = await run.db.fetchrow(_NAMES, run.action.corp_id, run.action.target, user_id)
+    known = await run.db.fetchrow(_NAMES, run.corp_id, run.action.target, user_id)
     customer, member = (known["customer"], known["member"]) if known else (None, None)
     if customer is None and "{customer_name}" in content.text:
         loop = asyncio.get_running_loop()
@@ -58,7 +60,7 @@ async def _names(run: Run, content: WelcomeContent, user_id: str) -> dict[str, s
     return {"customer_name": customer, "member_name": member}
 
 
-async def send_welcome(run: Run) -> Outcome:
+async def send_welcome(run: WecomRun) -> Outcome:
     payload: dict[str, Any] = run.action.payload
     content = WelcomeContent.model_validate(payload["content"])
     request: dict[str, Any] = {"welcome_code": payload["welcome_code"]}
@@ -67,13 +69,13 @@ async def send_welcome(run: Run) -> Outcome:
         request["text"] = {"content": render(content.text, names)}
     left_out = ""
     if content.attachments:
-        attachments, missing = await attachments_on_the_wire(run.db, run.action.corp_id, content)
+        attachments, missing = await attachments_on_the_wire(run.db, run.corp_id, content)
         if missing:
             left_out = f"; left out, no fresh upload yet: {', '.join(missing)}"
         if attachments:
             request["attachments"] = attachments
     if "text" not in request and "attachments" not in request:
-        return Outcome("failed", "nothing to send" + left_out)
+        return Outcome(ActionStatus.FAILED, "nothing to send" + left_out)
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -89,11 +91,12 @@ async def send_welcome(run: Run) -> Outcome:
             if run.action.deadline is not None:  # deadline = CreateTime + 20 s
                 created = run.action.deadline - timedelta(seconds=WELCOME_CODE_SECONDS)
                 WELCOME_SECONDS.observe((datetime.now(UTC) - created).total_seconds())
-            return Outcome("succeeded", f"rule {payload.get('rule_name')!r}{left_out}")
+            return Outcome(ActionStatus.SUCCEEDED, f"rule {payload.get('rule_name')!r}{left_out}")
         except WecomApiError as exc:
             if exc.errcode == 41051:
                 return Outcome(
-                    "skipped", "41051: already delivered, or the customer started chatting first"
+                    ActionStatus.SKIPPED,
+                    "41051: already delivered, or the customer started chatting first",
                 )
             deadline = run.deadline_monotonic
             if exc.errcode == 41096 and (

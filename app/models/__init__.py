@@ -1,6 +1,8 @@
 """SQLAlchemy tables. Only ORM classes live here; wire schemas live next to their routers."""
 
 from app.models.action import Action
+from app.models.action_attempt import ActionAttempt
+from app.models.api_key import ApiKey, IdempotentRequest
 from app.models.base import Base
 from app.models.customer import ExternalContact, Follow
 from app.models.event import Event
@@ -18,7 +20,9 @@ from app.models.wecom_app import WecomApp
 __all__ = [
     "AccessToken",
     "Action",
+    "ActionAttempt",
     "ApiCall",
+    "ApiKey",
     "Base",
     "CustomerGroup",
     "Department",
@@ -26,6 +30,7 @@ __all__ = [
     "ExternalContact",
     "Follow",
     "GroupMember",
+    "IdempotentRequest",
     "KfCursor",
     "KfWindow",
     "MediaFile",

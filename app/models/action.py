@@ -1,5 +1,5 @@
 """Side effects, one row each: written in the processor's transaction, run by the action
-runner (app/processing/actions.py), every attempt and outcome visible."""
+runner (app/actions/runner.py), every attempt and outcome visible."""
 
 from datetime import datetime
 from typing import Any
@@ -21,8 +21,9 @@ class Action(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
-    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="RESTRICT"))
-    corp_id: Mapped[str] = mapped_column(String(64))
+    # A WeCom action is made as an app; an action of another kind (a webhook) may have none.
+    app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id", ondelete="RESTRICT"))
+    corp_id: Mapped[str | None] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(256))
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="RESTRICT"))
     idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
@@ -33,8 +34,10 @@ class Action(Base):
     deadline: Mapped[datetime | None]
     locked_by: Mapped[str | None] = mapped_column(String(64))
     locked_until: Mapped[datetime | None]
-    errcode: Mapped[int | None]
-    errmsg: Mapped[str | None] = mapped_column(Text)
+    # The last error seen, in the action vocabulary (app/actions/errors.py): `wecom.45009`
+    # with WeCom's errmsg, `http.503`, `timeout`, `crash`…; kept when a retry then succeeds.
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
@@ -51,4 +54,8 @@ class Action(Base):
             postgresql_where=text("status IN ('pending', 'running')"),
         ),
         Index("ix_actions_event_id", "event_id"),
+        # The API's lists: newest first, by kind, status or customer.
+        Index("ix_actions_kind_id", "kind", "id"),
+        Index("ix_actions_status_id", "status", "id"),
+        Index("ix_actions_target_id", "target", "id"),
     )

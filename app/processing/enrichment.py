@@ -11,8 +11,10 @@ from sqlalchemy import and_, func, not_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.actions.kinds import ActionStatus
+from app.actions.runner import Outcome
+from app.actions.wecom import WecomRun
 from app.models import CustomerGroup, ExternalContact, Follow, GroupMember, Tag, TagGroup
-from app.processing.actions import Outcome, Run
 from app.wecom.errors import WecomApiError
 
 
@@ -189,20 +191,20 @@ async def apply_tags(session: AsyncSession, corp_id: str, tag_groups: list[dict[
 # enrichment actions -----------------------------------------------------------------------
 
 
-async def _fresh_since(run: Run, table: Any, **key: str) -> bool:
+async def _fresh_since(run: WecomRun, table: Any, **key: str) -> bool:
     """Already enriched after this action was written (a burst of events for one customer
     writes one action each; the first one to run covers the rest)."""
     async with run.sessionmaker() as session:
         enriched = await session.scalar(
-            select(table.enriched_at).filter_by(corp_id=run.action.corp_id, **key)
+            select(table.enriched_at).filter_by(corp_id=run.corp_id, **key)
         )
     return enriched is not None and enriched >= run.action.created_at
 
 
-async def enrich_contact(run: Run) -> Outcome:
+async def enrich_contact(run: WecomRun) -> Outcome:
     external_userid = run.action.target
     if await _fresh_since(run, ExternalContact, external_userid=external_userid):
-        return Outcome("skipped", "already enriched after this change")
+        return Outcome(ActionStatus.SKIPPED, "already enriched after this change")
     try:
         body = await run.client.call(
             run.credentials,
@@ -213,21 +215,21 @@ async def enrich_contact(run: Run) -> Outcome:
         )
     except WecomApiError as exc:
         if exc.errcode == 84061:  # no relation left: the customer deleted every member
-            return Outcome("skipped", "84061: no external-contact relation any more")
+            return Outcome(ActionStatus.SKIPPED, "84061: no external-contact relation any more")
         raise
     async with run.sessionmaker.begin() as session:
-        await apply_contacts(session, run.action.corp_id, [body["external_contact"]])
+        await apply_contacts(session, run.corp_id, [body["external_contact"]])
         await apply_follows(
             session,
-            run.action.corp_id,
+            run.corp_id,
             [(external_userid, follow) for follow in body.get("follow_user", [])],
         )
-    return Outcome("succeeded")
+    return Outcome(ActionStatus.SUCCEEDED)
 
 
-async def enrich_group(run: Run) -> Outcome:
+async def enrich_group(run: WecomRun) -> Outcome:
     if await _fresh_since(run, CustomerGroup, chat_id=run.action.target):
-        return Outcome("skipped", "already enriched after this change")
+        return Outcome(ActionStatus.SKIPPED, "already enriched after this change")
     body = await run.client.call(
         run.credentials,
         "POST",
@@ -236,11 +238,11 @@ async def enrich_group(run: Run) -> Outcome:
         deadline=run.deadline_monotonic,
     )
     async with run.sessionmaker.begin() as session:
-        await apply_group(session, run.action.corp_id, body["group_chat"])
-    return Outcome("succeeded")
+        await apply_group(session, run.corp_id, body["group_chat"])
+    return Outcome(ActionStatus.SUCCEEDED)
 
 
-async def sync_tags(run: Run) -> Outcome:
+async def sync_tags(run: WecomRun) -> Outcome:
     body = await run.client.call(
         run.credentials,
         "POST",
@@ -249,5 +251,5 @@ async def sync_tags(run: Run) -> Outcome:
         deadline=run.deadline_monotonic,
     )
     async with run.sessionmaker.begin() as session:
-        await apply_tags(session, run.action.corp_id, body.get("tag_group", []))
-    return Outcome("succeeded")
+        await apply_tags(session, run.corp_id, body.get("tag_group", []))
+    return Outcome(ActionStatus.SUCCEEDED)

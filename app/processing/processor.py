@@ -13,9 +13,7 @@ notification is lost (a dropped LISTEN connection, another writer).
 
 import asyncio
 import logging
-import os
 import random
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,11 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.automations.store import RuleCache
 from app.automations.triggers import automate
+from app.events.context import Context
 from app.events.models import InvalidEvent, parse_event
 from app.metrics import EVENTS_PROCESSED
 from app.models import Event
-from app.processing.notify import EVENTS_CHANNEL, listen
-from app.processing.projection import Context, Projector, project
+from app.notify import EVENTS_CHANNEL, listen, worker_id
+from app.processing.projection import Projector, project
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,6 @@ _CLAIM = text(
               e.attempts
     """
 )
-
-
-def worker_id() -> str:
-    """Unique per process, readable in the events table: host:pid:random."""
-    return f"{socket.gethostname()[:32]}:{os.getpid()}:{random.randrange(16**4):04x}"
 
 
 @dataclass(frozen=True, slots=True)

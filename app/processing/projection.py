@@ -9,14 +9,15 @@ the transaction.
 """
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.actions.enqueue import enqueue
+from app.actions.kinds import ActionKind
 from app.events import models as ev
+from app.events.context import Context, event_time
 from app.models import (
     CustomerGroup,
     Department,
@@ -28,12 +29,7 @@ from app.models import (
     Tag,
     TagGroup,
 )
-from app.processing.enqueue import enqueue
 from app.sql import insert_ignore, upsert
-
-ENRICH_CONTACT = "enrich_contact"
-ENRICH_GROUP = "enrich_group"
-SYNC_TAGS = "sync_tags"
 
 # The Core tables behind the models (statements below are Core: no ORM work per row).
 _contacts: Table = ExternalContact.__table__  # type: ignore[assignment]
@@ -99,23 +95,7 @@ _MESSAGE = insert_ignore(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
-    """Where an event came from."""
-
-    event_id: int
-    app_id: int
-    corp_id: str
-    received_at: datetime
-
-
-def event_time(event: ev.WecomEvent, context: Context) -> datetime:
-    if event.create_time > 0:
-        return datetime.fromtimestamp(event.create_time, tz=UTC)
-    return context.received_at
-
-
-async def _enrich(session: AsyncSession, kind: str, target: str, context: Context) -> None:
+async def _enrich(session: AsyncSession, kind: ActionKind, target: str, context: Context) -> None:
     await enqueue(
         session,
         kind=kind,
@@ -171,12 +151,12 @@ async def added(session: AsyncSession, event: ev.AddExternalContact, context: Co
             "state": event.state or None,
         },
     )
-    await _enrich(session, ENRICH_CONTACT, event.external_user_id, context)
+    await _enrich(session, ActionKind.ENRICH_CONTACT, event.external_user_id, context)
 
 
 async def edited(session: AsyncSession, event: ev.EditExternalContact, context: Context) -> None:
     await _contact_seen(session, event, context)
-    await _enrich(session, ENRICH_CONTACT, event.external_user_id, context)
+    await _enrich(session, ActionKind.ENRICH_CONTACT, event.external_user_id, context)
 
 
 async def deleted_by_member(
@@ -225,7 +205,7 @@ async def group_created(session: AsyncSession, event: ev.ChatCreate, context: Co
         _GROUP_CREATED,
         {**_group_key(event, context), "created_at": event_time(event, context)},
     )
-    await _enrich(session, ENRICH_GROUP, event.chat_id, context)
+    await _enrich(session, ActionKind.ENRICH_GROUP, event.chat_id, context)
 
 
 async def group_dismissed(session: AsyncSession, event: ev.ChatDismiss, context: Context) -> None:
@@ -261,7 +241,7 @@ async def group_updated(session: AsyncSession, event: ev.ChatUpdate, context: Co
                 for member in dict.fromkeys(event.mem_change_list)
             ],
         )
-    await _enrich(session, ENRICH_GROUP, event.chat_id, context)
+    await _enrich(session, ActionKind.ENRICH_GROUP, event.chat_id, context)
 
 
 # tags -----------------------------------------------------------------------------------
@@ -287,12 +267,12 @@ async def tag_changed(session: AsyncSession, event: ev.ExternalTagEvent, context
             )
     await enqueue(
         session,
-        kind=SYNC_TAGS,
+        kind=ActionKind.SYNC_TAGS,
         app_id=context.app_id,
         corp_id=context.corp_id,
         target=context.corp_id,
         event_id=context.event_id,
-        idempotency_key=f"{SYNC_TAGS}:{context.event_id}",
+        idempotency_key=f"{ActionKind.SYNC_TAGS}:{context.event_id}",
     )
 
 

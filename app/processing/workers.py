@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.actions.kinds import ActionKind
+from app.actions.runner import ActionRunner, Handler
+from app.actions.wecom import CredentialCache, WecomHandler, WecomHandlers
 from app.automations import kf, media, uploads
 from app.automations.tagging import mark_tags
-from app.automations.triggers import KF_SYNC, MARK_TAG, WELCOME
 from app.automations.welcome import send_welcome
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
 from app.processing import enrichment
-from app.processing.actions import ActionRunner, Handler
 from app.processing.processor import EventProcessor
-from app.processing.projection import ENRICH_CONTACT, ENRICH_GROUP, SYNC_TAGS
 from app.wecom.client import WecomClient
 from app.wecom.factory import open_client
 
@@ -40,17 +40,31 @@ def event_processor(
     )
 
 
-HANDLERS: dict[str, Handler] = {
-    WELCOME: send_welcome,
-    KF_SYNC: kf.kf_sync,
-    kf.KF_REPLY: kf.kf_reply,
-    kf.KF_WELCOME: kf.kf_welcome,
-    MARK_TAG: mark_tags,
-    ENRICH_CONTACT: enrichment.enrich_contact,
-    ENRICH_GROUP: enrichment.enrich_group,
-    SYNC_TAGS: enrichment.sync_tags,
-    media.UPLOAD_MEDIA: uploads.upload_media,
+WECOM_HANDLERS: dict[ActionKind, WecomHandler] = {
+    ActionKind.WELCOME: send_welcome,
+    ActionKind.KF_SYNC: kf.kf_sync,
+    ActionKind.KF_REPLY: kf.kf_reply,
+    ActionKind.KF_WELCOME: kf.kf_welcome,
+    ActionKind.MARK_TAG: mark_tags,
+    ActionKind.ENRICH_CONTACT: enrichment.enrich_contact,
+    ActionKind.ENRICH_GROUP: enrichment.enrich_group,
+    ActionKind.SYNC_TAGS: enrichment.sync_tags,
+    ActionKind.UPLOAD_MEDIA: uploads.upload_media,
 }
+
+
+def handlers(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    box: SecretBox,
+    client: WecomClient,
+) -> dict[ActionKind, Handler]:
+    """Every kind's handler; those that call WeCom get their app's credentials (cached for
+    app_cache_seconds, so a rotated secret is in use within that time)."""
+    wecom = WecomHandlers(
+        client, CredentialCache(sessionmaker, box, ttl=settings.app_cache_seconds)
+    )
+    return {kind: wecom.wrap(handler) for kind, handler in WECOM_HANDLERS.items()}
 
 
 def action_runner(
@@ -64,9 +78,7 @@ def action_runner(
     return ActionRunner(
         db,
         sessionmaker,
-        client,
-        box,
-        HANDLERS,
+        handlers(settings, sessionmaker, box, client),
         listen_dsn=dsn,
         concurrency=RUNNER_CONCURRENCY,
         lease_seconds=settings.processor_lease_seconds,

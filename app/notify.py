@@ -3,13 +3,16 @@
 import asyncio
 import contextlib
 import logging
+import os
+import random
+import socket
 
 import asyncpg
 
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "wecom_hub_events"  # ingest committed events (app/callbacks/writer.py)
-ACTIONS_CHANNEL = "wecom_hub_actions"  # the processor wrote actions (app/processing/enqueue.py)
+ACTIONS_CHANNEL = "wecom_hub_actions"  # the processor wrote actions (app/actions/enqueue.py)
 
 
 async def _connect(dsn: str) -> asyncpg.Connection:
@@ -44,3 +47,9 @@ async def listen(dsn: str, channel: str, wake: asyncio.Event, *, retry_seconds: 
             if connection is not None and not connection.is_closed():
                 await connection.close()
         await asyncio.sleep(retry_seconds)
+
+
+def worker_id() -> str:
+    """Unique per process and loop, readable in the events and actions tables:
+    host:pid:random."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{random.randrange(16**4):04x}"

@@ -1,8 +1,13 @@
-"""The action runner: claims due actions, calls WeCom outside any transaction, records what
-happened. Every outcome is a status with its reason (invariant 5):
+"""The action runner: claims due actions, runs each kind's handler outside any transaction,
+records every attempt and the outcome. Every outcome is a status with its reason
+(invariant 5):
 
-    succeeded · skipped (nothing to do, and why) · failed (WeCom's errcode and errmsg)
+    succeeded · skipped (nothing to do, and why) · failed (the error's code and message)
     expired (the deadline passed: never tried, or not tried again, after it)
+
+The runner knows nothing of WeCom: a handler reports failure by raising ActionError (code,
+message, retryable), and the kind's RetryPolicy decides when to try again. Any other
+exception is a bug in the handler: recorded as `crash` and retried like a transient error.
 
 Claims are leases like the processor's; a runner that died mid-call leaves its action
 `running` until the lease ends, then another runner takes it over. A handler must therefore
@@ -11,22 +16,19 @@ be safe to repeat (WeCom's own idempotency: msgid, welcome_code single use) or t
 
 import asyncio
 import logging
-import random
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.crypto.at_rest import SecretBox
+from app.actions.errors import ActionError
+from app.actions.kinds import POLICIES, ActionKind, ActionStatus
 from app.metrics import ACTIONS_FINISHED
-from app.processing.notify import ACTIONS_CHANNEL, listen
-from app.processing.processor import worker_id
-from app.wecom.client import Credentials, WecomClient
-from app.wecom.errors import WecomApiError
-from app.wecom_apps import load_credentials
+from app.notify import ACTIONS_CHANNEL, listen, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +51,23 @@ _CLAIM = """
               created_at
 """
 
-# Only while this runner holds the claim: a late runner changes nothing. An outcome without
-# an error keeps the last one seen (a welcome that succeeded after a -1 says so).
+# Only while this runner holds the claim: a late runner changes nothing, and logs no
+# attempt. An outcome without an error keeps the last one seen (a welcome that succeeded
+# after a -1 says so). The attempt is logged in the same statement: one round trip.
 _RELEASE = """
-    UPDATE actions SET status = $3, reason = $4,
-        errcode = CASE WHEN $6::text IS NULL THEN errcode ELSE $5 END,
-        errmsg = coalesce($6, errmsg),
-        next_attempt_at = coalesce($7, next_attempt_at),
-        finished_at = CASE WHEN $7::timestamptz IS NULL THEN now() END,  -- no retry: finished
-        locked_by = NULL, locked_until = NULL
-    WHERE id = $1 AND locked_by = $2
+    WITH released AS (
+        UPDATE actions SET status = $3, reason = $4,
+            error_code = coalesce($5, error_code),
+            error_message = CASE WHEN $5::text IS NULL THEN error_message ELSE $6 END,
+            next_attempt_at = coalesce($7, next_attempt_at),
+            finished_at = CASE WHEN $7::timestamptz IS NULL THEN now() END,  -- no retry: done
+            locked_by = NULL, locked_until = NULL
+        WHERE id = $1 AND locked_by = $2
+        RETURNING id, attempts
+    )
+    INSERT INTO action_attempts (action_id, attempt, worker, started_at, duration_ms, outcome,
+                                 error_code, message)
+    SELECT id, attempts, $2, $8, $9, $10, $5, coalesce($6, $4) FROM released
 """
 
 
@@ -66,8 +75,8 @@ _RELEASE = """
 class ClaimedAction:
     id: int
     kind: str
-    app_id: int
-    corp_id: str
+    app_id: int | None
+    corp_id: str | None
     target: str
     event_id: int | None
     payload: dict[str, Any]
@@ -78,23 +87,24 @@ class ClaimedAction:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    status: str  # "succeeded", "skipped", or "failed" (for a reason of our own, not WeCom's)
+    """What a handler that did not fail says: succeeded or skipped, or failed for a reason
+    of its own that retrying cannot change (nothing to send), with the reason."""
+
+    status: ActionStatus
     reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """What a handler gets: the action, whom to call WeCom as, and the database."""
+    """What a handler gets: the action and the database."""
 
     action: ClaimedAction
-    credentials: Credentials
-    client: WecomClient
     sessionmaker: async_sessionmaker[AsyncSession]
     db: asyncpg.Pool  # for a quick lookup, where a session would cost more than the query
 
     @property
     def deadline_monotonic(self) -> float | None:
-        """The action's deadline on the monotonic clock the WeCom client counts in."""
+        """The action's deadline on the event loop's monotonic clock."""
         if self.action.deadline is None:
             return None
         remaining = (self.action.deadline - datetime.now(UTC)).total_seconds()
@@ -104,8 +114,18 @@ class Run:
 Handler = Callable[[Run], Awaitable[Outcome]]
 
 
-def retry_delay(attempts: int) -> timedelta:
-    return timedelta(seconds=min(2.0**attempts, 300.0) * random.uniform(0.5, 1.0))
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    started_at: datetime
+    started: float  # perf_counter
+
+    @classmethod
+    def begin(cls) -> "_Attempt":
+        return cls(datetime.now(UTC), time.perf_counter())
+
+    @property
+    def duration_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
 
 
 class ActionRunner:
@@ -113,33 +133,26 @@ class ActionRunner:
         self,
         db: asyncpg.Pool,
         sessionmaker: async_sessionmaker[AsyncSession],
-        client: WecomClient,
-        box: SecretBox,
-        handlers: dict[str, Handler],
+        handlers: Mapping[ActionKind, Handler],
         *,
         listen_dsn: str | None = None,
         batch_size: int = 50,
         concurrency: int = 16,
         lease_seconds: float = 60.0,
-        max_attempts: int = 6,
         poll_seconds: float = 1.0,
         worker: str | None = None,
     ) -> None:
         self._db = db
         self._sessionmaker = sessionmaker
-        self._client = client
-        self._box = box
         self._handlers = handlers
         self._listen_dsn = listen_dsn
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._lease_seconds = lease_seconds
-        self._max_attempts = max_attempts
         self._poll_seconds = poll_seconds
         self.worker = worker or worker_id()
         self._wake = asyncio.Event()
-        self._credentials: dict[int, Credentials] = {}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run actions until `stop` is set; then the actions in flight finish (a call
@@ -203,59 +216,57 @@ class ActionRunner:
 
     async def execute(self, action: ClaimedAction) -> None:
         async with self._slots:
-            if action.deadline is not None and action.deadline <= datetime.now(UTC):
-                await self._finish(action, "expired", reason="deadline passed before the call")
+            attempt = _Attempt.begin()
+            if action.deadline is not None and action.deadline <= attempt.started_at:
+                await self._finish(
+                    action, attempt, ActionStatus.EXPIRED, "deadline passed before the call"
+                )
                 return
-            handler = self._handlers.get(action.kind)
+            handler = self._handlers.get(ActionKind(action.kind))
             if handler is None:
-                await self._finish(action, "failed", reason=f"no handler for {action.kind!r}")
+                await self._finish(
+                    action, attempt, ActionStatus.FAILED, f"no handler for {action.kind!r}"
+                )
                 return
             try:
-                run = Run(
-                    action,
-                    await self._credentials_for(action.app_id),
-                    self._client,
-                    self._sessionmaker,
-                    self._db,
-                )
-                outcome = await handler(run)
-            except WecomApiError as exc:
-                await self._failed(action, exc)
+                outcome = await handler(Run(action, self._sessionmaker, self._db))
+            except ActionError as exc:
+                await self._failed(action, attempt, exc)
                 return
             except Exception as exc:
                 log.exception("action handler crashed", extra={"action_id": action.id})
-                await self._failed(action, WecomApiError(action.kind, None, repr(exc)[:500]))
+                await self._failed(
+                    action, attempt, ActionError("crash", repr(exc)[:500], retryable=True)
+                )
                 return
-            await self._finish(action, outcome.status, reason=outcome.reason)
+            await self._finish(action, attempt, outcome.status, outcome.reason)
 
-    async def _credentials_for(self, app_id: int) -> Credentials:
-        if app_id not in self._credentials:
-            async with self._sessionmaker() as session:
-                self._credentials[app_id] = await load_credentials(session, self._box, app_id)
-        return self._credentials[app_id]
-
-    async def _failed(self, action: ClaimedAction, error: WecomApiError) -> None:
+    async def _failed(self, action: ClaimedAction, attempt: _Attempt, error: ActionError) -> None:
         """Transient errors are tried again later, unless attempts or the deadline run out."""
-        retry_at = datetime.now(UTC) + retry_delay(action.attempts)
-        if not error.retryable or action.attempts >= self._max_attempts:
-            await self._finish(action, "failed", error=error)
+        policy = POLICIES[ActionKind(action.kind)]
+        delay = policy.delay(action.attempts)
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        retry_at = datetime.now(UTC) + delay
+        if not error.retryable or action.attempts >= policy.max_attempts:
+            await self._finish(action, attempt, ActionStatus.FAILED, None, error)
         elif action.deadline is not None and retry_at >= action.deadline:
             await self._finish(
-                action, "expired", reason="deadline passed while retrying", error=error
+                action, attempt, ActionStatus.EXPIRED, "deadline passed while retrying", error
             )
         else:
-            await self._release(action, "pending", error=error, retry_at=retry_at)
+            await self._release(action, attempt, ActionStatus.PENDING, None, error, retry_at)
             ACTIONS_FINISHED.labels(action.kind, "retry").inc()
 
     async def _finish(
         self,
         action: ClaimedAction,
-        status: str,
-        *,
-        reason: str | None = None,
-        error: WecomApiError | None = None,
+        attempt: _Attempt,
+        status: ActionStatus,
+        reason: str | None,
+        error: ActionError | None = None,
     ) -> None:
-        await self._release(action, status, reason=reason, error=error)
+        await self._release(action, attempt, status, reason, error)
         ACTIONS_FINISHED.labels(action.kind, status).inc()
         log.info(
             "action finished",
@@ -264,27 +275,30 @@ class ActionRunner:
                 "kind": action.kind,
                 "status": status,
                 "reason": reason,
-                "errcode": error.errcode if error else None,
-                "errmsg": error.errmsg if error else None,
+                "error_code": error.code if error else None,
+                "error_message": error.message if error else None,
             },
         )
 
     async def _release(
         self,
         action: ClaimedAction,
-        status: str,
-        *,
-        reason: str | None = None,
-        error: WecomApiError | None = None,
+        attempt: _Attempt,
+        status: ActionStatus,
+        reason: str | None,
+        error: ActionError | None,
         retry_at: datetime | None = None,
     ) -> None:
         await self._db.execute(
             _RELEASE,
             action.id,
             self.worker,
-            status,
+            status.value,
             reason,
-            error.errcode if error else None,
-            error.errmsg if error else None,
+            error.code if error else None,
+            error.message if error else None,
             retry_at,
+            attempt.started_at,
+            attempt.duration_ms,
+            "retry" if retry_at is not None else status.value,
         )

@@ -1,0 +1,82 @@
+"""Write an action row in the caller's transaction: the processor's (so the action exists
+if and only if the event that caused it was processed) or an API request's."""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.actions.kinds import ActionKind, ActionStatus
+
+# One round trip: insert unless the idempotency key exists, wake the action runners
+# (delivered on commit, folded into one per transaction) only when a row was written, and
+# answer the action's id either way. The channel is app.processing.notify.ACTIONS_CHANNEL.
+_ENQUEUE = text(
+    """
+    WITH inserted AS (
+        INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key, event_id, payload,
+                             deadline, status, reason, finished_at)
+        VALUES (:kind, :app_id, :corp_id, :target, :idempotency_key, :event_id,
+                CAST(:payload AS jsonb), :deadline, CAST(:status AS text), :reason,
+                CASE WHEN CAST(:status AS text) = 'pending' THEN NULL ELSE now() END)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING id
+    )
+    SELECT id, true AS created FROM inserted, LATERAL pg_notify('wecom_hub_actions', '')
+    UNION ALL
+    SELECT id, false FROM actions
+    WHERE idempotency_key = :idempotency_key AND NOT EXISTS (SELECT FROM inserted)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The action with that idempotency key, and whether this call wrote it. id is None
+    only when a concurrent transaction wrote the same key and has not committed yet."""
+
+    id: int | None
+    created: bool
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    kind: ActionKind,
+    app_id: int | None,
+    corp_id: str | None,
+    target: str,
+    idempotency_key: str,
+    event_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+    deadline: datetime | None = None,
+    skipped: str | None = None,
+) -> Enqueued:
+    """A second call with the same idempotency_key writes nothing: exactly one action.
+
+    skipped: the action is recorded as already `skipped`, with this reason, so that "why
+    did this customer get no welcome?" has an answer in the actions table too."""
+    connection = await session.connection()
+    row = (
+        await connection.execute(
+            _ENQUEUE,
+            {
+                "kind": kind.value,
+                "app_id": app_id,
+                "corp_id": corp_id,
+                "target": target,
+                "idempotency_key": idempotency_key,
+                "event_id": event_id,
+                "payload": json.dumps(payload or {}),
+                "deadline": deadline,
+                "status": ActionStatus.SKIPPED if skipped else ActionStatus.PENDING,
+                "reason": skipped,
+            },
+        )
+    ).first()
+    if row is None:
+        return Enqueued(None, False)
+    return Enqueued(row.id, row.created)

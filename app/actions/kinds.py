@@ -1,0 +1,68 @@
+"""What an action can be, what state it can be in, and how each kind is retried.
+
+One owner for these names: triggers, projection, kf, media, the runner, the API's filters
+and the docs all use ActionKind; a new kind is added here first."""
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+
+class ActionKind(StrEnum):
+    WELCOME = "welcome"  # externalcontact/send_welcome_msg, 20 s after the event at most
+    MARK_TAG = "mark_tag"  # externalcontact/mark_tag
+    ENRICH_CONTACT = "enrich_contact"  # externalcontact/get
+    ENRICH_GROUP = "enrich_group"  # externalcontact/groupchat/get
+    SYNC_TAGS = "sync_tags"  # externalcontact/get_corp_tag_list
+    UPLOAD_MEDIA = "upload_media"  # media/upload, for welcome attachments
+    KF_SYNC = "kf_sync"  # kf/sync_msg
+    KF_REPLY = "kf_reply"  # kf/send_msg
+    KF_WELCOME = "kf_welcome"  # kf/send_msg_on_event
+    APP_MESSAGE = "app_message"  # message/send, asked for over the API
+
+
+class ActionStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset(
+    {
+        ActionStatus.SUCCEEDED,
+        ActionStatus.FAILED,
+        ActionStatus.EXPIRED,
+        ActionStatus.SKIPPED,
+        ActionStatus.CANCELLED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often, and how soon, a retryable failure is tried again: exponential from
+    `first_seconds`, capped at `cap_seconds`, with jitter (half to all of the delay) so
+    that a burst of failures does not come back as a burst. An action's deadline, where
+    it has one, stops retries before max_attempts does."""
+
+    max_attempts: int
+    first_seconds: float
+    cap_seconds: float
+
+    def delay(self, attempts: int) -> timedelta:
+        base = min(self.first_seconds * 2.0 ** (attempts - 1), self.cap_seconds)
+        return timedelta(seconds=base * random.uniform(0.5, 1.0))
+
+
+# WeCom calls are retried within minutes: -1 and 45009 pass in seconds, and an answer
+# that comes an hour late is worth little to a customer.
+WECOM_CALL = RetryPolicy(max_attempts=6, first_seconds=2.0, cap_seconds=300.0)
+POLICIES: dict[ActionKind, RetryPolicy] = {kind: WECOM_CALL for kind in ActionKind}
+# The welcome's own client-side retries (30 ms apart) do most of the work; the runner's
+# retry is the fallback, and the 20 s deadline ends it.
+POLICIES[ActionKind.WELCOME] = RetryPolicy(max_attempts=8, first_seconds=0.5, cap_seconds=4.0)

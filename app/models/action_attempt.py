@@ -1,0 +1,26 @@
+"""One row per attempt of an action: when it ran, how long, what came of it."""
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base
+
+
+class ActionAttempt(Base):
+    """outcome: succeeded, skipped, failed, retry (failed, will be tried again) or expired.
+    error_code is the action vocabulary's (`wecom.45009`, `http.503`, `timeout`, …)."""
+
+    __tablename__ = "action_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    action_id: Mapped[int] = mapped_column(ForeignKey("actions.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    duration_ms: Mapped[float]
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str | None] = mapped_column(Text)
