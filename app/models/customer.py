@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import ARRAY, String, Text, func
+from sqlalchemy import ARRAY, BigInteger, Identity, Index, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base
@@ -10,6 +10,10 @@ from app.models.base import Base
 
 class ExternalContact(Base):
     __tablename__ = "external_contacts"
+
+    # Not the key (corp_id, external_userid is): the order customers arrived in, for the
+    # API's keyset pages, newest first.
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
 
     corp_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     external_userid: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -34,6 +38,12 @@ class Follow(Base):
     late changes nothing it should not (out-of-order delivery)."""
 
     __tablename__ = "follows"
+    __table_args__ = (
+        # The API's customer filters: by customer, channel state, tag.
+        Index("ix_follows_customer", "corp_id", "external_userid"),
+        Index("ix_follows_state", "state"),
+        Index("ix_follows_tag_ids", "tag_ids", postgresql_using="gin"),
+    )
 
     corp_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     userid: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -44,4 +44,21 @@ class Event(Base):
         UniqueConstraint("app_id", "dedup_key"),
         Index("ix_events_pending", "id", postgresql_where=text("status = 'pending'")),
         Index("ix_events_app_id_received_at", "app_id", "received_at"),
+        # The API's filters, each in the list's own order (newest first).
+        Index("ix_events_app_id_id", "app_id", "id"),
+        Index("ix_events_type_id", "type", "id"),
+        Index("ix_events_family_id", "family", "id"),
+        Index("ix_events_status_id", "status", "id"),
+        Index(
+            "ix_events_external_userid",
+            text("(payload ->> 'ExternalUserID')"),
+            "id",
+            postgresql_where=text("payload ? 'ExternalUserID'"),
+        ),
+        Index(
+            "ix_events_chat_id",
+            text("(payload ->> 'ChatId')"),
+            "id",
+            postgresql_where=text("payload ? 'ChatId'"),
+        ),
     )

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import String, Text
+from sqlalchemy import BigInteger, Identity, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base
@@ -10,6 +10,8 @@ from app.models.base import Base
 
 class CustomerGroup(Base):
     __tablename__ = "customer_groups"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)  # for keyset pages
 
     corp_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     chat_id: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -26,4 +26,7 @@ class Message(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     sent_at: Mapped[datetime | None]
 
-    __table_args__ = (UniqueConstraint("corp_id", "source", "msg_id"),)
+    __table_args__ = (
+        UniqueConstraint("corp_id", "source", "msg_id"),
+        Index("ix_messages_sender_id", "sender", "id"),
+    )

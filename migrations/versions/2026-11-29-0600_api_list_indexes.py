@@ -1,0 +1,62 @@
+"""indexes for the API's lists and filters; ids for customers and groups (keyset pages)
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-11-29 06:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    for table in ("external_contacts", "customer_groups"):
+        op.add_column(table, sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False))
+        op.create_unique_constraint(op.f(f"uq_{table}_id"), table, ["id"])
+    op.create_index("ix_follows_customer", "follows", ["corp_id", "external_userid"])
+    op.create_index("ix_follows_state", "follows", ["state"])
+    op.create_index("ix_follows_tag_ids", "follows", ["tag_ids"], postgresql_using="gin")
+    op.create_index("ix_events_app_id_id", "events", ["app_id", "id"])
+    op.create_index("ix_events_type_id", "events", ["type", "id"])
+    op.create_index("ix_events_family_id", "events", ["family", "id"])
+    op.create_index("ix_events_status_id", "events", ["status", "id"])
+    op.create_index(
+        "ix_events_external_userid",
+        "events",
+        [sa.text("(payload ->> 'ExternalUserID')"), "id"],
+        postgresql_where=sa.text("payload ? 'ExternalUserID'"),
+    )
+    op.create_index(
+        "ix_events_chat_id",
+        "events",
+        [sa.text("(payload ->> 'ChatId')"), "id"],
+        postgresql_where=sa.text("payload ? 'ChatId'"),
+    )
+    op.create_index("ix_messages_sender_id", "messages", ["sender", "id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_messages_sender_id", table_name="messages")
+    for name in (
+        "ix_events_chat_id",
+        "ix_events_external_userid",
+        "ix_events_status_id",
+        "ix_events_family_id",
+        "ix_events_type_id",
+        "ix_events_app_id_id",
+    ):
+        op.drop_index(name, table_name="events")
+    op.drop_index("ix_follows_tag_ids", table_name="follows")
+    op.drop_index("ix_follows_state", table_name="follows")
+    op.drop_index("ix_follows_customer", table_name="follows")
+    for table in ("external_contacts", "customer_groups"):
+        op.drop_constraint(op.f(f"uq_{table}_id"), table, type_="unique")
+        op.drop_column(table, "id")
