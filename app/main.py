@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import runtime
+from app import api, runtime
+from app.apikeys import ApiKeyVerifier
 from app.automations.replies import ReplyBook
 from app.callbacks.writer import EventWriter
 from app.config import Settings, get_settings
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.processing import workers
-from app.routers import callback, health
+from app.routers import callback, docs, health, problems
 from app.wecom_apps import AppDirectory
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class Hub:
     apps: AppDirectory
     writer: EventWriter
     replies: ReplyBook
+    api_keys: ApiKeyVerifier
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             apps=AppDirectory(sessionmaker, box, ttl=config.app_cache_seconds),
             writer=writer,
             replies=ReplyBook(sessionmaker, ttl=config.app_cache_seconds),
+            api_keys=ApiKeyVerifier(sessionmaker),
         )
         try:
             async with contextlib.AsyncExitStack() as background:
@@ -72,7 +75,10 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             await writer.stop()
             await engine.dispose()
 
-    app = FastAPI(title="wecom-hub", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="wecom-hub", lifespan=lifespan, docs_url=None, redoc_url=None)
+    problems.install(app)
     callback.install(app)
+    docs.install(app)
     app.include_router(health.router)
+    app.include_router(api.router)
     return app

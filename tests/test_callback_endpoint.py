@@ -164,7 +164,7 @@ async def test_each_app_verifies_with_its_own_keys(
     wrong = await client.post(
         f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
     )
-    assert (wrong.status_code, wrong.json()["error"]) == (403, "bad_signature")
+    assert (wrong.status_code, wrong.json()["code"]) == (403, "bad_signature")
     right = await client.post("/callback/other-corp", params=callback.params, content=callback.body)
     assert right.text == "success"
     [event] = await _events(db)

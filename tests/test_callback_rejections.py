@@ -238,8 +238,11 @@ async def test_rejected_clearly_and_nothing_stored(
         response = await client.request(case.method, url, params=case.params, content=case.body)
 
     assert response.status_code == status
-    assert response.json()["error"] == code
-    assert response.json()["message"]
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert (problem["status"], problem["code"]) == (status, code)
+    assert (problem["type"], problem["instance"]) == (f"urn:wecom-hub:problem:{code}", url)
+    assert problem["title"] and problem["detail"]
     assert await db.fetchval("SELECT count(*) FROM events") == 0
     assert REGISTRY.get_sample_value("wecom_hub_callbacks_total", {"outcome": code}) == counted + 1
     assert any(getattr(r, "code", None) == code for r in caplog.records)
@@ -266,7 +269,7 @@ async def test_oversized_body_is_refused_before_it_is_read(
 
     content = big if declared else chunks()  # without Content-Length: chunked upload
     response = await client.post(f"/callback/{wecom_app.slug}", params=params, content=content)  # type: ignore[arg-type]
-    assert (response.status_code, response.json()["error"]) == (413, "body_too_large")
+    assert (response.status_code, response.json()["code"]) == (413, "body_too_large")
     assert await db.fetchval("SELECT count(*) FROM events") == 0
 
 
@@ -276,4 +279,4 @@ async def test_removed_app_no_longer_accepts_callbacks(
     await db.execute("UPDATE apps SET removed_at = now() WHERE slug = $1", wecom_app.slug)
     params, body = _valid(wecom_app)
     response = await client.post(f"/callback/{wecom_app.slug}", params=params, content=body)
-    assert (response.status_code, response.json()["error"]) == (404, "unknown_app")
+    assert (response.status_code, response.json()["code"]) == (404, "unknown_app")

@@ -74,7 +74,7 @@ async def test_stopped_database_gives_503_then_retries_are_stored(
         started = time.perf_counter()
         response = await client.post("/callback/demo", params=during[0], content=during[1])
         assert time.perf_counter() - started < 5
-        assert (response.status_code, response.json()["error"]) == (503, "database_unavailable")
+        assert (response.status_code, response.json()["code"]) == (503, "database_unavailable")
         assert (await client.get("/readyz")).status_code == 503
 
         await asyncio.to_thread(server.ensure_postgres_running)

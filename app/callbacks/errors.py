@@ -2,7 +2,9 @@
 
 WeCom retries anything but a 200, so the status matters: 4xx for input that will never be
 valid (WeCom's retries stop mattering, an operator reads the code), 503 when our database is
-down and a retry will succeed.
+down and a retry will succeed. The answer is `application/problem+json` with the code as
+`code` and, for a crypto failure, WeCom's own error number as `wecom_code`
+(app/routers/callback.py).
 """
 
 from app.crypto import (

@@ -7,6 +7,7 @@ no schema, and FastAPI's per-request dependency solving cost a fifth of its thro
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -18,6 +19,7 @@ from app.callbacks.writer import NewEvent
 from app.db import DatabaseUnavailable, is_unavailable
 from app.metrics import CALLBACK_SECONDS, CALLBACKS
 from app.routers.deps import hub_of
+from app.routers.problems import problem_response, title_for
 from app.wecom_apps import AppDirectory, AppKeys
 
 log = logging.getLogger(__name__)
@@ -92,31 +94,28 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-routes = [
-    Route("/callback/{slug}", verify_url, methods=["GET"]),
-    Route("/callback/{slug}", receive, methods=["POST"]),
-]
+async def callback(request: Request) -> Response:
+    """One route for both methods, so a 405 names both in its Allow header."""
+    if request.method == "POST":
+        return await receive(request)
+    return await verify_url(request)
 
 
 def install(app: FastAPI) -> None:
     # First in the table: every callback is matched against the routes before it.
-    app.router.routes[:0] = routes
+    app.router.routes.insert(0, Route("/callback/{slug}", callback, methods=["GET", "POST"]))
+    app.add_exception_handler(CallbackRejected, _rejected)
 
-    async def rejected(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, CallbackRejected)
-        CALLBACKS.labels(exc.code).inc()
-        log.warning(
-            "callback rejected",
-            extra={
-                "path": request.url.path,
-                "code": exc.code,
-                "status": exc.status,
-                "detail": exc.message,
-            },
-        )
-        content: dict[str, object] = {"error": exc.code, "message": exc.message}
-        if exc.wecom_code is not None:
-            content["wecom_code"] = exc.wecom_code
-        return JSONResponse(content, status_code=exc.status)
 
-    app.add_exception_handler(CallbackRejected, rejected)
+async def _rejected(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CallbackRejected)
+    path = request.url.path
+    CALLBACKS.labels(exc.code).inc()
+    log.warning(
+        "callback rejected",
+        extra={"path": path, "code": exc.code, "status": exc.status, "detail": exc.message},
+    )
+    extra: dict[str, Any] = {} if exc.wecom_code is None else {"wecom_code": exc.wecom_code}
+    return problem_response(
+        exc.status, exc.code, title_for(exc.status), exc.message, instance=path, **extra
+    )

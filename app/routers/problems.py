@@ -1,0 +1,166 @@
+"""Every error the HTTP service answers is RFC 9457 `application/problem+json`:
+
+    {"type": "urn:wecom-hub:problem:not_found", "title": "Not found", "status": 404,
+     "detail": "no rule 7", "instance": "/api/rules/7", "code": "not_found"}
+
+plus `errors: [{"field", "message"}]` on a 422 and any members the error adds (a callback
+rejection's `wecom_code`). `code` is what a client branches on; `title` and `detail` are for
+people.
+
+`type` is a URN, not a URL: RFC 9457 only needs it to identify the problem type, and a URN
+says so. A URL invites fetching, would break the day a documentation site moves, and points
+nowhere on the closed networks this service often runs in.
+
+What each error becomes:
+
+    AppError                       its status, code, title, detail, errors and extra
+    HTTPException (Starlette's)    404 not_found, 405 method_not_allowed (Allow kept), …
+    RequestValidationError         422 validation_failed, one FieldError per problem
+    database unreachable           503 database_unavailable, a warning without traceback
+    anything else                  500 internal_error, logged with its traceback
+
+Starlette hands the `Exception` handler to ServerErrorMiddleware, which answers and then
+re-raises to the server, so the server logs those a second time. A database outage is
+expected, not a bug: its classes get their own handlers, which answer and stop.
+"""
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
+
+from app.db import UNAVAILABLE_ERRORS, is_unavailable
+from app.errors import AppError, FieldError, Invalid
+
+log = logging.getLogger(__name__)
+
+# Every class that is_unavailable() can say yes to.
+_DATABASE_ERRORS = (*UNAVAILABLE_ERRORS, DBAPIError)
+
+
+class ProblemResponse(JSONResponse):
+    media_type = "application/problem+json"
+
+
+def problem_type(code: str) -> str:
+    return f"urn:wecom-hub:problem:{code}"
+
+
+def title_for(status: int) -> str:
+    """The status phrase in sentence case, as AppError's titles are: one `not_found` problem
+    has one title, whether routing or a service raised it."""
+    return HTTPStatus(status).phrase.capitalize()
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str,
+    errors: Sequence[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """`errors` is a member whenever it is given, even empty. `extra` adds members of our own
+    (`wecom_code`); a standard member's name there is a bug (Python refuses all but `type`)."""
+    body: dict[str, Any] = {
+        "type": problem_type(code),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "code": code,
+    }
+    if errors is not None:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    body.update(extra)
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    for database_error in _DATABASE_ERRORS:
+        app.add_exception_handler(database_error, _server_error)
+    app.add_exception_handler(Exception, _server_error)
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return problem_response(
+        exc.status,
+        exc.code,
+        exc.title,
+        exc.detail,
+        instance=request.url.path,
+        errors=exc.errors if exc.errors or isinstance(exc, Invalid) else None,
+        headers=exc.headers or None,
+        **exc.extra,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Routing's 404 and 405, and any HTTPException a library raises: the code is the status
+    phrase in snake_case: 413 is `request_entity_too_large`."""
+    assert isinstance(exc, HTTPException)
+    title = title_for(exc.status_code)
+    code = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+    return problem_response(
+        exc.status_code,
+        code,
+        title,
+        str(exc.detail),
+        instance=request.url.path,
+        headers=exc.headers,
+    )
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return await _app_error(request, Invalid([_field_error(e) for e in exc.errors()]))
+
+
+def _field_error(error: Mapping[str, Any]) -> FieldError:
+    """A parameter by its name (`limit`), a body field by its dotted path (`content.text`):
+    FastAPI's leading `query`/`path`/`header`/`body` says nothing a client needs. The body as
+    a whole is `body`; for broken JSON, FastAPI's second loc is a character offset."""
+    where, *path = error["loc"]
+    if error["type"] == "json_invalid":
+        return FieldError("body", f"invalid JSON at character {path[0]}: {error['ctx']['error']}")
+    field = ".".join(str(part) for part in path) or str(where)
+    return FieldError(field, str(error["msg"]).removeprefix("Value error, "))
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    """The detail never carries the exception's text: it may hold SQL, paths or secrets."""
+    path = request.url.path
+    if is_unavailable(exc):
+        log.warning(
+            "database unavailable",
+            extra={"path": path, "method": request.method, "error": type(exc).__name__},
+        )
+        return problem_response(
+            503,
+            "database_unavailable",
+            title_for(503),
+            "database unreachable; retry later",
+            instance=path,
+        )
+    log.error("unexpected error", exc_info=exc, extra={"path": path, "method": request.method})
+    return problem_response(
+        500,
+        "internal_error",
+        title_for(500),
+        "unexpected error; it is logged on the server",
+        instance=path,
+    )
