@@ -79,7 +79,7 @@ class Unauthorized(AppError):
     status = 401
     code = "unauthorized"
     title = "Unauthorized"
-    headers = {"WWW-Authenticate": "Bearer"}
+    headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(AppError):
