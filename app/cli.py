@@ -5,14 +5,15 @@ import gc
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import logs, runtime, wecom_apps
@@ -20,6 +21,7 @@ from app import sync as sync_module
 from app.config import Settings, get_settings
 from app.crypto.at_rest import SecretBox, generate_key
 from app.db import create_engine, create_sessionmaker, upgrade_database
+from app.errors import AppError, FieldError, Invalid
 from app.processing import workers
 from app.simulator.cli import sim_cli
 from app.wecom.errors import WecomApiError
@@ -247,58 +249,104 @@ def secret_key() -> None:
     print(generate_key())
 
 
+def _complain(text: str) -> None:
+    """As it is: no rich markup, so `[a-z0-9_-]` in a message is printed, not swallowed."""
+    console.print(text, style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A service's refusal as `field: message` lines, and the exit code scripts branch on:
+    2 for invalid input, 1 for the rest (not found, conflict)."""
+    try:
+        yield
+    except Invalid as exc:
+        for error in exc.errors:
+            _complain(str(error))
+        raise typer.Exit(2) from None
+    except AppError as exc:
+        _complain(exc.detail)
+        raise typer.Exit(1) from None
+
+
+def _add_row(table: Table, *cells: str) -> None:
+    """Cells as text: a table would read `[…]` in a label or a rule as rich markup."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
+def _given(**options: object) -> dict[str, object]:
+    """The options given on the command line: a patch changes only those."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _secrets(**options: str | None) -> dict[str, str]:
+    """The secrets given; each given as `-` is read from stdin, one line each in the order
+    of the options, so that none has to be in the shell's history or in `ps`."""
+    found = {}
+    for name, value in options.items():
+        if value == "-":
+            line = sys.stdin.readline()
+            if not line:
+                raise Invalid([FieldError(name, "given as `-`, but stdin has no line for it")])
+            value = line.rstrip("\r\n")
+        if value is not None:
+            found[name] = value
+    return found
+
+
+_FROM_STDIN = "`-`: read a line from stdin."
+TokenOption = Annotated[
+    str | None,
+    typer.Option(envvar="WECOM_HUB_APP_TOKEN", help=f"Callback Token. {_FROM_STDIN}"),
+]
+AesKeyOption = Annotated[
+    str | None,
+    typer.Option(envvar="WECOM_HUB_APP_AES_KEY", help=f"Callback EncodingAESKey. {_FROM_STDIN}"),
+]
+SecretOption = Annotated[
+    str | None,
+    typer.Option(envvar="WECOM_HUB_APP_SECRET", help=f"The app's Secret. {_FROM_STDIN}"),
+]
+LabelOption = Annotated[str | None, typer.Option(help="A name for people.")]
+AgentIdOption = Annotated[int | None, typer.Option(help="AgentId; none for 客户联系.")]
+
+
 @apps_cli.command("add")
 def apps_add(
     slug: Annotated[str, typer.Option(help="Last part of the callback URL.")],
     corp_id: Annotated[str, typer.Option(help="CorpID (ww…), the ReceiveId of callbacks.")],
-    token: Annotated[str, typer.Option(help="Callback Token from the admin console.")],
-    aes_key: Annotated[str, typer.Option(help="Callback EncodingAESKey (43 characters).")],
-    secret: Annotated[str, typer.Option(help="The app's Secret, for API calls.")],
-    agent_id: Annotated[int | None, typer.Option(help="AgentId; none for 客户联系.")] = None,
-    label: Annotated[str, typer.Option(help="A name for people.")] = "",
+    token: TokenOption = None,
+    aes_key: AesKeyOption = None,
+    secret: SecretOption = None,
+    agent_id: AgentIdOption = None,
+    label: LabelOption = None,
 ) -> None:
     """Register a WeCom app; its callback URL is /callback/SLUG."""
-    try:
-        spec = wecom_apps.AppSpec.model_validate(
-            {
-                "slug": slug,
-                "corp_id": corp_id,
-                "token": token,
-                "aes_key": aes_key,
-                "secret": secret,
-                "agent_id": agent_id,
-                "label": label,
-            }
+    with _refusals():
+        spec = wecom_apps.app_spec(
+            _given(slug=slug, corp_id=corp_id, agent_id=agent_id, label=label)
+            | _secrets(token=token, aes_key=aes_key, secret=secret)
         )
-    except ValidationError as exc:
-        for error in exc.errors():
-            console.print(f"[red]{'.'.join(map(str, error['loc']))}: {error['msg']}[/red]")
-        raise typer.Exit(2) from None
 
-    async def add(session: AsyncSession, box: SecretBox) -> None:
-        await wecom_apps.add_app(session, box, spec)
+        async def add(session: AsyncSession, box: SecretBox) -> wecom_apps.AppView:
+            return wecom_apps.app_view(await wecom_apps.add_app(session, box, spec))
 
-    try:
-        in_transaction(add)
-    except wecom_apps.AppExists as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
-    console.print(f"added app {slug!r}: callback URL path /callback/{slug}")
+        view = in_transaction(add)
+    console.print(f"added app {view.slug!r}: callback URL path {view.callback_path}")
 
 
 @apps_cli.command("list")
 def apps_list() -> None:
     """List the apps."""
 
-    async def rows(session: AsyncSession, box: SecretBox) -> list[tuple[str, ...]]:
-        return [
-            (a.slug, a.corp_id, str(a.agent_id or ""), a.label, f"/callback/{a.slug}")
-            for a in await wecom_apps.list_apps(session)
-        ]
+    async def views(session: AsyncSession, box: SecretBox) -> list[wecom_apps.AppView]:
+        return [wecom_apps.app_view(a) for a in await wecom_apps.list_apps(session)]
 
     table = Table("slug", "corp_id", "agent_id", "label", "callback path")
-    for row in in_transaction(rows):
-        table.add_row(*row)
+    for view in in_transaction(views):
+        _add_row(
+            table, view.slug, view.corp_id, str(view.agent_id or ""), view.label, view.callback_path
+        )
     console.print(table)
 
 
@@ -306,40 +354,57 @@ def apps_list() -> None:
 def apps_show(slug: Annotated[str, typer.Argument()]) -> None:
     """Show one app; secrets are masked."""
 
-    async def describe(session: AsyncSession, box: SecretBox) -> dict[str, str] | None:
-        app = await wecom_apps.find_app(session, slug)
-        if app is None:
-            return None
+    async def describe(session: AsyncSession, box: SecretBox) -> dict[str, str]:
+        app = await wecom_apps.get_app(session, slug)
+        view = wecom_apps.app_view(app)
         return {
-            "slug": app.slug,
-            "corp_id": app.corp_id,
-            "agent_id": str(app.agent_id or ""),
-            "label": app.label,
-            "callback path": f"/callback/{app.slug}",
+            "slug": view.slug,
+            "corp_id": view.corp_id,
+            "agent_id": str(view.agent_id or ""),
+            "label": view.label,
+            "callback path": view.callback_path,
             "token": wecom_apps.mask(box.open(app.token_sealed, purpose="app.token")),
             "aes_key": wecom_apps.mask(box.open(app.aes_key_sealed, purpose="app.aes_key")),
             "secret": wecom_apps.mask(box.open(app.secret_sealed, purpose="app.secret")),
-            "created": app.created_at.isoformat(),
+            "created": view.created_at.isoformat(),
         }
 
-    info = in_transaction(describe)
-    if info is None:
-        console.print(f"[red]no app {slug!r}[/red]")
-        raise typer.Exit(1)
+    with _refusals():
+        info = in_transaction(describe)
     for key, value in info.items():
-        console.print(f"{key:>14}: {value}")
+        console.print(f"{key:>14}: {value}", markup=False, highlight=False)
+
+
+@apps_cli.command("update")
+def apps_update(
+    slug: Annotated[str, typer.Argument()],
+    token: TokenOption = None,
+    aes_key: AesKeyOption = None,
+    secret: SecretOption = None,
+    agent_id: AgentIdOption = None,
+    label: LabelOption = None,
+) -> None:
+    """Change an app's label or AgentId, or rotate its Token, EncodingAESKey or Secret."""
+    with _refusals():
+        changes = _given(agent_id=agent_id, label=label) | _secrets(
+            token=token, aes_key=aes_key, secret=secret
+        )
+        if not changes:
+            raise Invalid([FieldError("", "nothing to change: give an option (see --help)")])
+        patch = wecom_apps.app_patch(changes)
+        in_transaction(lambda session, box: wecom_apps.update_app(session, box, slug, patch))
+    console.print(
+        f"updated app {slug!r}: {', '.join(changes)}; callbacks use new keys after at most "
+        f"{get_settings().app_cache_seconds:g} s",
+        highlight=False,
+    )
 
 
 @apps_cli.command("remove")
 def apps_remove(slug: Annotated[str, typer.Argument()]) -> None:
     """Stop accepting callbacks for an app; its stored events are kept."""
-
-    async def remove(session: AsyncSession, box: SecretBox) -> bool:
-        return await wecom_apps.remove_app(session, slug)
-
-    if not in_transaction(remove):
-        console.print(f"[red]no app {slug!r}[/red]")
-        raise typer.Exit(1)
+    with _refusals():
+        in_transaction(lambda session, box: wecom_apps.remove_app(session, slug))
     console.print(f"removed app {slug!r}")
 
 
@@ -347,131 +412,184 @@ rules_cli = typer.Typer(no_args_is_help=True, help="Automation rules: welcome, t
 cli.add_typer(rules_cli, name="rules")
 
 
-def _json(text: str, what: str) -> dict[str, object]:
+def _json(text: str | None, field: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        console.print(f"[red]{what} is not JSON: {exc}[/red]")
-        raise typer.Exit(2) from None
+        raise Invalid([FieldError(field, f"not JSON: {exc}")]) from None
     if not isinstance(value, dict):
-        console.print(f"[red]{what} must be a JSON object[/red]")
-        raise typer.Exit(2)
+        raise Invalid([FieldError(field, "must be a JSON object")])
     return value
+
+
+def _cut(value: dict[str, Any], limit: int = 300) -> str:
+    """Whole unless very long: `rules show ID` prints all of it."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+NameOption = Annotated[str | None, typer.Option(help="A name people recognise.")]
+MatchOption = Annotated[
+    str | None, typer.Option(help='JSON, e.g. {"state": "spring", "state_mode": "prefix"}')
+]
+ContentOption = Annotated[
+    str | None, typer.Option(help='JSON, e.g. {"text": "欢迎 {customer_name}"}')
+]
+PriorityOption = Annotated[int | None, typer.Option(help="Higher wins among equals.")]
+RuleId = Annotated[int, typer.Argument(help="The rule's id (`rules list`).")]
 
 
 @rules_cli.command("add")
 def rules_add(
     kind: Annotated[str, typer.Argument(help="welcome, tag or reply")],
-    name: Annotated[str, typer.Option(help="A name people recognise.")],
-    match: Annotated[
-        str, typer.Option(help='JSON, e.g. {"state": "spring", "state_mode": "prefix"}')
-    ],
-    content: Annotated[str, typer.Option(help='JSON, e.g. {"text": "欢迎 {customer_name}"}')],
-    app: Annotated[
-        str | None, typer.Option("--app", help="Only for this app (default: all).")
-    ] = None,
-    priority: Annotated[int, typer.Option(help="Higher wins among equals.")] = 0,
+    name: NameOption = None,
+    match: MatchOption = None,
+    content: ContentOption = None,
+    app: Annotated[str | None, typer.Option(help="Only for this app (default: all).")] = None,
+    priority: PriorityOption = None,
+    enabled: Annotated[
+        bool, typer.Option("--enabled/--disabled", help="In force from the start, or not.")
+    ] = True,
 ) -> None:
-    """Add a rule; it is validated first (limits, placeholders, regexes, tag ids)."""
-    from app.automations.store import RuleInvalid, add_rule
+    """Add a rule; it is validated first (limits, placeholders, regexes, tag ids, files)."""
+    from app.automations.store import create_rule, rule_spec
 
-    match_json, content_json = _json(match, "--match"), _json(content, "--content")
-
-    async def add(session: AsyncSession, box: SecretBox) -> int:
-        app_id = None
-        if app is not None:
-            found = await wecom_apps.find_app(session, app)
-            if found is None:
-                raise RuleInvalid([f"no app {app!r}"])
-            app_id = found.id
-        rule = await add_rule(
-            session,
-            kind=kind,
-            name=name,
-            match=match_json,
-            content=content_json,
-            app_id=app_id,
-            priority=priority,
+    media_dir = get_settings().media_dir
+    with _refusals():
+        spec = rule_spec(
+            _given(
+                kind=kind,
+                name=name,
+                app=app,
+                priority=priority,
+                match=_json(match, "match"),
+                content=_json(content, "content"),
+            )
+            | {"enabled": enabled}
         )
-        return rule.id
-
-    try:
-        rule_id = in_transaction(add)
-    except RuleInvalid as exc:
-        for problem in exc.problems:
-            console.print(f"[red]{problem}[/red]", highlight=False)
-        raise typer.Exit(2) from None
-    console.print(f"added {kind} rule {rule_id}: {name}", highlight=False)
+        view = in_transaction(lambda session, box: create_rule(session, spec, media_dir=media_dir))
+    console.print(f"added {view.kind} rule {view.id}: {view.name}", markup=False, highlight=False)
 
 
 @rules_cli.command("list")
-def rules_list() -> None:
-    """List the rules."""
-    from sqlalchemy import select
+def rules_list(
+    kind: Annotated[str | None, typer.Option(help="Only rules of this kind.")] = None,
+    app: Annotated[str | None, typer.Option(help="Only the rules of this app.")] = None,
+    enabled: Annotated[
+        bool | None, typer.Option("--enabled/--disabled", help="Only enabled (disabled) rules.")
+    ] = None,
+    after: Annotated[int | None, typer.Option(help="Only ids lower than this: next page.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=250)] = 50,
+) -> None:
+    """List the rules, newest first."""
+    from app.automations.store import list_rules
 
-    from app.models import Rule
-
-    async def rows(session: AsyncSession, box: SecretBox) -> list[tuple[str, ...]]:
-        rules = await session.scalars(
-            select(Rule).order_by(Rule.kind, Rule.priority.desc(), Rule.id)
-        )
-        return [
-            (
-                str(r.id),
-                r.kind,
-                r.name,
-                str(r.app_id or "all"),
-                str(r.priority),
-                "yes" if r.enabled else "no",
-                json.dumps(r.match, ensure_ascii=False),
-                json.dumps(r.content, ensure_ascii=False)[:60],
+    with _refusals():
+        views = in_transaction(
+            lambda session, box: list_rules(
+                session, kind=kind, app=app, enabled=enabled, after_id=after, limit=limit
             )
-            for r in rules
-        ]
-
-    table = Table("id", "kind", "name", "app", "priority", "enabled", "match", "content")
-    for row in in_transaction(rows):
-        table.add_row(*row)
+        )
+    table = Table("id", "kind", "name", "app", "priority", "enabled")
+    for column in ("match", "content"):  # wrapped whole, not cut at the terminal's width
+        table.add_column(column, overflow="fold")
+    for view in views:
+        _add_row(
+            table,
+            str(view.id),
+            view.kind,
+            view.name,
+            view.app or "all",
+            str(view.priority),
+            "yes" if view.enabled else "no",
+            _cut(view.match),
+            _cut(view.content),
+        )
     console.print(table)
+    if len(views) == limit:
+        console.print(f"more: the same with --after {views[-1].id}", highlight=False)
 
 
-def _set_rule(rule_id: int, *, enabled: bool | None) -> None:
-    from app.models import Rule
+@rules_cli.command("show")
+def rules_show(rule_id: RuleId) -> None:
+    """Print a whole rule as JSON."""
+    from app.automations.store import get_rule
 
-    async def change(session: AsyncSession, box: SecretBox) -> bool:
-        rule = await session.get(Rule, rule_id)
-        if rule is None:
-            return False
-        if enabled is None:
-            await session.delete(rule)
-        else:
-            rule.enabled = enabled
-        return True
+    with _refusals():
+        view = in_transaction(lambda session, box: get_rule(session, rule_id))
+    typer.echo(view.model_dump_json(indent=2))
 
-    if not in_transaction(change):
-        console.print(f"[red]no rule {rule_id}[/red]")
-        raise typer.Exit(1)
-    console.print(
-        f"rule {rule_id}: " + {None: "removed", True: "enabled", False: "disabled"}[enabled]
-    )
+
+@rules_cli.command("update")
+def rules_update(
+    rule_id: RuleId,
+    name: NameOption = None,
+    match: MatchOption = None,
+    content: ContentOption = None,
+    app: Annotated[str | None, typer.Option(help="Only for this app from now on.")] = None,
+    all_apps: Annotated[bool, typer.Option("--all-apps", help="For every app from now on.")] = (
+        False
+    ),
+    priority: PriorityOption = None,
+    enabled: Annotated[
+        bool | None, typer.Option("--enabled/--disabled", help="Turn the rule on (off).")
+    ] = None,
+) -> None:
+    """Change a rule: the options given (match and content replace the old ones whole); the
+    result is validated like a new rule."""
+    from app.automations.store import rule_patch, update_rule
+
+    media_dir = get_settings().media_dir
+    with _refusals():
+        if app is not None and all_apps:
+            raise Invalid([FieldError("app", "give --app or --all-apps, not both")])
+        changes = _given(
+            name=name,
+            app=app,
+            priority=priority,
+            enabled=enabled,
+            match=_json(match, "match"),
+            content=_json(content, "content"),
+        ) | ({"app": None} if all_apps else {})
+        if not changes:
+            raise Invalid([FieldError("", "nothing to change: give an option (see --help)")])
+        patch = rule_patch(changes)
+        view = in_transaction(
+            lambda session, box: update_rule(session, rule_id, patch, media_dir=media_dir)
+        )
+    console.print(f"rule {view.id} updated: {', '.join(changes)}", highlight=False)
+
+
+def _set_enabled(rule_id: int, enabled: bool) -> None:
+    from app.automations.store import set_enabled
+
+    with _refusals():
+        in_transaction(lambda session, box: set_enabled(session, rule_id, enabled))
+    console.print(f"rule {rule_id}: {'enabled' if enabled else 'disabled'}", highlight=False)
 
 
 @rules_cli.command("enable")
-def rules_enable(rule_id: int) -> None:
-    """Enable a rule."""
-    _set_rule(rule_id, enabled=True)
+def rules_enable(rule_id: RuleId) -> None:
+    """Enable a rule (refused while an enabled one of its kind and app has its name)."""
+    _set_enabled(rule_id, True)
 
 
 @rules_cli.command("disable")
-def rules_disable(rule_id: int) -> None:
+def rules_disable(rule_id: RuleId) -> None:
     """Disable a rule, keeping it."""
-    _set_rule(rule_id, enabled=False)
+    _set_enabled(rule_id, False)
 
 
 @rules_cli.command("remove")
-def rules_remove(rule_id: int) -> None:
+def rules_remove(rule_id: RuleId) -> None:
     """Delete a rule (actions it caused keep its name in their payload)."""
-    _set_rule(rule_id, enabled=None)
+    from app.automations.store import delete_rule
+
+    with _refusals():
+        in_transaction(lambda session, box: delete_rule(session, rule_id))
+    console.print(f"rule {rule_id}: removed", highlight=False)
 
 
 def main() -> None:

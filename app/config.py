@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     wecom_api_concurrency: int = Field(
         default=8, gt=0, description="Calls in flight per corp and API (45033 beyond that)."
     )
+    media_dir: Path | None = Field(
+        default=None,
+        description="The folder a welcome rule's attachment `file` is read from, when the "
+        "rule is saved (a relative name is taken inside it; a path or symlink leading out "
+        "is refused). Unset: rules cannot name files, only media_id or links.",
+    )
     log_level: str = "INFO"
 
 

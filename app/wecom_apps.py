@@ -1,71 +1,173 @@
-"""WeCom apps: registering them, with their secrets sealed, and finding their keys fast.
+"""WeCom apps: registering and changing them, with their secrets sealed, and finding their
+keys fast. The CLI and the HTTP API call the same functions here, which refuse with
+`Invalid` (each problem at its field), `NotFound` (`unknown_app`) or `AppExists`.
 
 Functions take a session and never commit; the caller owns the transaction.
 """
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import IllegalAesKeyError, WXBizMsgCrypt, decode_aes_key
 from app.crypto.at_rest import SecretBox
+from app.errors import Conflict, Invalid, NotFound, field_errors
 from app.models import WecomApp
 from app.wecom.client import Credentials
+
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 TOKEN = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
-class AppSpec(BaseModel):
-    """What `wecom-hub apps add` takes; invalid values are refused before anything is stored."""
+def _slug(value: str) -> str:
+    if not SLUG.fullmatch(value):
+        raise ValueError("1-64 of [a-z0-9_-], starting with a letter or digit")
+    return value
 
-    slug: str
+
+def _token(value: SecretStr) -> SecretStr:
+    if not TOKEN.fullmatch(value.get_secret_value()):
+        raise ValueError("1-32 letters and digits, as WeCom's console allows")
+    return value
+
+
+def _aes_key(value: SecretStr) -> SecretStr:
+    try:
+        decode_aes_key(value.get_secret_value())
+    except IllegalAesKeyError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _secret(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+Slug = Annotated[str, AfterValidator(_slug)]
+CallbackToken = Annotated[SecretStr, AfterValidator(_token)]
+AesKey = Annotated[SecretStr, AfterValidator(_aes_key)]
+AppSecret = Annotated[SecretStr, AfterValidator(_secret)]
+AgentId = Annotated[int | None, Field(description="AgentId; none for 客户联系.")]
+
+
+class AppSpec(BaseModel):
+    """A new app, with the values of WeCom's admin console; invalid values are refused
+    before anything is stored."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "slug": "shop",
+                    "corp_id": "ww1234567890abcdef",
+                    "token": "Your32CharToken",
+                    "aes_key": "<43-character EncodingAESKey>",
+                    "secret": "<the app's Secret>",
+                    "agent_id": 1000002,
+                    "label": "Shop assistant",
+                }
+            ]
+        },
+    )
+
+    slug: Slug
     corp_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    token: SecretStr
-    aes_key: SecretStr
-    secret: SecretStr
-    agent_id: int | None = None
+    token: CallbackToken
+    aes_key: AesKey
+    secret: AppSecret
+    agent_id: AgentId = None
     label: str = ""
 
-    @field_validator("slug")
-    @classmethod
-    def _slug(cls, value: str) -> str:
-        if not SLUG.fullmatch(value):
-            raise ValueError("slug: 1-64 of [a-z0-9_-], starting with a letter or digit")
-        return value
 
-    @field_validator("token")
-    @classmethod
-    def _token(cls, value: SecretStr) -> SecretStr:
-        if not TOKEN.fullmatch(value.get_secret_value()):
-            raise ValueError("token: 1-32 letters and digits, as WeCom's console allows")
-        return value
+class AppPatch(BaseModel):
+    """What may change of an app: its name for people, its AgentId (null: none), and its
+    secrets: the callback Token and EncodingAESKey when they are rotated in the console, the
+    Secret when it is reset. A field left out is kept."""
 
-    @field_validator("aes_key")
-    @classmethod
-    def _aes_key(cls, value: SecretStr) -> SecretStr:
-        try:
-            decode_aes_key(value.get_secret_value())
-        except IllegalAesKeyError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"label": "Shop"}, {"secret": "<the new Secret>"}]},
+    )
 
-    @field_validator("secret")
+    label: str | None = None
+    agent_id: AgentId = None
+    token: CallbackToken | None = None
+    aes_key: AesKey | None = None
+    secret: AppSecret | None = None
+
+    @field_validator("label", "token", "aes_key", "secret")
     @classmethod
-    def _secret(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("secret must not be empty")
+    def _not_null(cls, value: _T) -> _T:
+        if value is None:  # given as null: left out is how to keep it
+            raise ValueError("cannot be null")
         return value
 
 
-class AppExists(Exception):
-    pass
+class AppView(BaseModel):
+    """An app as it is shown; never a secret, not even masked."""
+
+    model_config = ConfigDict(frozen=True)
+
+    slug: str
+    corp_id: str
+    agent_id: int | None
+    label: str
+    callback_path: str
+    created_at: datetime
+
+
+class AppExists(Conflict):
+    code = "app_exists"
+
+
+def _parsed(model: type[_M], data: Mapping[str, Any]) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid(field_errors(exc)) from None
+
+
+def app_spec(data: Mapping[str, Any]) -> AppSpec:
+    """An AppSpec from JSON-like data, or Invalid naming each field."""
+    return _parsed(AppSpec, data)
+
+
+def app_patch(data: Mapping[str, Any]) -> AppPatch:
+    """An AppPatch from JSON-like data, or Invalid naming each field."""
+    return _parsed(AppPatch, data)
+
+
+def app_view(app: WecomApp) -> AppView:
+    return AppView(
+        slug=app.slug,
+        corp_id=app.corp_id,
+        agent_id=app.agent_id,
+        label=app.label,
+        callback_path=f"/callback/{app.slug}",
+        created_at=app.created_at,
+    )
 
 
 def mask(secret: str) -> str:
@@ -73,9 +175,13 @@ def mask(secret: str) -> str:
     return f"{secret[:4]}…({len(secret)} chars)" if len(secret) > 8 else "…"
 
 
+def _exists(slug: str) -> AppExists:
+    return AppExists(f"an app with slug {slug!r} exists", extra={"slug": slug})
+
+
 async def add_app(session: AsyncSession, box: SecretBox, spec: AppSpec) -> WecomApp:
     if await find_app(session, spec.slug) is not None:
-        raise AppExists(f"an app with slug {spec.slug!r} exists")
+        raise _exists(spec.slug)
     app = WecomApp(
         slug=spec.slug,
         corp_id=spec.corp_id,
@@ -86,7 +192,13 @@ async def add_app(session: AsyncSession, box: SecretBox, spec: AppSpec) -> Wecom
         secret_sealed=box.seal(spec.secret.get_secret_value(), purpose="app.secret"),
     )
     session.add(app)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # another transaction added the slug since the check
+        if "uq_apps_slug_active" in str(exc.orig):
+            raise _exists(spec.slug) from None
+        raise
+    await session.refresh(app)  # created_at: set by Postgres
     return app
 
 
@@ -95,19 +207,44 @@ async def find_app(session: AsyncSession, slug: str) -> WecomApp | None:
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def get_app(session: AsyncSession, slug: str) -> WecomApp:
+    app = await find_app(session, slug)
+    if app is None:
+        raise NotFound(f"no app {slug!r}", code="unknown_app")
+    return app
+
+
 async def list_apps(session: AsyncSession) -> list[WecomApp]:
     query = select(WecomApp).where(WecomApp.removed_at.is_(None)).order_by(WecomApp.slug)
     return list((await session.execute(query)).scalars())
 
 
-async def remove_app(session: AsyncSession, slug: str) -> bool:
+async def update_app(session: AsyncSession, box: SecretBox, slug: str, patch: AppPatch) -> AppView:
+    """Rotated keys are in force for callbacks after at most `app_cache_seconds`, and a new
+    Secret at the next access token: both caches expire by time, not on a change."""
+    app = await get_app(session, slug)
+    given = patch.model_fields_set
+    if patch.label is not None:
+        app.label = patch.label
+    if "agent_id" in given:
+        app.agent_id = patch.agent_id
+    for field, secret in (
+        ("token", patch.token),
+        ("aes_key", patch.aes_key),
+        ("secret", patch.secret),
+    ):
+        if secret is not None:
+            sealed = box.seal(secret.get_secret_value(), purpose=f"app.{field}")
+            setattr(app, f"{field}_sealed", sealed)
+    await session.flush()
+    return app_view(app)
+
+
+async def remove_app(session: AsyncSession, slug: str) -> None:
     """Soft removal: callbacks to the slug stop verifying, its events stay queryable."""
-    app = await find_app(session, slug)
-    if app is None:
-        return False
+    app = await get_app(session, slug)
     app.removed_at = datetime.now(UTC)
     await session.flush()
-    return True
 
 
 async def load_credentials(session: AsyncSession, box: SecretBox, app_id: int) -> Credentials:

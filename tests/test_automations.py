@@ -3,6 +3,7 @@ service, rules in Postgres, WeCom played by the simulator over HTTP."""
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,14 +17,15 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from wechatpy.enterprise.crypto import WeChatCrypto
 
-from app.automations.store import RuleInvalid, add_rule
+from app.actions.runner import ActionRunner
+from app.actions.wecom import WecomRun
+from app.automations.store import create_rule, rule_spec
 from app.automations.welcome import send_welcome
 from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
+from app.errors import Invalid
 from app.processing import workers
-from app.actions.runner import ActionRunner
-from app.actions.wecom import WecomRun
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
 from app.simulator.sender import Scenario
@@ -33,17 +35,23 @@ from app.wecom_apps import load_credentials
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import deliver, drain, sessionmaker_for, wait_for
 
+_rule_numbers = itertools.count(1)
+
 
 async def rule(
-    settings: Settings, kind: str, match: dict[str, Any], content: dict[str, Any], **kwargs: Any
+    settings: Settings, kind: str, match: dict[str, Any], content: dict[str, Any], **fields: Any
 ) -> int:
+    """Save a rule as `rules add` does, under a name of its own: two enabled rules of one
+    kind and app may not share one."""
     assert settings.database_url
+    spec = rule_spec(
+        {"kind": kind, "name": f"{kind} rule {next(_rule_numbers)}", "match": match}
+        | {"content": content, **fields}
+    )
     engine = create_engine(settings.database_url, settings, pool_size=1)
     try:
         async with create_sessionmaker(engine).begin() as session:
-            created = await add_rule(
-                session, kind=kind, name=f"{kind} rule", match=match, content=content, **kwargs
-            )
+            created = await create_rule(session, spec, media_dir=settings.media_dir)
             return created.id
     finally:
         await engine.dispose()
@@ -412,7 +420,7 @@ async def test_passive_reply_decrypts_with_wechatpy_to_the_configured_answer(
             {"add_tags": ["t"]},
             "bad regular",
         ),
-        ("nonsense", {}, {}, "kind must be one of"),
+        ("nonsense", {}, {}, "kind: Input should be 'welcome', 'tag' or 'reply'"),
     ],
 )
 async def test_rules_are_validated_when_saved(
@@ -423,7 +431,7 @@ async def test_rules_are_validated_when_saved(
     content: dict[str, Any],
     problem: str,
 ) -> None:
-    with pytest.raises(RuleInvalid) as raised:
+    with pytest.raises(Invalid) as raised:
         await rule(settings, kind, match, content)
     assert problem in str(raised.value)
     assert await db.fetchval("SELECT count(*) FROM rules") == 0

@@ -1,16 +1,19 @@
 """`wecom-hub apps …` as an operator runs it, against the test database."""
 
 import asyncio
+import json
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from app.cli import cli
 from app.config import Settings, get_settings
+from app.crypto.at_rest import SecretBox, parse_key
 from app.runtime import ConfigurationError, asyncpg_url, secret_box
 from tests.conftest import TRUNCATE_ALL, random_app
 
@@ -99,6 +102,140 @@ def test_invalid_app_is_refused_and_nothing_stored(
     assert result.exit_code == 2
     assert complaint in result.output
     assert asyncio.run(_sql(database_url, "SELECT count(*) FROM apps"))[0][0] == 0
+
+
+def test_the_slug_rule_is_printed_with_its_brackets(env: None) -> None:
+    result = runner.invoke(cli, _add("Bad/Slug"))
+    assert result.exit_code == 2
+    assert "slug: 1-64 of [a-z0-9_-], starting with a letter or digit" in result.output
+
+
+def _stored_secrets(database_url: str, secret_key: str) -> dict[str, str]:
+    [row] = asyncio.run(_sql(database_url, "SELECT * FROM apps WHERE removed_at IS NULL"))
+    box = SecretBox(parse_key(secret_key))
+    return {
+        field: box.open(row[f"{field}_sealed"], purpose=f"app.{field}")
+        for field in ("token", "aes_key", "secret")
+    }
+
+
+def test_secrets_can_come_from_stdin_or_the_environment(
+    env: None, database_url: str, secret_key: str
+) -> None:
+    app = random_app("shop")
+    added = runner.invoke(
+        cli,
+        [
+            *("apps", "add", "--slug", "shop", "--corp-id", app.corp_id),
+            *("--token", "-", "--aes-key", "-", "--secret", "-"),
+        ],
+        input=f"{app.token}\n{app.aes_key}\n{app.secret}\n",
+    )
+    assert added.exit_code == 0, added.output
+    assert _stored_secrets(database_url, secret_key) == {
+        "token": app.token,
+        "aes_key": app.aes_key,
+        "secret": app.secret,
+    }
+
+    rotated = random_app("shop")
+    updated = runner.invoke(
+        cli, ["apps", "update", "shop", "--secret", "-"], input=f"{rotated.secret}\n"
+    )
+    assert updated.exit_code == 0, updated.output
+    assert "secret" in updated.output and rotated.secret not in updated.output
+    assert _stored_secrets(database_url, secret_key)["secret"] == rotated.secret
+
+    from_env = runner.invoke(
+        cli,
+        ["apps", "update", "shop", "--label", "Shop"],
+        env={"WECOM_HUB_APP_TOKEN": rotated.token, "WECOM_HUB_APP_AES_KEY": rotated.aes_key},
+    )
+    assert from_env.exit_code == 0, from_env.output
+    assert _stored_secrets(database_url, secret_key) == {
+        "token": rotated.token,
+        "aes_key": rotated.aes_key,
+        "secret": rotated.secret,
+    }
+    assert "Shop" in runner.invoke(cli, ["apps", "list"]).output
+
+
+def test_a_secret_promised_on_stdin_but_missing_is_refused(env: None) -> None:
+    result = runner.invoke(cli, _add("shop", **{"--secret": "-"}), input="")
+    assert result.exit_code == 2
+    assert "secret: given as `-`, but stdin has no line for it" in result.output
+
+
+def test_updating_a_missing_app_or_nothing_is_refused(env: None) -> None:
+    missing = runner.invoke(cli, ["apps", "update", "nosuch", "--label", "x"])
+    assert (missing.exit_code, "no app 'nosuch'" in missing.output) == (1, True)
+    assert runner.invoke(cli, _add("shop")).exit_code == 0
+    assert runner.invoke(cli, ["apps", "update", "shop"]).exit_code == 2
+    invalid = runner.invoke(cli, ["apps", "update", "shop", "--token", "has spaces!"])
+    assert (invalid.exit_code, "token: 1-32 letters" in invalid.output) == (2, True)
+
+
+def test_rules_are_added_listed_shown_updated_and_removed(env: None) -> None:
+    assert runner.invoke(cli, _add("shop")).exit_code == 0
+    added = runner.invoke(
+        cli,
+        [
+            *("rules", "add", "welcome", "--name", "[stores]", "--app", "shop"),
+            *("--match", '{"state": "store_"}'),
+            *("--content", '{"text": "欢迎 [门店] {customer_name}"}'),
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    [rule_id] = re.findall(r"added welcome rule (\d+): \[stores\]", added.output)
+
+    listed = runner.invoke(cli, ["rules", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "shop" in listed.output and "[stores]" in listed.output  # not read as markup
+
+    shown = runner.invoke(cli, ["rules", "show", rule_id])
+    assert shown.exit_code == 0, shown.output
+    rule = json.loads(shown.output)
+    assert (rule["id"], rule["app"], rule["name"]) == (int(rule_id), "shop", "[stores]")
+    assert rule["content"] == {"text": "欢迎 [门店] {customer_name}", "attachments": []}
+
+    updated = runner.invoke(
+        cli,
+        [
+            *("rules", "update", rule_id, "--all-apps", "--priority", "5"),
+            *("--content", '{"text": "秋季欢迎"}'),
+        ],
+    )
+    assert updated.exit_code == 0, updated.output
+    rule = json.loads(runner.invoke(cli, ["rules", "show", rule_id]).output)
+    assert (rule["app"], rule["priority"], rule["content"]["text"]) == (None, 5, "秋季欢迎")
+    assert rule["match"]["state"] == "store_"  # not named: kept
+
+    assert runner.invoke(cli, ["rules", "disable", rule_id]).exit_code == 0
+    assert json.loads(runner.invoke(cli, ["rules", "show", rule_id]).output)["enabled"] is False
+    assert runner.invoke(cli, ["rules", "enable", rule_id]).exit_code == 0
+    assert runner.invoke(cli, ["rules", "remove", rule_id]).exit_code == 0
+    for command in ("show", "enable", "remove"):
+        gone = runner.invoke(cli, ["rules", command, rule_id])
+        assert (gone.exit_code, f"no rule {rule_id}" in gone.output) == (1, True)
+
+
+def test_rule_refusals_name_their_field_and_exit_code(env: None) -> None:
+    def add(*options: str) -> Result:
+        return runner.invoke(
+            cli, ["rules", "add", "welcome", "--name", "default", "--match", "{}", *options]
+        )
+
+    assert add("--content", '{"text": "hi"}').exit_code == 0
+    invalid = add("--content", '{"text": "hi {nickname}"}', "--app", "nosuch")
+    assert invalid.exit_code == 2
+    assert "app: no app 'nosuch'" in invalid.output
+    assert "content.text: unknown placeholder {nickname}" in invalid.output
+    not_json = add("--content", "{text")
+    assert (not_json.exit_code, "content: not JSON" in not_json.output) == (2, True)
+    taken = add("--content", '{"text": "hello"}')
+    assert (taken.exit_code, "'default'" in taken.output) == (1, True)
+    bad_update = runner.invoke(cli, ["rules", "update", "1", "--match", '{"hours": 3}'])
+    assert (bad_update.exit_code, "match.hours:" in bad_update.output) == (2, True)
 
 
 def test_duplicate_slug_is_refused(env: None) -> None:

@@ -81,7 +81,9 @@ class PageRequest:
     def of(cls, limit: int, cursor: str | None, **filters: Any) -> "PageRequest":
         return cls(limit, decode_cursor(cursor, filters), filters)
 
-    def page(self, rows: Sequence[T], key: Callable[[T], Sequence[Any]]) -> tuple[list[T], str | None]:
+    def page(
+        self, rows: Sequence[T], key: Callable[[T], Sequence[Any]]
+    ) -> tuple[list[T], str | None]:
         if len(rows) <= self.limit:
             return list(rows), None
         kept = list(rows[: self.limit])

@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import stat
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +30,6 @@ from app.models import MediaFile
 
 log = logging.getLogger(__name__)
 
-UPLOAD_MEDIA = "upload_media"
 SCHEDULE_SECONDS = 60.0
 LIFETIME = timedelta(days=3)  # a media_id's life at WeCom
 REFRESH_AHEAD = timedelta(days=1)  # upload again when less than this is left
@@ -41,44 +43,144 @@ def upload_kind(attachment: MediaAttachment) -> str:
     return "image" if isinstance(attachment, Miniprogram) else attachment.msgtype
 
 
-def read_file(attachment: MediaAttachment) -> tuple[str, str, bytes]:
-    """(kind, filename, content) of an attachment's file, or ValueError saying why not."""
+@dataclass(frozen=True, slots=True)
+class KeptFile:
+    """A file kept for attachments; rules name it by its sha256 (its id in the API)."""
+
+    sha256: str
+    kind: str
+    filename: str
+    size: int
+
+
+class AttachmentRefused(ValueError):
+    """An attachment's file cannot be kept: which attachment, and why."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.message = message
+
+
+def check_name(kind: str, filename: str, what: str) -> None:
+    """WeCom's formats by file name: image jpg/png, video mp4; a file anything."""
+    if kind in SUFFIXES and Path(filename).suffix.lower() not in SUFFIXES[kind]:
+        raise ValueError(f"{what}: WeCom takes {', '.join(SUFFIXES[kind])} only")
+
+
+def check_size(kind: str, size: int, what: str) -> None:
+    limit = MAX_BYTES[kind]
+    if not 5 < size <= limit:
+        raise ValueError(f"{what} is {size:,} bytes; WeCom takes 6 to {limit:,} bytes for {kind}")
+
+
+async def keep_file(session: AsyncSession, kind: str, filename: str, data: bytes) -> KeptFile:
+    """Keep a file (an upload over the API, or one read from the media folder): checked
+    against WeCom's limits (ValueError saying which), stored once per content."""
+    what = f"{kind} file {filename}"
+    check_name(kind, filename, what)
+    check_size(kind, len(data), what)
+    sha256 = hashlib.sha256(data).hexdigest()
+    await session.execute(
+        insert(MediaFile)
+        .values(sha256=sha256, kind=kind, filename=filename, content=data)
+        .on_conflict_do_nothing()
+    )
+    return KeptFile(sha256, kind, filename, len(data))
+
+
+def read_file(attachment: MediaAttachment, media_dir: Path | None) -> tuple[str, str, bytes]:
+    """(kind, filename, content) of an attachment's file, or ValueError saying why not.
+
+    Whoever saves a rule names a file, and its content goes to WeCom: so only a regular file
+    inside `media_dir` is read (a relative name is taken inside it), never what the process
+    merely can read (its secret key, /proc, /dev/zero), and never more than WeCom takes."""
     assert attachment.file is not None
-    kind, path = upload_kind(attachment), Path(attachment.file)
+    kind, what = upload_kind(attachment), f"{attachment.msgtype} file {attachment.file}"
+    name = Path(attachment.file).name  # what WeCom is told, so what its suffix is checked on
+    check_name(kind, name, what)
+    return kind, name, _read_at_most(_inside(media_dir, attachment.file, what), kind, what)
+
+
+def _inside(media_dir: Path | None, file: str, what: str) -> Path:
+    """The file's real path, with `..` and every symlink resolved, if it is in media_dir."""
+    if media_dir is None:
+        raise ValueError(f"{what}: rules cannot name files until WECOM_HUB_MEDIA_DIR is set")
     try:
-        content = path.read_bytes()
+        root = media_dir.resolve(strict=True)
     except OSError as exc:
-        raise ValueError(f"{attachment.msgtype} file {path}: {exc.strerror}") from None
-    if len(content) <= 5 or len(content) > MAX_BYTES[kind]:
-        raise ValueError(
-            f"{attachment.msgtype} file {path} is {len(content):,} bytes; WeCom takes "
-            f"6 to {MAX_BYTES[kind]:,} for {kind}"
-        )
-    if kind in SUFFIXES and path.suffix.lower() not in SUFFIXES[kind]:
-        raise ValueError(
-            f"{attachment.msgtype} file {path}: WeCom takes {', '.join(SUFFIXES[kind])} only"
-        )
-    return kind, path.name, content
+        raise ValueError(f"{what}: WECOM_HUB_MEDIA_DIR {media_dir}: {exc.strerror}") from None
+    try:
+        path = (root / file).resolve()
+    except (OSError, RuntimeError):  # only a symlink loop (RuntimeError before Python 3.13)
+        raise ValueError(f"{what}: its symlinks make a loop") from None
+    if not path.is_relative_to(root):
+        raise ValueError(f"{what} is outside WECOM_HUB_MEDIA_DIR ({root})")
+    return path
+
+
+def _read_at_most(path: Path, kind: str, what: str) -> bytes:
+    """The content of a regular file of WeCom's size for `kind`. The size is checked before
+    a byte is read, and no more than the limit + 1 bytes are read, so a file that grows
+    meanwhile is refused too, not read into memory."""
+    limit = MAX_BYTES[kind]
+    try:
+        # NONBLOCK: opening a fifo does not wait for a writer. NOFOLLOW: a symlink put in
+        # place of the resolved path since is refused, not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ValueError(f"{what}: {exc.strerror}") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError(f"{what} is not a regular file")
+        check_size(kind, status.st_size, what)
+        with os.fdopen(fd, "rb", closefd=False) as opened:
+            content = opened.read(limit + 1)
+    finally:
+        os.close(fd)
+    check_size(kind, len(content), f"{what}, changed while it was read,")
+    return content
 
 
 def has_files(content: WelcomeContent) -> bool:
     return any(isinstance(a, MediaAttachment) and a.sha256 for a in content.attachments)
 
 
-async def keep_files(session: AsyncSession, content: WelcomeContent) -> WelcomeContent:
-    """Read and keep every attachment file not kept yet; the content, with each such
-    attachment naming its file by sha256 (and by name only, not by path)."""
+async def keep_files(
+    session: AsyncSession,
+    content: WelcomeContent,
+    *,
+    media_dir: Path | None = None,
+    paths: bool = True,
+) -> WelcomeContent:
+    """The content with each attachment file kept and named by its sha256 (and by name
+    only, not by path). A `file` is read from `media_dir` only (settings.media_dir; None
+    refuses every file); `paths=False` (a rule saved over HTTP) refuses every path: such a
+    rule names files uploaded before (POST /api/v1/media) by their sha256."""
     attachments = []
-    for attachment in content.attachments:
-        if isinstance(attachment, MediaAttachment) and attachment.file and not attachment.sha256:
-            kind, filename, data = read_file(attachment)
-            sha256 = hashlib.sha256(data).hexdigest()
-            await session.execute(
-                insert(MediaFile)
-                .values(sha256=sha256, kind=kind, filename=filename, content=data)
-                .on_conflict_do_nothing()
+    for i, attachment in enumerate(content.attachments):
+        if isinstance(attachment, MediaAttachment) and attachment.sha256 and not attachment.file:
+            # an uploaded file, named by its id: shown by the name it was uploaded with
+            filename = await session.scalar(
+                select(MediaFile.filename).where(MediaFile.sha256 == attachment.sha256)
             )
-            attachment = attachment.model_copy(update={"file": filename, "sha256": sha256})
+            attachment = attachment.model_copy(update={"file": filename})
+        elif isinstance(attachment, MediaAttachment) and attachment.file and not attachment.sha256:
+            if not paths:
+                raise AttachmentRefused(
+                    i,
+                    "over the API a rule cannot name a path on the server; upload the file"
+                    " with POST /api/v1/media and give its id as `sha256`",
+                )
+            try:
+                kind, filename, data = read_file(attachment, media_dir)
+                kept_file = await keep_file(session, kind, filename, data)
+            except ValueError as exc:
+                raise AttachmentRefused(i, str(exc)) from None
+            attachment = attachment.model_copy(
+                update={"file": filename, "sha256": kept_file.sha256}
+            )
         attachments.append(attachment)
     return content.model_copy(update={"attachments": attachments})
 
@@ -103,7 +205,7 @@ SCHEDULE_UPLOADS = """
         GROUP BY f.sha256, a.corp_id, u.media_id
     ), inserted AS (
         INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key, payload, deadline)
-        SELECT 'upload_media', app_id, corp_id, sha256,  -- UPLOAD_MEDIA
+        SELECT 'upload_media', app_id, corp_id, sha256,  -- ActionKind.UPLOAD_MEDIA
                'upload_media:' || corp_id || ':' || sha256 || ':'
                    || coalesce(media_id, 'first') || ':' || to_char(now(), 'YYYYMMDDHH24'),
                jsonb_build_object('sha256', sha256), now() + interval '1 hour'

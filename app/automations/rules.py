@@ -4,7 +4,8 @@ A rule is JSON (`match`, `content`) of one of three kinds. Each kind has a pydan
 here; a rule that does not validate is never stored, so matching never meets a broken one.
 """
 
-import string
+import re
+from collections.abc import Mapping
 from datetime import datetime, time
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -29,12 +30,72 @@ def _bytes_at_most(limit: int, what: str) -> Any:
     return check
 
 
+# A template is text with two placeholders, written exactly `{customer_name}` and
+# `{member_name}`, and `{{` / `}}` for literal braces, as str.format users expect. Nothing
+# else that str.format understands is allowed: a format spec (`{customer_name:>300000000}`
+# renders 300 million characters), a conversion, an attribute or index
+# (`{customer_name.__class__}`), or a field nested in a spec. `render` does not use
+# str.format at all, so a template stored before these checks cannot do harm either.
+_BRACE = re.compile(r"\{\{|\}\}|[{}]")
+_ANY_BRACE = re.compile(r"[{}]")
+_FIELD_NAME_END = re.compile(r"[:!.\[{}]")
+_FIELD_MARKS = {
+    ":": "has a format spec",
+    "!": "has a conversion",
+    ".": "reads an attribute",
+    "[": "reads an index",
+}
+_KNOWN = ", ".join(f"{{{name}}}" for name in sorted(PLACEHOLDERS))
+_SHOWN_CHARS = 40  # a problem quotes at most this much of the template
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
+
+
+def _closing(text: str, start: int) -> int | None:
+    """Where the field opened at `start` closes, counting nested braces as str.format does."""
+    depth = 0
+    for brace in _ANY_BRACE.finditer(text, start):
+        depth += 1 if brace[0] == "{" else -1
+        if depth == 0:
+            return brace.start()
+    return None
+
+
+def _field_problem(field: str) -> str | None:
+    if field in PLACEHOLDERS:
+        return None
+    name = _FIELD_NAME_END.split(field, maxsplit=1)[0]
+    mark = field[len(name) : len(name) + 1]
+    shown = _shown(f"{{{field}}}")
+    if name in PLACEHOLDERS and mark in _FIELD_MARKS:
+        return f"placeholder {shown} {_FIELD_MARKS[mark]}; write {{{name}}}"
+    return f"unknown placeholder {shown}; known: {_KNOWN} (and {{{{ }}}} for literal braces)"
+
+
+def _template_problem(text: str) -> str | None:
+    """The first thing wrong with a template, in words; None when there is nothing."""
+    at = 0
+    while (brace := _BRACE.search(text, at)) is not None:
+        at = brace.end()
+        if brace[0] in ("{{", "}}"):
+            continue
+        if brace[0] == "}":
+            return "a single } closes no placeholder; write }} for a literal brace"
+        end = _closing(text, brace.start())
+        if end is None:
+            opened = _shown(text[brace.start() :])
+            return f"a single {{ never closes ({opened}); write {{{{ for a literal brace"
+        if (problem := _field_problem(text[brace.start() + 1 : end])) is not None:
+            return problem
+        at = end + 1
+    return None
+
+
 def _check_template(text: str) -> str:
-    for _, name, _, _ in string.Formatter().parse(text):
-        if name is not None and name not in PLACEHOLDERS:
-            raise ValueError(
-                f"unknown placeholder {{{name}}}; known: {', '.join(sorted(PLACEHOLDERS))}"
-            )
+    if (problem := _template_problem(text)) is not None:
+        raise ValueError(problem)
     return text
 
 
@@ -59,8 +120,8 @@ class MediaAttachment(_Strict):
     sha256: str | None = None
 
     def _needs_source(self, *others: str | None) -> None:
-        if not self.media_id and not self.file and not any(others):
-            raise ValueError(f"{self.msgtype} needs media_id or file")
+        if not self.media_id and not self.file and not self.sha256 and not any(others):
+            raise ValueError(f"{self.msgtype} needs media_id, file or sha256 (an uploaded file)")
 
 
 class Image(MediaAttachment):
@@ -168,8 +229,8 @@ class WelcomeContent(_Strict):
     text: str = ""
     attachments: list[Attachment] = Field(default_factory=list, max_length=9)
 
-    _text = field_validator("text")(_check_template)
     _length = field_validator("text")(_bytes_at_most(4000, "welcome text"))
+    _text = field_validator("text")(_check_template)
 
     @model_validator(mode="after")
     def _not_empty(self) -> "WelcomeContent":
@@ -189,11 +250,20 @@ def _state_matches(pattern: str, mode: str, state: str) -> bool:
         return False
 
 
-def render(template: str, values: dict[str, str | None]) -> str:
-    """Fill placeholders; an unknown value becomes a polite blank, never "None" or "{…}"."""
-    fallback = {"customer_name": "您好", "member_name": "我们"}
-    filled = {name: values.get(name) or fallback[name] for name in PLACEHOLDERS}
-    return template.format(**filled)
+_FILLED = re.compile(
+    r"\{\{|\}\}|\{(" + "|".join(re.escape(name) for name in sorted(PLACEHOLDERS)) + r")\}"
+)
+_FALLBACK = {"customer_name": "您好", "member_name": "我们"}
+
+
+def render(template: str, values: Mapping[str, str | None]) -> str:
+    """Fill placeholders; an unknown value becomes a polite blank, never "None" or "{…}".
+
+    One pass of substitution, not str.format: whatever a stored template holds (even one
+    saved before `_check_template` was strict), the text grows only by the names put in,
+    nothing in it is evaluated, and a name that looks like a placeholder stays as it is."""
+    filled = {name: values.get(name) or _FALLBACK[name] for name in PLACEHOLDERS}
+    return _FILLED.sub(lambda m: filled[m[1]] if m[1] else m[0][0], template)
 
 
 def _keywords_match(keywords: list[str], mode: str, text: str) -> bool:

@@ -20,7 +20,7 @@ from rich.console import Console
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.automations.store import add_rule
+from app.automations.store import RuleSpec, create_rule
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.db import create_engine, create_sessionmaker
@@ -58,22 +58,25 @@ async def ensure_demo_app(engine: AsyncEngine, box: SecretBox) -> DemoApp:
                 }
             )
             found = await add_app(session, box, spec)
-            await add_rule(
+            await create_rule(
                 session,
-                kind="welcome",
-                name="spring campaign",
-                app_id=found.id,
-                match={"state": "spring", "state_mode": "prefix"},
-                content={
-                    "text": "你好 {customer_name}，春季活动欢迎你！",
-                    "attachments": [
-                        {
-                            "msgtype": "link",
-                            "title": "春季活动",
-                            "url": "https://example.com/spring",
-                        }
-                    ],
-                },
+                RuleSpec(
+                    kind="welcome",
+                    name="spring campaign",
+                    app=DEMO_SLUG,
+                    match={"state": "spring", "state_mode": "prefix"},
+                    content={
+                        "text": "你好 {customer_name}，春季活动欢迎你！",
+                        "attachments": [
+                            {
+                                "msgtype": "link",
+                                "title": "春季活动",
+                                "url": "https://example.com/spring",
+                            }
+                        ],
+                    },
+                ),
+                media_dir=None,
             )
         credentials = await load_credentials(session, box, found.id)
     return DemoApp(credentials.corp_id, credentials.secret)
