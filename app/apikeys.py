@@ -17,14 +17,14 @@ import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select, text
+from sqlalchemy import CursorResult, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import FieldError, Forbidden, Invalid, NotFound, Unauthorized
-from app.models import ApiKey
+from app.models import ApiKey, IdempotentRequest
 
 log = logging.getLogger(__name__)
 
@@ -235,3 +235,18 @@ _TOUCH = text(
     "UPDATE api_keys SET last_used_at = now() WHERE id = "
     "(SELECT id FROM api_keys WHERE id = :id FOR NO KEY UPDATE SKIP LOCKED)"
 )
+
+
+# How long the answer to a write made with an Idempotency-Key is kept (Stripe keeps 24 h).
+IDEMPOTENCY_EXPIRY = timedelta(hours=24)
+
+
+async def prune_idempotent_requests(
+    session: AsyncSession, older_than: timedelta = IDEMPOTENCY_EXPIRY
+) -> int:
+    """Forget the answers to idempotent writes older than `older_than`; how many there were."""
+    result = await session.execute(
+        delete(IdempotentRequest).where(IdempotentRequest.created_at < func.now() - older_than)
+    )
+    assert isinstance(result, CursorResult)  # what a DELETE gives; Session.execute says less
+    return result.rowcount

@@ -15,6 +15,7 @@ from app.apikeys import ApiKeyVerifier
 from app.automations.replies import ReplyBook
 from app.callbacks.writer import EventWriter
 from app.config import Settings, get_settings
+from app.crypto.at_rest import SecretBox
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.processing import workers
 from app.routers import callback, docs, health, problems
@@ -34,6 +35,7 @@ class Hub:
     writer: EventWriter
     replies: ReplyBook
     api_keys: ApiKeyVerifier
+    box: SecretBox  # seals the secrets of apps added or changed over the API
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             writer=writer,
             replies=ReplyBook(sessionmaker, ttl=config.app_cache_seconds),
             api_keys=ApiKeyVerifier(sessionmaker),
+            box=box,
         )
         try:
             async with contextlib.AsyncExitStack() as background:

@@ -7,6 +7,8 @@ import httpx
 from fastapi import FastAPI
 
 from app.apikeys import Scope, create_key
+from app.config import Settings
+from app.db import create_engine, create_sessionmaker
 from app.main import Hub
 
 
@@ -39,3 +41,16 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert body["code"] == code, body
     assert body["status"] == status, body
     return body
+
+
+async def key_header(settings: Settings, scope: Scope = Scope.ADMIN) -> dict[str, str]:
+    """The Authorization header of a fresh key, made on the database directly (for tests
+    whose app object is out of reach, e.g. behind the `live` fixture)."""
+    assert settings.database_url
+    engine = create_engine(settings.database_url, settings, pool_size=1)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            _, key = await create_key(session, name="test", scope=scope)
+    finally:
+        await engine.dispose()
+    return bearer(key)

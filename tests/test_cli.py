@@ -279,3 +279,25 @@ def test_urls_devops_paste_are_accepted() -> None:
     assert asyncpg_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
     with pytest.raises(ConfigurationError):
         asyncpg_url("mysql://u@h/db")
+
+
+def test_apikeys_create_list_revoke(env: None, database_url: str) -> None:
+    """The first admin key comes from here; it is printed once and works with the API."""
+    created = runner.invoke(cli, ["apikeys", "create", "--name", "ops [night]", "--scope", "admin"])
+    assert created.exit_code == 0, created.output
+    key = created.output.strip().splitlines()[-1]
+    assert key.startswith("whk_") and len(key) > 40
+    stored = asyncio.run(_sql(database_url, "SELECT name, scope, prefix, key_hash FROM api_keys"))
+    assert [(r["name"], r["scope"]) for r in stored] == [("ops [night]", "admin")]
+    assert key.startswith(stored[0]["prefix"]) and key.encode() not in stored[0]["key_hash"]
+
+    listed = runner.invoke(cli, ["apikeys", "list"])
+    assert stored[0]["prefix"] in listed.output and "ops [night]" in listed.output
+    assert key not in listed.output
+
+    bad = runner.invoke(cli, ["apikeys", "create", "--name", "x", "--scope", "root"])
+    assert bad.exit_code == 2 and "scope" in bad.output
+    assert runner.invoke(cli, ["apikeys", "revoke", "1"]).exit_code == 0
+    revoked = asyncio.run(_sql(database_url, "SELECT revoked_at FROM api_keys"))
+    assert revoked[0]["revoked_at"] is not None
+    assert runner.invoke(cli, ["apikeys", "revoke", "99"]).exit_code == 1

@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.api import idempotency
+from app.apikeys import prune_idempotent_requests
 from tests.api_helpers import auth, hub_state, problem
 from tests.processing_helpers import wait_for
 
@@ -132,7 +133,7 @@ async def test_prune_forgets_old_answers(hub: FastAPI, db: asyncpg.Connection) -
         "UPDATE idempotent_requests SET created_at = now() - interval '25 hours' WHERE key = 'old'"
     )
     async with hub_state(hub).sessionmaker.begin() as session:
-        assert await idempotency.prune(session) == 1
+        assert await prune_idempotent_requests(session) == 1
     assert await db.fetchval("SELECT array_agg(key) FROM idempotent_requests") == ["new"]
 
 

@@ -3,7 +3,29 @@ domain services beneath doing the work. Errors are AppErrors, answered as proble
 
 from fastapi import APIRouter
 
-from app.api import apikeys
+from app.api import (
+    actions,
+    apikeys,
+    apps,
+    customers,
+    events,
+    groups,
+    media,
+    messages,
+    operations,
+    rules,
+    tags,
+)
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(apikeys.router)
+router.include_router(apps.router)
+router.include_router(rules.router)
+router.include_router(media.router)
+router.include_router(events.router)
+router.include_router(actions.router)
+router.include_router(operations.router)
+router.include_router(customers.router)
+router.include_router(groups.router)
+router.include_router(tags.router)
+router.include_router(messages.router)

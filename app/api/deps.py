@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.apikeys import Principal, Scope, require
 from app.routers.deps import HubDep, hub_of
 
-__all__ = ["AdminKey", "HubDep", "Principal", "ReadKey", "WriteKey", "get_principal"]
+__all__ = ["AdminKey", "HubDep", "Principal", "ReadKey", "WriteKey", "get_principal", "who"]
 
 # Only for the OpenAPI schema (a bearer scheme, the Authorize button in /docs): it answers
 # None both for a missing header and for another scheme, which get different codes here.
@@ -43,3 +43,8 @@ def _scoped(needed: Scope) -> Callable[[Principal], Awaitable[Principal]]:
 ReadKey = Annotated[Principal, Depends(_scoped(Scope.READ))]
 WriteKey = Annotated[Principal, Depends(_scoped(Scope.WRITE))]
 AdminKey = Annotated[Principal, Depends(_scoped(Scope.ADMIN))]
+
+
+def who(principal: Principal) -> str:
+    """How an action asked for over the API names who asked, in its reason and payload."""
+    return f"API key {principal.key_id} ({principal.name})"

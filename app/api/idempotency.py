@@ -20,19 +20,19 @@ waits at most LOCK_TIMEOUT_MS, then gets 409 `idempotency_in_progress`. A reques
 runs again. The replayed body is the same JSON, though its object keys may come in another
 order (JSONB keeps them sorted its own way).
 
-Records expire: `prune` deletes those older than EXPIRY (24 h, Stripe's window), after which a
+Records expire: housekeeping deletes those older than 24 h (app/apikeys.py IDEMPOTENCY_EXPIRY,
+Stripe's window), after which a
 key may be used again.
 """
 
 import hashlib
 import re
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import CursorResult, delete, func, text, update
+from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,7 +45,6 @@ from app.models import IdempotentRequest
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 LOCK_TIMEOUT_MS = 2000
-EXPIRY = timedelta(hours=24)
 _KEY = re.compile(r"[\x20-\x7e]{1,255}")
 _LOCK_NOT_AVAILABLE = "55P03"
 
@@ -155,12 +154,3 @@ async def idempotency(
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]
-
-
-async def prune(session: AsyncSession, older_than: timedelta = EXPIRY) -> int:
-    """Deletes the records older than `older_than`; how many there were."""
-    result = await session.execute(
-        delete(IdempotentRequest).where(IdempotentRequest.created_at < func.now() - older_than)
-    )
-    assert isinstance(result, CursorResult)  # what a DELETE gives; Session.execute says less
-    return result.rowcount

@@ -263,7 +263,9 @@ async def kf_reply(run: WecomRun) -> Outcome:
     except Exception:
         await run.db.execute(_GIVE_BACK_PLACE, *window)
         raise
-    return Outcome(ActionStatus.SUCCEEDED, f"rule {payload.get('rule_name')!r}")
+    if "rule_name" in payload:
+        return Outcome(ActionStatus.SUCCEEDED, f"rule {payload['rule_name']!r}")
+    return Outcome(ActionStatus.SUCCEEDED, f"asked for by {payload.get('requested_by')}")
 
 
 async def _window_closed(run: WecomRun, window: tuple[str, str, str]) -> str:

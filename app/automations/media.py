@@ -9,8 +9,6 @@ whose upload is missing or has less than a day left. The welcome only looks up t
 current media_id; an attachment without a fresh one is left out, and the action says so.
 """
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -30,7 +28,6 @@ from app.models import MediaFile
 
 log = logging.getLogger(__name__)
 
-SCHEDULE_SECONDS = 60.0
 LIFETIME = timedelta(days=3)  # a media_id's life at WeCom
 REFRESH_AHEAD = timedelta(days=1)  # upload again when less than this is left
 USABLE_MARGIN = timedelta(minutes=5)  # a media_id this close to its end is not used
@@ -215,17 +212,6 @@ SCHEDULE_UPLOADS = """
     )
     SELECT pg_notify('wecom_hub_actions', '') FROM inserted
 """
-
-
-async def keep_uploads_fresh(db: asyncpg.Pool, stop: asyncio.Event, *, every: float) -> None:
-    """Beside each action runner: enqueue the uploads that are due, once a minute."""
-    while not stop.is_set():
-        try:
-            await db.execute(SCHEDULE_UPLOADS)
-        except Exception as exc:  # Postgres away: the next round will do
-            log.warning("media uploads not scheduled", extra={"error": repr(exc)})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every)
 
 
 async def schedule_uploads(session: AsyncSession) -> None:

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Identity, String, Text
+from sqlalchemy import BigInteger, Identity, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base
@@ -30,6 +30,8 @@ class GroupMember(Base):
     received: callbacks say 0 (invited) / 3 (QR code), groupchat/get says 1/2/3."""
 
     __tablename__ = "group_members"
+    # A customer's groups (the API's customer detail), not only a group's members.
+    __table_args__ = (Index("ix_group_members_member", "corp_id", "member_id"),)
 
     corp_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     chat_id: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -8,15 +8,17 @@ from collections.abc import AsyncIterator
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import housekeeping
 from app.actions.kinds import ActionKind
 from app.actions.runner import ActionRunner, Handler
 from app.actions.wecom import CredentialCache, WecomHandler, WecomHandlers
-from app.automations import kf, media, uploads
+from app.automations import kf, uploads
 from app.automations.tagging import mark_tags
 from app.automations.welcome import send_welcome
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
+from app.operations.app_messages import deliver_app_message
 from app.processing import enrichment
 from app.processing.processor import EventProcessor
 from app.wecom.client import WecomClient
@@ -50,6 +52,7 @@ WECOM_HANDLERS: dict[ActionKind, WecomHandler] = {
     ActionKind.ENRICH_GROUP: enrichment.enrich_group,
     ActionKind.SYNC_TAGS: enrichment.sync_tags,
     ActionKind.UPLOAD_MEDIA: uploads.upload_media,
+    ActionKind.APP_MESSAGE: deliver_app_message,
 }
 
 
@@ -110,9 +113,7 @@ async def running(
             if "actions" in loops:
                 runner = action_runner(settings, runner_db, runner_sessions, dsn, box, client)
                 coroutines.append(runner.run(stop))
-                coroutines.append(
-                    media.keep_uploads_fresh(runner_db, stop, every=media.SCHEDULE_SECONDS)
-                )
+                coroutines.append(housekeeping.run(runner_db, runner_sessions, stop))
             tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
             try:
                 yield tasks

@@ -41,9 +41,11 @@ def upgrade() -> None:
         postgresql_where=sa.text("payload ? 'ChatId'"),
     )
     op.create_index("ix_messages_sender_id", "messages", ["sender", "id"])
+    op.create_index("ix_group_members_member", "group_members", ["corp_id", "member_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_group_members_member", table_name="group_members")
     op.drop_index("ix_messages_sender_id", table_name="messages")
     for name in (
         "ix_events_chat_id",

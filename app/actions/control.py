@@ -1,0 +1,72 @@
+"""What a person (over the API) may do to an action: try a finished one again, or cancel
+one that has not started. Both take a session and never commit."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.actions.kinds import ActionKind, ActionStatus
+from app.errors import Conflict, NotFound
+
+RETRYABLE = frozenset({ActionStatus.FAILED, ActionStatus.EXPIRED, ActionStatus.CANCELLED})
+
+_LOCK = "SELECT kind, status, deadline FROM actions WHERE id = :id FOR UPDATE"
+
+
+class ActionConflict(Conflict):
+    """The action is not in a state that allows this; detail says which and why."""
+
+
+async def _locked(session: AsyncSession, action_id: int) -> tuple[ActionKind, str, datetime | None]:
+    row = (await session.execute(text(_LOCK), {"id": action_id})).first()
+    if row is None:
+        raise NotFound(f"no action {action_id}", code="action_not_found")
+    return ActionKind(row.kind), row.status, row.deadline
+
+
+async def retry(session: AsyncSession, action_id: int, *, by: str) -> None:
+    """Run a failed, expired or cancelled action again, now. Not past its deadline: a
+    welcome_code lives 20 s, and WeCom would refuse it (the reason says so)."""
+    kind, status, deadline = await _locked(session, action_id)
+    if status not in RETRYABLE:
+        raise ActionConflict(
+            f"action {action_id} is {status}; only {', '.join(sorted(RETRYABLE))} ones can be"
+            " retried",
+            code="action_not_retryable",
+        )
+    if deadline is not None and deadline <= datetime.now(UTC):
+        what = "the welcome code expired" if kind == ActionKind.WELCOME else "its deadline passed"
+        raise ActionConflict(
+            f"action {action_id} cannot be retried: {what} at {deadline.isoformat()}",
+            code="deadline_passed",
+        )
+    # attempts restart, so the kind's retry policy counts from here; the attempts log keeps
+    # the earlier ones.
+    await session.execute(
+        text(
+            "UPDATE actions SET status = 'pending', attempts = 0, next_attempt_at = now(),"
+            " finished_at = NULL, reason = :reason, locked_by = NULL, locked_until = NULL"
+            " WHERE id = :id"
+        ),
+        {"id": action_id, "reason": f"retried by {by}"},
+    )
+    await session.execute(text("SELECT pg_notify('wecom_hub_actions', '')"))
+
+
+async def cancel(session: AsyncSession, action_id: int, *, by: str) -> None:
+    """Cancel an action that is waiting (for its first attempt or a retry). A running one
+    cannot be stopped halfway: its call may already have reached WeCom."""
+    _, status, _ = await _locked(session, action_id)
+    if status != ActionStatus.PENDING:
+        raise ActionConflict(
+            f"action {action_id} is {status}; only pending ones can be cancelled",
+            code="action_not_cancellable",
+        )
+    await session.execute(
+        text(
+            "UPDATE actions SET status = 'cancelled', finished_at = now(), reason = :reason"
+            " WHERE id = :id"
+        ),
+        {"id": action_id, "reason": f"cancelled by {by}"},
+    )

@@ -1,0 +1,123 @@
+"""Actions, newest first, and one action with every attempt: "why did this customer get
+no welcome?" is a status, a reason and an error here."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFilters:
+    kind: str | None = None
+    status: str | None = None
+    app_id: int | None = None
+    external_userid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSummary:
+    id: int
+    kind: str
+    app: str | None
+    target: str
+    event_id: int | None
+    status: str
+    reason: str | None
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    deadline: datetime | None
+    next_attempt_at: datetime
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    attempt: int
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: float
+    outcome: str
+    error_code: str | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionDetail:
+    action: ActionSummary
+    payload: dict[str, Any]
+    idempotency_key: str
+    attempts: list[Attempt]
+
+
+_COLUMNS = """
+    x.id, x.kind, a.slug AS app, x.target, x.event_id, x.status, x.reason, x.error_code,
+    x.error_message, x.attempts, x.deadline, x.next_attempt_at, x.created_at, x.finished_at
+"""
+_FROM = "actions x LEFT JOIN apps a ON a.id = x.app_id"
+_FILTERS = {
+    "kind": "x.kind = :kind",
+    "status": "x.status = :status",
+    "app_id": "x.app_id = :app_id",
+    "external_userid": "x.target = :external_userid",
+}
+
+
+async def list_actions(
+    session: AsyncSession, filters: ActionFilters, *, before_id: int | None, limit: int
+) -> list[ActionSummary]:
+    params: dict[str, Any] = {
+        name: getattr(filters, name) for name in _FILTERS if getattr(filters, name) is not None
+    }
+    where = [_FILTERS[name] for name in params]
+    if before_id is not None:
+        where.append("x.id < :before_id")
+        params["before_id"] = before_id
+    params["limit"] = limit
+    query = f"""
+        SELECT {_COLUMNS} FROM {_FROM}
+        {"WHERE " + " AND ".join(where) if where else ""}
+        ORDER BY x.id DESC LIMIT :limit
+    """  # noqa: S608 - only fixed fragments are joined; every value is a bound parameter
+    rows = await session.execute(text(query), params)
+    return [ActionSummary(**row._mapping) for row in rows]
+
+
+async def actions_of_event(session: AsyncSession, event_id: int) -> list[ActionSummary]:
+    rows = await session.execute(
+        text(f"SELECT {_COLUMNS} FROM {_FROM} WHERE x.event_id = :id ORDER BY x.id"),  # noqa: S608
+        {"id": event_id},
+    )
+    return [ActionSummary(**row._mapping) for row in rows]
+
+
+async def get_action(session: AsyncSession, action_id: int) -> ActionDetail:
+    row = (
+        await session.execute(
+            text(
+                f"SELECT {_COLUMNS}, x.payload, x.idempotency_key"  # noqa: S608
+                f" FROM {_FROM} WHERE x.id = :id"
+            ),
+            {"id": action_id},
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no action {action_id}", code="action_not_found")
+    values = dict(row._mapping)
+    payload, key = values.pop("payload"), values.pop("idempotency_key")
+    attempts = await session.execute(
+        text(
+            "SELECT attempt, started_at, finished_at, duration_ms, outcome, error_code, message"
+            " FROM action_attempts WHERE action_id = :id ORDER BY id"
+        ),
+        {"id": action_id},
+    )
+    return ActionDetail(
+        ActionSummary(**values), payload, key, [Attempt(**a._mapping) for a in attempts]
+    )

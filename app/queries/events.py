@@ -1,0 +1,110 @@
+"""The event log, newest first: filtered lists (keyset pages) and one event with the
+actions it caused."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import NotFound
+from app.queries.actions import ActionSummary, actions_of_event
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilters:
+    app_id: int | None = None
+    family: str | None = None
+    type: str | None = None
+    status: str | None = None
+    external_userid: str | None = None
+    chat_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    id: int
+    app: str
+    received_at: datetime
+    create_time: datetime | None
+    family: str
+    type: str
+    msg_id: str | None
+    external_userid: str | None
+    chat_id: str | None
+    status: str
+    attempts: int
+    processed_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    event: EventRow
+    fields: dict[str, Any]
+    dedup_key: str
+    actions: list[ActionSummary]
+
+
+_COLUMNS = """
+    e.id, a.slug AS app, e.received_at, e.create_time, e.family, e.type, e.msg_id,
+    e.payload ->> 'ExternalUserID' AS external_userid, e.payload ->> 'ChatId' AS chat_id,
+    e.status, e.attempts, e.processed_at, e.error
+"""
+
+# Each filter is written so that one of the events indexes (migration 0009) serves it in the
+# list's order: `(column, id)` ranges, read backwards from the cursor.
+_FILTERS = {
+    "app_id": "e.app_id = :app_id",
+    "family": "e.family = :family",
+    "type": "e.type = :type",
+    "status": "e.status = :status",
+    "external_userid": "e.payload ? 'ExternalUserID'"
+    " AND e.payload ->> 'ExternalUserID' = :external_userid",
+    "chat_id": "e.payload ? 'ChatId' AND e.payload ->> 'ChatId' = :chat_id",
+    "since": "e.received_at >= :since",
+    "until": "e.received_at < :until",
+}
+
+
+async def list_events(
+    session: AsyncSession, filters: EventFilters, *, before_id: int | None, limit: int
+) -> list[EventRow]:
+    """At most `limit` events with ids below `before_id` (None: from the newest)."""
+    params: dict[str, Any] = {
+        name: getattr(filters, name) for name in _FILTERS if getattr(filters, name) is not None
+    }
+    where = [_FILTERS[name] for name in params]
+    if before_id is not None:
+        where.append("e.id < :before_id")
+        params["before_id"] = before_id
+    params["limit"] = limit
+    query = f"""
+        SELECT {_COLUMNS} FROM events e JOIN apps a ON a.id = e.app_id
+        {"WHERE " + " AND ".join(where) if where else ""}
+        ORDER BY e.id DESC LIMIT :limit
+    """  # noqa: S608 - only fixed fragments are joined; every value is a bound parameter
+    rows = await session.execute(text(query), params)
+    return [EventRow(**row._mapping) for row in rows]
+
+
+async def get_event(session: AsyncSession, event_id: int) -> EventDetail:
+    row = (
+        await session.execute(
+            text(
+                f"SELECT {_COLUMNS}, e.payload, e.dedup_key"  # noqa: S608 - fixed columns
+                " FROM events e JOIN apps a ON a.id = e.app_id WHERE e.id = :id"
+            ),
+            {"id": event_id},
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no event {event_id}", code="event_not_found")
+    values = dict(row._mapping)
+    fields, dedup_key = values.pop("payload"), values.pop("dedup_key")
+    return EventDetail(
+        EventRow(**values), fields, dedup_key, await actions_of_event(session, event_id)
+    )
