@@ -601,7 +601,7 @@ def apikeys_create(
     name: Annotated[str, typer.Option(help="Who or what uses it, for people.")],
     scope: Annotated[
         str, typer.Option(help="read (lists, shows) < write (rules, tags, sends) < admin.")
-    ] = "read",
+    ],
 ) -> None:
     """Create a key and print it, this once: only a hash of it is kept."""
     from app import apikeys

@@ -24,14 +24,26 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+_LOCK = "hashtext('wecom-hub migrations')"
+
+
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata)
-    with context.begin_transaction():
-        # Never queue behind a long lock on a busy database: fail and let devops retry.
-        connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
-        # Replicas starting together migrate one after the other, not over each other.
-        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('wecom-hub migrations'))")
-        context.run_migrations()
+    # Both per session, not per transaction, so that they hold across the commits of a
+    # migration that builds indexes CONCURRENTLY (outside any transaction, so callbacks are
+    # never blocked while a big table is indexed).
+    # Never queue behind a long lock on a busy database: fail and let devops retry.
+    connection.exec_driver_sql("SET lock_timeout = '5s'")
+    # Replicas starting together migrate one after the other, not over each other.
+    connection.exec_driver_sql(f"SELECT pg_advisory_lock({_LOCK})")
+    connection.commit()
+    try:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        connection.rollback()  # whatever a failed migration left open
+        connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK})")
+        connection.commit()
 
 
 async def run_migrations_online() -> None:

@@ -262,3 +262,13 @@ async def test_event_filters(
     assert body["errors"] == [{"field": "app", "message": "no app 'nope'"}]
     problem(await client.get("/api/v1/events/424242", headers=headers), 404, "event_not_found")
     problem(await client.get("/api/v1/events"), 401, "missing_api_key")
+
+
+async def test_values_postgres_cannot_take_are_a_400_not_a_500(
+    hub: FastAPI, client: httpx.AsyncClient, wecom_app: RegisteredApp
+) -> None:
+    headers = await auth(hub, Scope.READ)
+    for url in ("/api/v1/events?type=a%00b", "/api/v1/customers/wm%00x"):  # NUL
+        problem(await client.get(url, headers=headers), 400, "invalid_parameter")
+    beyond_bigint = await client.get("/api/v1/events/9223372036854775808", headers=headers)
+    assert problem(beyond_bigint, 422, "validation_failed")["errors"][0]["field"] == "event_id"

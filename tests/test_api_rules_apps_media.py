@@ -142,3 +142,31 @@ async def test_apps_never_show_a_secret(
     problem(await client.get("/api/v1/apps/shop", headers=headers), 404, "unknown_app")
     write = await auth(hub, Scope.WRITE)
     problem(await client.get("/api/v1/apps", headers=write), 403, "insufficient_scope")
+
+
+async def test_an_upload_of_another_kind_cannot_be_named(
+    hub: FastAPI, client: httpx.AsyncClient, wecom_app: RegisteredApp
+) -> None:
+    """A 20 MB `file` named as an image would fail at WeCom on every welcome."""
+    headers = await auth(hub, Scope.WRITE)
+    uploaded = await client.post(
+        "/api/v1/media",
+        data={"kind": "file"},
+        files={"file": ("price.pdf", b"%PDF-1.4 " * 10, "application/pdf")},
+        headers=headers,
+    )
+    rule = {
+        "kind": "welcome",
+        "name": "wrong kind",
+        "match": {},
+        "content": {"attachments": [{"msgtype": "image", "sha256": uploaded.json()["id"]}]},
+    }
+    body = problem(
+        await client.post("/api/v1/rules", json=rule, headers=headers), 422, "validation_failed"
+    )
+    assert body["errors"] == [
+        {
+            "field": "content.attachments.0.sha256",
+            "message": "names an upload of kind file; a image attachment needs kind image",
+        }
+    ]

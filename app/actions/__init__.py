@@ -1,5 +1,5 @@
-"""Actions: the one way side effects happen (WeCom calls, and later webhook deliveries and
-operations asked for over the API). Beneath processing and automations, above the WeCom
+"""Actions: the one way side effects happen (WeCom calls, operations asked for over the API,
+and next webhook deliveries). Beneath processing and automations, above the WeCom
 client; each layer only looks down:
 
     routers, cli ─▶ processing, automations ─▶ actions ─▶ wecom, models
@@ -9,4 +9,5 @@ client; each layer only looks down:
 - enqueue.py: write an action (exactly once per idempotency key) in the caller's transaction
 - runner.py: claim due actions, run their handlers, record every attempt and the outcome
 - wecom.py: handlers that call WeCom: their credentials, and WeCom's errors as ActionErrors
+- control.py: what a person may do to an action: retry a finished one, cancel a waiting one
 """

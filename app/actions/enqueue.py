@@ -13,7 +13,7 @@ from app.actions.kinds import ActionKind, ActionStatus
 
 # One round trip: insert unless the idempotency key exists, wake the action runners
 # (delivered on commit, folded into one per transaction) only when a row was written, and
-# answer the action's id either way. The channel is app.processing.notify.ACTIONS_CHANNEL.
+# answer the action's id either way. The channel is app.notify.ACTIONS_CHANNEL.
 _ENQUEUE = text(
     """
     WITH inserted AS (
@@ -36,7 +36,8 @@ _ENQUEUE = text(
 @dataclass(frozen=True, slots=True)
 class Enqueued:
     """The action with that idempotency key, and whether this call wrote it. id is None
-    only when a concurrent transaction wrote the same key and has not committed yet."""
+    only when another transaction wrote the same key and committed while this statement ran
+    (the row is then outside this statement's snapshot)."""
 
     id: int | None
     created: bool

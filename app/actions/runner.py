@@ -51,9 +51,11 @@ _CLAIM = """
               created_at
 """
 
-# Only while this runner holds the claim: a late runner changes nothing, and logs no
-# attempt. An outcome without an error keeps the last one seen (a welcome that succeeded
-# after a -1 says so). The attempt is logged in the same statement: one round trip.
+# Only while this runner holds the claim does the action change: a late runner changes
+# nothing. An outcome without an error keeps the last one seen (a welcome that succeeded
+# after a -1 says so). The attempt is logged in the same statement (one round trip) either
+# way, numbered per action in the log itself: a runner that lost its lease still made its
+# call, and that is logged as `lease_lost`.
 _RELEASE = """
     WITH released AS (
         UPDATE actions SET status = $3, reason = $4,
@@ -63,11 +65,15 @@ _RELEASE = """
             finished_at = CASE WHEN $7::timestamptz IS NULL THEN now() END,  -- no retry: done
             locked_by = NULL, locked_until = NULL
         WHERE id = $1 AND locked_by = $2
-        RETURNING id, attempts
+        RETURNING id
     )
     INSERT INTO action_attempts (action_id, attempt, worker, started_at, duration_ms, outcome,
                                  error_code, message)
-    SELECT id, attempts, $2, $8, $9, $10, $5, coalesce($6, $4) FROM released
+    SELECT $1,
+           (SELECT count(*) + 1 FROM action_attempts WHERE action_id = $1),
+           $2, $8, $9,
+           CASE WHEN EXISTS (SELECT FROM released) THEN $10 ELSE 'lease_lost' END,
+           $5, coalesce($6, $4)
 """
 
 
@@ -222,10 +228,16 @@ class ActionRunner:
                     action, attempt, ActionStatus.EXPIRED, "deadline passed before the call"
                 )
                 return
-            handler = self._handlers.get(ActionKind(action.kind))
+            # By its name: a kind this version does not know (a newer replica wrote it, in a
+            # rolling deploy) fails with a reason instead of crashing the runner's task.
+            handler = self._handlers.get(action.kind)  # type: ignore[call-overload]
             if handler is None:
                 await self._finish(
-                    action, attempt, ActionStatus.FAILED, f"no handler for {action.kind!r}"
+                    action,
+                    attempt,
+                    ActionStatus.FAILED,
+                    f"no handler for {action.kind!r} in this version",
+                    ActionError("unknown_kind", action.kind, retryable=False),
                 )
                 return
             try:
@@ -243,7 +255,7 @@ class ActionRunner:
 
     async def _failed(self, action: ClaimedAction, attempt: _Attempt, error: ActionError) -> None:
         """Transient errors are tried again later, unless attempts or the deadline run out."""
-        policy = POLICIES[ActionKind(action.kind)]
+        policy = POLICIES[ActionKind(action.kind)]  # a kind with a handler is a known kind
         delay = policy.delay(action.attempts)
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)

@@ -18,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.automations.media import AttachmentRefused, has_files, keep_files, schedule_uploads
+from app.automations.media import (
+    AttachmentRefused,
+    has_files,
+    keep_files,
+    schedule_uploads,
+    upload_kind,
+)
 from app.automations.rules import SCHEMAS, MediaAttachment, TagContent, WelcomeContent
 from app.errors import Conflict, FieldError, Invalid, NotFound, field_errors
 from app.models import MediaFile, Rule, Tag, WecomApp
@@ -199,20 +205,38 @@ async def _unknown_tags(
 
 
 async def _unknown_files(session: AsyncSession, content: WelcomeContent) -> list[FieldError]:
-    """A stored rule names its kept files by sha256, and comes back so through an update; a
-    sha256 that names no kept file would never be uploaded, so it is refused."""
+    """A rule names kept files by sha256 (uploaded over the API, or a stored rule coming back
+    through an update). One that names no kept file would never be uploaded, and one of
+    another kind (a 20 MB `file` as an `image`) would fail at WeCom on every welcome: both
+    are refused."""
     named = {
-        i: a.sha256
+        i: a
         for i, a in enumerate(content.attachments)
         if isinstance(a, MediaAttachment) and a.sha256
     }
-    query = select(MediaFile.sha256).where(MediaFile.sha256.in_(named.values()))
-    kept = set((await session.execute(query)).scalars()) if named else set()
-    return [
-        FieldError(f"content.attachments.{i}.sha256", "names no kept file; give its file instead")
-        for i, sha256 in named.items()
-        if sha256 not in kept
-    ]
+    query = select(MediaFile.sha256, MediaFile.kind).where(
+        MediaFile.sha256.in_([a.sha256 for a in named.values()])
+    )
+    kept = {row.sha256: row.kind for row in await session.execute(query)} if named else {}
+    problems = []
+    for i, attachment in named.items():
+        kind, wanted = kept.get(attachment.sha256 or ""), upload_kind(attachment)
+        if kind is None:
+            problems.append(
+                FieldError(
+                    f"content.attachments.{i}.sha256",
+                    "names no kept file; upload it (POST /api/v1/media) or give its file",
+                )
+            )
+        elif kind != wanted:
+            problems.append(
+                FieldError(
+                    f"content.attachments.{i}.sha256",
+                    f"names an upload of kind {kind}; a {attachment.msgtype} attachment"
+                    f" needs kind {wanted}",
+                )
+            )
+    return problems
 
 
 async def _check_name_free(

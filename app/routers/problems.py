@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -141,6 +142,20 @@ def _field_error(error: Mapping[str, Any]) -> FieldError:
     return FieldError(field, str(error["msg"]).removeprefix("Value error, "))
 
 
+def _bad_value(exc: BaseException) -> bool:
+    """A data exception (SQLSTATE class 22) from Postgres, or asyncpg refusing to encode a
+    parameter, anywhere in the chain SQLAlchemy wraps around it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        sqlstate = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+            return True
+        if isinstance(seen, asyncpg.exceptions.DataError):  # encoding a parameter failed
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     """The detail never carries the exception's text: it may hold SQL, paths or secrets."""
     path = request.url.path
@@ -154,6 +169,17 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
             "database_unavailable",
             title_for(503),
             "database unreachable; retry later",
+            instance=path,
+        )
+    if _bad_value(exc):
+        # Postgres refused a value the request carried (a NUL character, a number beyond
+        # bigint): the caller's mistake, not ours.
+        return problem_response(
+            400,
+            "invalid_parameter",
+            title_for(400),
+            "a parameter holds a value the database cannot take (a NUL character, or a"
+            " number out of range)",
             instance=path,
         )
     log.error("unexpected error", exc_info=exc, extra={"path": path, "method": request.method})

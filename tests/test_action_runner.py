@@ -1,0 +1,51 @@
+"""The action runner's own bookkeeping: a kind it does not know, and a runner that lost its
+lease, both recorded rather than lost."""
+
+import asyncpg
+
+from app.config import Settings
+from tests.conftest import RegisteredApp, Simulator
+from tests.processing_helpers import wait_for
+from tests.test_automations import replica
+
+_NEW_ACTION = """
+    INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key)
+    SELECT $1, id, corp_id, 'x', $1 FROM apps
+"""
+
+
+async def test_a_kind_this_version_does_not_know_fails_with_a_reason(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """A newer replica may write a kind an older one cannot run (a rolling deploy)."""
+    await db.execute(_NEW_ACTION, "from_the_future")
+    async with replica(settings, simulator) as other:
+        assert await other.runner.run_once() == 1
+    action = await db.fetchrow("SELECT status, error_code, reason FROM actions")
+    assert action is not None
+    assert (action["status"], action["error_code"]) == ("failed", "unknown_kind")
+    assert "from_the_future" in action["reason"]
+    attempts = await db.fetch("SELECT attempt, outcome, error_code FROM action_attempts")
+    assert [tuple(a) for a in attempts] == [(1, "failed", "unknown_kind")]
+
+
+async def test_a_runner_that_lost_its_lease_changes_nothing_but_its_attempt_is_logged(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    await db.execute(_NEW_ACTION, "from_the_future")
+    async with (
+        replica(settings, simulator, processor_lease_seconds=0.5) as slow,
+        replica(settings, simulator) as other,
+    ):
+        [stale] = await slow.runner.claim(limit=1)
+
+        async def lease_over() -> bool:
+            return bool(await db.fetchval("SELECT locked_until < now() FROM actions"))
+
+        await wait_for(lease_over)
+        assert await other.runner.run_once() == 1  # taken over, and finished
+        await slow.runner.execute(stale)  # the slow one comes back
+    assert await db.fetchval("SELECT status FROM actions") == "failed"
+    attempts = await db.fetch("SELECT attempt, outcome, worker FROM action_attempts ORDER BY id")
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "failed"), (2, "lease_lost")]
+    assert attempts[1]["worker"] == slow.runner.worker
