@@ -272,3 +272,41 @@ async def test_values_postgres_cannot_take_are_a_400_not_a_500(
         problem(await client.get(url, headers=headers), 400, "invalid_parameter")
     beyond_bigint = await client.get("/api/v1/events/9223372036854775808", headers=headers)
     assert problem(beyond_bigint, 422, "validation_failed")["errors"][0]["field"] == "event_id"
+
+
+async def test_until_and_since_cut_by_received_time(
+    hub: FastAPI, client: httpx.AsyncClient, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """`until` starts the scan from the first event a minute past it (ids grow with time):
+    the answer must be exactly the events received before it."""
+    headers = await auth(hub, Scope.READ)
+    for i in range(5):
+        await deliver(
+            client, wecom_app, event_xml(wecom_app.corp_id, "click", {"EventKey": f"{i}"})
+        )
+    now = datetime.now(UTC)
+    # received 4 h, 3 h, 2 h, 30 s and 0 s ago, in id order
+    for event_id, ago in zip(
+        await db.fetchval("SELECT array_agg(id ORDER BY id) FROM events"),
+        (14400, 10800, 7200, 30, 0),
+        strict=True,
+    ):
+        await db.execute(
+            "UPDATE events SET received_at = $2 WHERE id = $1",
+            event_id,
+            now - timedelta(seconds=ago),
+        )
+
+    async def keys(**params: str) -> list[str]:
+        answer = await client.get("/api/v1/events", params=params, headers=headers)
+        return [str(e["id"]) for e in answer.json()["data"]]
+
+    ids = [str(i) for i in await db.fetchval("SELECT array_agg(id ORDER BY id DESC) FROM events")]
+    assert await keys(until=(now - timedelta(hours=2, minutes=30)).isoformat()) == ids[3:]
+    assert await keys(until=(now - timedelta(seconds=10)).isoformat()) == ids[1:]
+    assert await keys(until=(now - timedelta(seconds=40)).isoformat()) == ids[2:]
+    window = {
+        "since": (now - timedelta(hours=3)).isoformat(),
+        "until": (now - timedelta(minutes=1)).isoformat(),
+    }
+    assert await keys(**window) == ids[2:4]

@@ -43,7 +43,8 @@ class Event(Base):
     __table_args__ = (
         UniqueConstraint("app_id", "dedup_key"),
         Index("ix_events_pending", "id", postgresql_where=text("status = 'pending'")),
-        Index("ix_events_app_id_received_at", "app_id", "received_at"),
+        # The API's `since`/`until`: where in the id order a time falls (app/queries/events.py).
+        Index("ix_events_received_at", "received_at"),
         # The API's filters, each in the list's own order (newest first).
         Index("ix_events_app_id_id", "app_id", "id"),
         Index("ix_events_type_id", "type", "id"),

@@ -66,7 +66,12 @@ _FILTERS = {
     " AND e.payload ->> 'ExternalUserID' = :external_userid",
     "chat_id": "e.payload ? 'ChatId' AND e.payload ->> 'ChatId' = :chat_id",
     "since": "e.received_at >= :since",
-    "until": "e.received_at < :until",
+    # ids grow with received_at, within the seconds an insert may take: every event received
+    # a minute or more after `until` has a higher id than every event received before it. So
+    # the scan starts there instead of walking down from the newest event (600 ms at 1M).
+    "until": "e.received_at < :until AND e.id < coalesce((SELECT id FROM events"
+    " WHERE received_at >= CAST(:until AS timestamptz) + interval '1 minute'"
+    " ORDER BY received_at LIMIT 1), 9223372036854775807)",
 }
 
 

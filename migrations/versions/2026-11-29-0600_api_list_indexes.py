@@ -19,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 _EVENT_INDEXES: list[tuple[str, list[Any], Any]] = [
     ("ix_events_app_id_id", ["app_id", "id"], None),
+    ("ix_events_received_at", ["received_at"], None),
     ("ix_events_type_id", ["type", "id"], None),
     ("ix_events_family_id", ["family", "id"], None),
     ("ix_events_status_id", ["status", "id"], None),
@@ -43,6 +44,13 @@ def upgrade() -> None:
     # events takes every callback: its indexes are built without blocking inserts (outside
     # a transaction; the advisory lock in migrations/env.py still keeps replicas apart).
     with op.get_context().autocommit_block():
+        # (app_id, received_at) served no query; (received_at) serves since/until.
+        op.drop_index(
+            "ix_events_app_id_received_at",
+            table_name="events",
+            postgresql_concurrently=True,
+            if_exists=True,
+        )
         for name, columns, where in _EVENT_INDEXES:
             # A build interrupted before leaves an invalid index of that name: start over.
             op.drop_index(name, table_name="events", postgresql_concurrently=True, if_exists=True)
@@ -54,7 +62,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_group_members_member", table_name="group_members")
     op.drop_index("ix_messages_sender_id", table_name="messages")
+    op.create_index("ix_events_app_id_received_at", "events", ["app_id", "received_at"])
     for name in (
+        "ix_events_received_at",
         "ix_events_chat_id",
         "ix_events_external_userid",
         "ix_events_status_id",
