@@ -23,7 +23,7 @@ from enum import StrEnum
 from sqlalchemy import CursorResult, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import FieldError, Forbidden, Invalid, NotFound, Unauthorized
+from app.errors import ErrorCode, FieldError, Forbidden, Invalid, NotFound, Unauthorized
 from app.models import ApiKey, IdempotentRequest
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ async def revoke_key(session: AsyncSession, key_id: int) -> ApiKeyView:
     """Revoking twice keeps the first time: that is when the key stopped working."""
     row = await session.get(ApiKey, key_id, with_for_update=True)
     if row is None:
-        raise NotFound(f"no API key with id {key_id}", code="api_key_not_found")
+        raise NotFound(f"no API key with id {key_id}", code=ErrorCode.API_KEY_NOT_FOUND)
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
         await session.flush()
@@ -136,7 +136,7 @@ def require(principal: Principal, needed: Scope) -> None:
     if not principal.scope.allows(needed):
         raise Forbidden(
             f"this needs an API key with scope {needed} or higher; this key has {principal.scope}",
-            code="insufficient_scope",
+            code=ErrorCode.INSUFFICIENT_SCOPE,
         )
 
 
@@ -177,20 +177,20 @@ class ApiKeyVerifier:
     async def authenticate(self, authorization_header: str | None) -> Principal:
         if authorization_header is None:
             raise Unauthorized(
-                "send an API key: Authorization: Bearer whk_…", code="missing_api_key"
+                "send an API key: Authorization: Bearer whk_…", code=ErrorCode.MISSING_API_KEY
             )
         scheme, _, key = authorization_header.strip().partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not _KEY.fullmatch(key):
             raise Unauthorized(
                 "the Authorization header must be `Bearer whk_` and 40 letters and digits",
-                code="malformed_api_key",
+                code=ErrorCode.MALFORMED_API_KEY,
             )
         known = await self._lookup(hash_key(key))
         if known is None:
-            raise Unauthorized("no such API key", code="invalid_api_key")
+            raise Unauthorized("no such API key", code=ErrorCode.INVALID_API_KEY)
         if known.revoked:
-            raise Unauthorized("this API key has been revoked", code="revoked_api_key")
+            raise Unauthorized("this API key has been revoked", code=ErrorCode.REVOKED_API_KEY)
         await self._touch(known.principal.key_id)
         return known.principal
 

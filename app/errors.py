@@ -16,9 +16,52 @@ A subclass (or an instance, with code=…) narrows the code: `unknown_app`, `rul
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
+
+
+class ErrorCode(StrEnum):
+    """Every code the REST API answers with, in one place: clients branch on these, so a code
+    is never renamed once published. (The callback endpoint's own codes, documented in the
+    README, live with it in app/callbacks/errors.py.)"""
+
+    ACTION_NOT_CANCELLABLE = "action_not_cancellable"
+    ACTION_NOT_FOUND = "action_not_found"
+    ACTION_NOT_RETRYABLE = "action_not_retryable"
+    API_KEY_NOT_FOUND = "api_key_not_found"
+    APP_EXISTS = "app_exists"
+    BAD_IDEMPOTENCY_KEY = "bad_idempotency_key"
+    BAD_REQUEST = "bad_request"
+    CONFLICT = "conflict"
+    CUSTOMER_NOT_FOUND = "customer_not_found"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    DEADLINE_PASSED = "deadline_passed"
+    EVENT_NOT_FOUND = "event_not_found"
+    FORBIDDEN = "forbidden"
+    GROUP_NOT_FOUND = "group_not_found"
+    IDEMPOTENCY_IN_PROGRESS = "idempotency_in_progress"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    INTERNAL_ERROR = "internal_error"
+    INVALID_API_KEY = "invalid_api_key"
+    INVALID_CURSOR = "invalid_cursor"
+    INVALID_PARAMETER = "invalid_parameter"
+    KF_REPLY_LIMIT = "kf_reply_limit"
+    KF_WINDOW_CLOSED = "kf_window_closed"
+    MALFORMED_API_KEY = "malformed_api_key"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    MISSING_API_KEY = "missing_api_key"
+    NO_APP_FOR_CORP = "no_app_for_corp"
+    NOT_A_FRIEND = "not_a_friend"
+    NOT_FOUND = "not_found"
+    REVOKED_API_KEY = "revoked_api_key"
+    RULE_NAME_TAKEN = "rule_name_taken"
+    RULE_NOT_FOUND = "rule_not_found"
+    UNAUTHORIZED = "unauthorized"
+    UNKNOWN_APP = "unknown_app"
+    VALIDATION_FAILED = "validation_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +78,7 @@ class FieldError:
 
 class AppError(Exception):
     status: ClassVar[int] = 400
-    code: ClassVar[str] = "bad_request"
+    code: ClassVar[str] = ErrorCode.BAD_REQUEST
     title: ClassVar[str] = "Bad request"
     # HTTP headers the answer must carry, e.g. WWW-Authenticate on a 401 (RFC 9110 §15.5.2).
     headers: ClassVar[Mapping[str, str]] = {}
@@ -60,7 +103,7 @@ class Invalid(AppError):
     """The request is well-formed but its content is refused; `errors` names each field."""
 
     status = 422
-    code = "validation_failed"
+    code = ErrorCode.VALIDATION_FAILED
     title = "Validation failed"
 
     def __init__(
@@ -77,26 +120,26 @@ class Invalid(AppError):
 
 class Unauthorized(AppError):
     status = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
     title = "Unauthorized"
     headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(AppError):
     status = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
     title = "Forbidden"
 
 
 class NotFound(AppError):
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
     title = "Not found"
 
 
 class Conflict(AppError):
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
     title = "Conflict"
 
 

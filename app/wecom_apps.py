@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import IllegalAesKeyError, WXBizMsgCrypt, decode_aes_key
 from app.crypto.at_rest import SecretBox
-from app.errors import Conflict, Invalid, NotFound, field_errors
+from app.errors import Conflict, ErrorCode, Invalid, NotFound, field_errors
 from app.models import WecomApp
 from app.wecom.client import Credentials
 
@@ -83,7 +83,7 @@ class AppSpec(BaseModel):
                     "slug": "shop",
                     "corp_id": "ww1234567890abcdef",
                     "token": "Your32CharToken",
-                    "aes_key": "<43-character EncodingAESKey>",
+                    "aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
                     "secret": "<the app's Secret>",
                     "agent_id": 1000002,
                     "label": "Shop assistant",
@@ -139,7 +139,7 @@ class AppView(BaseModel):
 
 
 class AppExists(Conflict):
-    code = "app_exists"
+    code = ErrorCode.APP_EXISTS
 
 
 def _parsed(model: type[_M], data: Mapping[str, Any]) -> _M:
@@ -210,7 +210,7 @@ async def find_app(session: AsyncSession, slug: str) -> WecomApp | None:
 async def get_app(session: AsyncSession, slug: str) -> WecomApp:
     app = await find_app(session, slug)
     if app is None:
-        raise NotFound(f"no app {slug!r}", code="unknown_app")
+        raise NotFound(f"no app {slug!r}", code=ErrorCode.UNKNOWN_APP)
     return app
 
 

@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker, upgrade_database  # noqa: E402
-from app.processing.processor import EventProcessor  # noqa: E402
 from app.events.context import Context  # noqa: E402
+from app.processing.processor import EventProcessor  # noqa: E402
 from app.processing.projection import project  # noqa: E402
 from app.runtime import start_embedded_postgres  # noqa: E402
 

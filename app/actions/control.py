@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.kinds import ActionKind, ActionStatus
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, ErrorCode, NotFound
 
 RETRYABLE = frozenset({ActionStatus.FAILED, ActionStatus.EXPIRED, ActionStatus.CANCELLED})
 
@@ -21,7 +21,7 @@ class ActionConflict(Conflict):
 async def _locked(session: AsyncSession, action_id: int) -> tuple[ActionKind, str, datetime | None]:
     row = (await session.execute(text(_LOCK), {"id": action_id})).first()
     if row is None:
-        raise NotFound(f"no action {action_id}", code="action_not_found")
+        raise NotFound(f"no action {action_id}", code=ErrorCode.ACTION_NOT_FOUND)
     return ActionKind(row.kind), row.status, row.deadline
 
 
@@ -33,13 +33,13 @@ async def retry(session: AsyncSession, action_id: int, *, by: str) -> None:
         raise ActionConflict(
             f"action {action_id} is {status}; only {', '.join(sorted(RETRYABLE))} ones can be"
             " retried",
-            code="action_not_retryable",
+            code=ErrorCode.ACTION_NOT_RETRYABLE,
         )
     if deadline is not None and deadline <= datetime.now(UTC):
         what = "the welcome code expired" if kind == ActionKind.WELCOME else "its deadline passed"
         raise ActionConflict(
             f"action {action_id} cannot be retried: {what} at {deadline.isoformat()}",
-            code="deadline_passed",
+            code=ErrorCode.DEADLINE_PASSED,
         )
     # attempts restart, so the kind's retry policy counts from here; the attempts log keeps
     # the earlier ones.
@@ -61,7 +61,7 @@ async def cancel(session: AsyncSession, action_id: int, *, by: str) -> None:
     if status != ActionStatus.PENDING:
         raise ActionConflict(
             f"action {action_id} is {status}; only pending ones can be cancelled",
-            code="action_not_cancellable",
+            code=ErrorCode.ACTION_NOT_CANCELLABLE,
         )
     await session.execute(
         text(

@@ -16,8 +16,12 @@ from app.api import (
     rules,
     tags,
 )
+from app.routers.problems import problem_responses
 
-router = APIRouter(prefix="/api/v1")
+# Every route authenticates (401, 403) and validates (422); lists refuse a foreign cursor and
+# writes a bad Idempotency-Key (400); items may be missing (404) or in another state (409);
+# and any route answers 503 while Postgres is unreachable.
+router = APIRouter(prefix="/api/v1", responses=problem_responses(400, 401, 403, 404, 409, 422, 503))
 router.include_router(apikeys.router)
 router.include_router(apps.router)
 router.include_router(rules.router)

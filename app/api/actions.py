@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from app.actions import control
 from app.actions.kinds import ActionKind, ActionStatus
 from app.api.deps import HubDep, ReadKey, WriteKey, who
-from app.api.pagination import CursorParam, Limit, PageRequest
+from app.api.pagination import CursorParam, Limit, PageRequest, RowId
 from app.api.schemas.actions import ActionDetailOut, ActionOut, ActionPage, AttemptOut
 from app.queries import app_scope, before_id
 from app.queries.actions import ActionDetail, ActionFilters, get_action, list_actions
@@ -43,14 +43,14 @@ async def actions(
 
 
 @router.get("/{action_id}", response_model=ActionDetailOut)
-async def action(action_id: int, _: ReadKey, hub: HubDep) -> ActionDetailOut:
+async def action(action_id: RowId, _: ReadKey, hub: HubDep) -> ActionDetailOut:
     async with hub.sessionmaker() as session:
         detail = await get_action(session, action_id)
     return _out(detail)
 
 
 @router.post("/{action_id}/retry", response_model=ActionDetailOut)
-async def retry(action_id: int, principal: WriteKey, hub: HubDep) -> ActionDetailOut:
+async def retry(action_id: RowId, principal: WriteKey, hub: HubDep) -> ActionDetailOut:
     """A failed, expired or cancelled action runs again now (409 if its deadline has
     passed: a welcome code lives 20 seconds)."""
     async with hub.sessionmaker.begin() as session:
@@ -60,7 +60,7 @@ async def retry(action_id: int, principal: WriteKey, hub: HubDep) -> ActionDetai
 
 
 @router.post("/{action_id}/cancel", response_model=ActionDetailOut)
-async def cancel(action_id: int, principal: WriteKey, hub: HubDep) -> ActionDetailOut:
+async def cancel(action_id: RowId, principal: WriteKey, hub: HubDep) -> ActionDetailOut:
     """Only a pending action (409 otherwise: a running one may already have reached WeCom)."""
     async with hub.sessionmaker.begin() as session:
         await control.cancel(session, action_id, by=who(principal))

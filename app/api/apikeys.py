@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from app import apikeys
 from app.api.deps import AdminKey, HubDep
 from app.api.idempotency import IdempotencyDep
+from app.api.pagination import RowId
 from app.api.schemas.apikeys import ApiKeyOut, ApiKeyPage, CreatedApiKey, NewApiKey
 
 router = APIRouter(prefix="/apikeys", tags=["API keys"])
@@ -35,7 +36,7 @@ async def create_api_key(
 
 
 @router.delete("/{key_id}", response_model=ApiKeyOut)
-async def revoke_api_key(key_id: int, _: AdminKey, hub: HubDep) -> ApiKeyOut:
+async def revoke_api_key(key_id: RowId, _: AdminKey, hub: HubDep) -> ApiKeyOut:
     """Requests with the key are refused on every server within a few seconds. Revoking a
     revoked key changes nothing and answers the same."""
     async with hub.sessionmaker.begin() as session:

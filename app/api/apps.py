@@ -1,7 +1,9 @@
 """/api/v1/apps: the WeCom apps whose callbacks wecom-hub receives (admin keys only). Token,
 EncodingAESKey and Secret are write-only: no answer contains them, not even masked."""
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
 
 from app import wecom_apps
@@ -11,6 +13,8 @@ from app.api.schemas.apps import AppPage
 from app.wecom_apps import AppPatch, AppSpec, AppView
 
 router = APIRouter(prefix="/apps", tags=["apps"])
+
+SlugParam = Annotated[str, Path(examples=["shop"])]
 
 
 @router.get("", response_model=AppPage)
@@ -32,14 +36,14 @@ async def add(spec: AppSpec, _: AdminKey, hub: HubDep, idem: IdempotencyDep) -> 
 
 
 @router.get("/{slug}", response_model=AppView)
-async def app(slug: str, _: AdminKey, hub: HubDep) -> AppView:
+async def app(slug: SlugParam, _: AdminKey, hub: HubDep) -> AppView:
     async with hub.sessionmaker() as session:
         return wecom_apps.app_view(await wecom_apps.get_app(session, slug))
 
 
 @router.patch("/{slug}", response_model=AppView)
 async def update(
-    slug: str, patch: AppPatch, _: AdminKey, hub: HubDep, idem: IdempotencyDep
+    slug: SlugParam, patch: AppPatch, _: AdminKey, hub: HubDep, idem: IdempotencyDep
 ) -> JSONResponse:
     """Rotate the Token, EncodingAESKey or Secret, or rename: callbacks verify with new keys
     and actions call WeCom with the new Secret within app_cache_seconds on every server."""
@@ -51,7 +55,7 @@ async def update(
 
 
 @router.delete("/{slug}", status_code=204)
-async def remove(slug: str, _: AdminKey, hub: HubDep) -> Response:
+async def remove(slug: SlugParam, _: AdminKey, hub: HubDep) -> Response:
     """Callbacks to the slug stop verifying; its events and customers stay."""
     async with hub.sessionmaker.begin() as session:
         await wecom_apps.remove_app(session, slug)

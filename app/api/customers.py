@@ -4,10 +4,9 @@ when they were added; one customer with everything that happened to them."""
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from pydantic import AwareDatetime
 
 from app.api.deps import HubDep, ReadKey
-from app.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, PageRequest
+from app.api.pagination import DEFAULT_LIMIT, CursorParam, Instant, Limit, PageRequest
 from app.api.schemas.customers import CustomerDetailOut, CustomerOut, CustomerPage
 from app.queries import app_scope, before_id
 from app.queries import customers as queries
@@ -42,11 +41,9 @@ async def list_customers(
         Query(description="Of a follow; churned: the customer deleted the member."),
     ] = None,
     added_since: Annotated[
-        AwareDatetime | None, Query(description="A follow added at or after this.")
+        Instant | None, Query(description="A follow added at or after this.")
     ] = None,
-    added_until: Annotated[
-        AwareDatetime | None, Query(description="A follow added before this.")
-    ] = None,
+    added_until: Annotated[Instant | None, Query(description="A follow added before this.")] = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: CursorParam = None,
 ) -> CustomerPage:

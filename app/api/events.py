@@ -3,10 +3,9 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from app.api.deps import HubDep, ReadKey
-from app.api.pagination import CursorParam, Limit, PageRequest
+from app.api.pagination import CursorParam, Instant, Limit, PageRequest, RowId
 from app.api.schemas.actions import ActionOut
 from app.api.schemas.events import EventDetailOut, EventOut, EventPage
 from app.queries import app_scope, before_id
@@ -25,8 +24,8 @@ async def events(
     status: Literal["pending", "processed", "failed"] | None = None,
     external_userid: str | None = None,
     chat_id: str | None = None,
-    since: Annotated[AwareDatetime | None, Query(description="Received at or after.")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Received before.")] = None,
+    since: Annotated[Instant | None, Query(description="Received at or after.")] = None,
+    until: Annotated[Instant | None, Query(description="Received before.")] = None,
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> EventPage:
@@ -60,7 +59,7 @@ async def events(
 
 
 @router.get("/{event_id}", response_model=EventDetailOut)
-async def event(event_id: int, _: ReadKey, hub: HubDep) -> EventDetailOut:
+async def event(event_id: RowId, _: ReadKey, hub: HubDep) -> EventDetailOut:
     async with hub.sessionmaker() as session:
         detail = await get_event(session, event_id)
     return EventDetailOut.model_validate(

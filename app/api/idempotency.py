@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import get_principal
 from app.apikeys import Principal
-from app.errors import AppError, Conflict, Invalid
+from app.errors import AppError, Conflict, ErrorCode, Invalid
 from app.models import IdempotentRequest
 
 HEADER = "Idempotency-Key"
@@ -76,7 +76,7 @@ class Idempotency:
             raise Invalid(
                 [],
                 detail=f"this {HEADER} was used for another request; use a new one",
-                code="idempotency_key_reused",
+                code=ErrorCode.IDEMPOTENCY_KEY_REUSED,
             )
         return JSONResponse(first.response, first.status_code, headers={REPLAYED: "true"})
 
@@ -123,7 +123,7 @@ class Idempotency:
 def _in_progress() -> Conflict:
     return Conflict(
         f"a request with this {HEADER} is still running; retry later",
-        code="idempotency_in_progress",
+        code=ErrorCode.IDEMPOTENCY_IN_PROGRESS,
     )
 
 
@@ -142,7 +142,8 @@ async def idempotency(
 ) -> Idempotency:
     if key is not None and not _KEY.fullmatch(key):
         raise AppError(
-            f"{HEADER} must be 1 to 255 printable ASCII characters", code="bad_idempotency_key"
+            f"{HEADER} must be 1 to 255 printable ASCII characters",
+            code=ErrorCode.BAD_IDEMPOTENCY_KEY,
         )
     return Idempotency(
         api_key_id=principal.key_id,

@@ -3,10 +3,9 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from app.api.deps import HubDep, ReadKey
-from app.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, PageRequest
+from app.api.pagination import DEFAULT_LIMIT, CursorParam, Instant, Limit, PageRequest
 from app.api.schemas.messages import MessageOut, MessagePage
 from app.queries import app_scope, before_id
 from app.queries import messages as queries
@@ -31,8 +30,8 @@ async def list_messages(
     open_kfid: Annotated[
         str | None, Query(max_length=128, description="A 微信客服 account.")
     ] = None,
-    since: Annotated[AwareDatetime | None, Query(description="Sent at or after this.")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Sent before this.")] = None,
+    since: Annotated[Instant | None, Query(description="Sent at or after this.")] = None,
+    until: Annotated[Instant | None, Query(description="Sent before this.")] = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: CursorParam = None,
 ) -> MessagePage:

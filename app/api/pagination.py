@@ -1,4 +1,5 @@
-"""Keyset pagination for every list of the API: `limit` and an opaque `cursor`.
+"""Keyset pagination for every list of the API: `limit` and an opaque `cursor`; and the
+other parameter types that lists and items share: a row's id, an instant to filter by.
 
 A list is ordered by a unique key, newest first (usually the row's id, which grows with
 time); a page is `WHERE key < last key seen ORDER BY key DESC LIMIT limit + 1`, so each page
@@ -18,12 +19,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Query
+from fastapi import Path, Query
+from pydantic import AwareDatetime, BeforeValidator
 
-from app.errors import AppError
+from app.errors import AppError, ErrorCode
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+# Ids are Postgres bigints: a larger number, in a path or a forged cursor, would get as far
+# as asyncpg, which cannot encode it, and fail there as a 500.
+BIGINT_MAX = 2**63 - 1
 
 Limit = Annotated[
     int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page, at most {MAX_LIMIT}.")
@@ -36,11 +41,28 @@ CursorParam = Annotated[
     ),
 ]
 
+RowId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
+
+
+def _not_a_number(value: Any) -> Any:
+    """Pydantic reads a number as Unix seconds (`until=0.5` as 1970); the schema promises a
+    date-time, and a client sending a number has more likely made a mistake."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("must be a date-time with its offset, e.g. 2026-11-29T05:30:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
+
 T = TypeVar("T")
 
 
 class InvalidCursor(AppError):
-    code = "invalid_cursor"
+    code = ErrorCode.INVALID_CURSOR
     title = "Invalid cursor"
 
 
@@ -63,9 +85,25 @@ def decode_cursor(cursor: str | None, filters: dict[str, Any]) -> list[Any] | No
         key, fingerprint = raw["k"], raw["f"]
     except (binascii.Error, ValueError, TypeError, KeyError):
         raise InvalidCursor("cursor is not one this API gave out") from None
-    if not isinstance(key, list) or fingerprint != _fingerprint(filters):
+    if not isinstance(key, list) or not all(_fits_postgres(value) for value in key):
+        raise InvalidCursor("cursor is not one this API gave out")
+    if fingerprint != _fingerprint(filters):
         raise InvalidCursor("cursor belongs to a list with other filters; start again without it")
     return key
+
+
+def _fits_postgres(value: Any) -> bool:
+    """A key is ids and texts, and a cursor can be forged (its format is no secret): a value
+    Postgres cannot take as a bigint or a text would fail there, as a 500."""
+    if type(value) is int:
+        return -BIGINT_MAX - 1 <= value <= BIGINT_MAX
+    if type(value) is not str or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate, from a \ud800 escape
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import HubDep, ReadKey, WriteKey
 from app.api.idempotency import IdempotencyDep
-from app.api.pagination import CursorParam, Limit, PageRequest
+from app.api.pagination import CursorParam, Limit, PageRequest, RowId
 from app.api.schemas.rules import RulePage
 from app.automations import store
 from app.automations.store import RuleKind, RulePatch, RuleSpec, RuleView
@@ -52,14 +52,14 @@ async def create(spec: RuleSpec, _: WriteKey, hub: HubDep, idem: IdempotencyDep)
 
 
 @router.get("/{rule_id}", response_model=RuleView)
-async def rule(rule_id: int, _: ReadKey, hub: HubDep) -> RuleView:
+async def rule(rule_id: RowId, _: ReadKey, hub: HubDep) -> RuleView:
     async with hub.sessionmaker() as session:
         return await store.get_rule(session, rule_id)
 
 
 @router.patch("/{rule_id}", response_model=RuleView)
 async def update(
-    rule_id: int, patch: RulePatch, _: WriteKey, hub: HubDep, idem: IdempotencyDep
+    rule_id: RowId, patch: RulePatch, _: WriteKey, hub: HubDep, idem: IdempotencyDep
 ) -> JSONResponse:
     """`match` or `content` given replace the old ones whole; the result is validated like
     a new rule."""
@@ -71,7 +71,7 @@ async def update(
 
 
 @router.delete("/{rule_id}", status_code=204)
-async def delete(rule_id: int, _: WriteKey, hub: HubDep) -> Response:
+async def delete(rule_id: RowId, _: WriteKey, hub: HubDep) -> Response:
     """Actions the rule caused keep its name in their payload."""
     async with hub.sessionmaker.begin() as session:
         await store.delete_rule(session, rule_id)

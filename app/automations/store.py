@@ -26,7 +26,7 @@ from app.automations.media import (
     upload_kind,
 )
 from app.automations.rules import SCHEMAS, MediaAttachment, TagContent, WelcomeContent
-from app.errors import Conflict, FieldError, Invalid, NotFound, field_errors
+from app.errors import Conflict, ErrorCode, FieldError, Invalid, NotFound, field_errors
 from app.models import MediaFile, Rule, Tag, WecomApp
 from app.wecom_apps import find_app
 
@@ -260,7 +260,7 @@ async def _check_name_free(
         raise Conflict(
             f"enabled {spec.kind} rule {other} of {spec.app or 'all apps'} is named "
             f"{spec.name!r}; rename or disable one",
-            code="rule_name_taken",
+            code=ErrorCode.RULE_NAME_TAKEN,
             extra={"rule_id": other},
         )
 
@@ -329,7 +329,7 @@ def _with_slug() -> Select[Rule, str]:
 async def _load(session: AsyncSession, rule_id: int) -> tuple[Rule, str | None]:
     row = (await session.execute(_with_slug().where(Rule.id == rule_id))).one_or_none()
     if row is None:
-        raise NotFound(f"no rule {rule_id}", code="rule_not_found")
+        raise NotFound(f"no rule {rule_id}", code=ErrorCode.RULE_NOT_FOUND)
     return row[0], row[1]
 
 

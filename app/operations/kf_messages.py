@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.actions.enqueue import Enqueued, enqueue
 from app.actions.kinds import ActionKind
 from app.automations.kf import REPLIES_PER_MESSAGE, SESSION_WINDOW
-from app.errors import Conflict
+from app.errors import Conflict, ErrorCode
 from app.models import KfWindow
 from app.operations.common import api_action_key, app_by_slug
 
@@ -32,18 +32,18 @@ async def send_kf_text(session: AsyncSession, message: KfText, *, by: str) -> En
         raise Conflict(
             f"{message.external_userid!r} has not written to {message.open_kfid!r}: WeCom"
             " lets an account write only to customers who wrote first",
-            code="kf_window_closed",
+            code=ErrorCode.KF_WINDOW_CLOSED,
         )
     if window.last_message_at < datetime.now(UTC) - SESSION_WINDOW:
         raise Conflict(
             f"the customer's last message was at {window.last_message_at.isoformat()},"
             " more than 48 h ago",
-            code="kf_window_closed",
+            code=ErrorCode.KF_WINDOW_CLOSED,
         )
     if window.replies >= REPLIES_PER_MESSAGE:
         raise Conflict(
             f"{REPLIES_PER_MESSAGE} messages already sent since the customer's last message",
-            code="kf_reply_limit",
+            code=ErrorCode.KF_REPLY_LIMIT,
         )
     return await enqueue(
         session,

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.enqueue import Enqueued, enqueue
 from app.actions.kinds import ActionKind
-from app.errors import Conflict, FieldError, Invalid, NotFound
+from app.errors import Conflict, ErrorCode, FieldError, Invalid, NotFound
 from app.models import ExternalContact, Follow, Tag
 from app.operations.common import api_action_key, app_of_corp
 
@@ -36,7 +36,9 @@ async def tag_customer(session: AsyncSession, request: TagRequest, *, by: str) -
         .limit(1)
     )
     if corp_id is None:
-        raise NotFound(f"no customer {request.external_userid!r}", code="customer_not_found")
+        raise NotFound(
+            f"no customer {request.external_userid!r}", code=ErrorCode.CUSTOMER_NOT_FOUND
+        )
     follow = select(Follow.userid).where(
         Follow.corp_id == corp_id,
         Follow.external_userid == request.external_userid,
@@ -49,12 +51,14 @@ async def tag_customer(session: AsyncSession, request: TagRequest, *, by: str) -
         whose = f"of {request.userid!r}" if request.userid else "of any member"
         raise Conflict(
             f"{request.external_userid!r} is not a friend {whose}: WeCom would refuse (84061)",
-            code="not_a_friend",
+            code=ErrorCode.NOT_A_FRIEND,
         )
     await _check_tags(session, corp_id, request)
     app = await app_of_corp(session, corp_id)
     if app is None:
-        raise Conflict(f"no app of corp {corp_id!r} to call WeCom as", code="no_app_for_corp")
+        raise Conflict(
+            f"no app of corp {corp_id!r} to call WeCom as", code=ErrorCode.NO_APP_FOR_CORP
+        )
     return await enqueue(
         session,
         kind=ActionKind.MARK_TAG,

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import AppError, FieldError, Invalid
+from app.errors import AppError, ErrorCode, FieldError, Invalid
 from app.wecom_apps import find_app
 
 
@@ -45,7 +45,7 @@ def keyset(after: Sequence[Any] | None, *types: type) -> tuple[Any, ...] | None:
     if len(after) != len(types) or not all(
         type(value) is expected for value, expected in zip(after, types, strict=True)
     ):
-        raise AppError("cursor does not fit this list", code="invalid_cursor")
+        raise AppError("cursor does not fit this list", code=ErrorCode.INVALID_CURSOR)
     return tuple(after)
 
 

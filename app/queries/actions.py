@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import NotFound
+from app.errors import ErrorCode, NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ async def get_action(session: AsyncSession, action_id: int) -> ActionDetail:
         )
     ).first()
     if row is None:
-        raise NotFound(f"no action {action_id}", code="action_not_found")
+        raise NotFound(f"no action {action_id}", code=ErrorCode.ACTION_NOT_FOUND)
     values = dict(row._mapping)
     payload, key = values.pop("payload"), values.pop("idempotency_key")
     attempts = await session.execute(

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Select, Text, exists, select, text, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import NotFound
+from app.errors import ErrorCode, NotFound
 from app.models import CustomerGroup, ExternalContact, Follow, GroupMember, Tag, WecomApp
 from app.queries import contains_pattern
 
@@ -247,7 +247,7 @@ async def get_customer(
         query = query.where(ExternalContact.corp_id.in_(select(WecomApp.corp_id).distinct()))
     row = (await session.scalars(query.order_by(ExternalContact.id).limit(1))).first()
     if row is None:
-        raise NotFound(f"no customer {external_userid!r}", code="customer_not_found")
+        raise NotFound(f"no customer {external_userid!r}", code=ErrorCode.CUSTOMER_NOT_FOUND)
     customer = Customer.of(row)
     return CustomerDetail(
         customer=customer,

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import NotFound
+from app.errors import ErrorCode, NotFound
 from app.queries.actions import ActionSummary, actions_of_event
 
 
@@ -107,7 +107,7 @@ async def get_event(session: AsyncSession, event_id: int) -> EventDetail:
         )
     ).first()
     if row is None:
-        raise NotFound(f"no event {event_id}", code="event_not_found")
+        raise NotFound(f"no event {event_id}", code=ErrorCode.EVENT_NOT_FOUND)
     values = dict(row._mapping)
     fields, dedup_key = values.pop("payload"), values.pop("dedup_key")
     return EventDetail(

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import NotFound
+from app.errors import ErrorCode, NotFound
 from app.models import CustomerGroup, GroupMember, WecomApp
 from app.queries import contains_pattern
 
@@ -118,7 +118,7 @@ async def get_group(
         query = query.where(CustomerGroup.corp_id.in_(select(WecomApp.corp_id).distinct()))
     row = (await session.execute(query.order_by(CustomerGroup.id).limit(1))).first()
     if row is None:
-        raise NotFound(f"no customer group {chat_id!r}", code="group_not_found")
+        raise NotFound(f"no customer group {chat_id!r}", code=ErrorCode.GROUP_NOT_FOUND)
     group = Group(*row)
     members = await session.execute(
         select(

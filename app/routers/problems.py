@@ -36,11 +36,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app.db import UNAVAILABLE_ERRORS, is_unavailable
-from app.errors import AppError, FieldError, Invalid
+from app.errors import AppError, ErrorCode, FieldError, Invalid
 
 log = logging.getLogger(__name__)
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 # Every class that is_unavailable() can say yes to.
 _DATABASE_ERRORS = (*UNAVAILABLE_ERRORS, DBAPIError)
@@ -48,6 +51,47 @@ _DATABASE_ERRORS = (*UNAVAILABLE_ERRORS, DBAPIError)
 
 class ProblemResponse(JSONResponse):
     media_type = "application/problem+json"
+
+
+# A problem's body in the OpenAPI schema, inline rather than a model: FastAPI files a
+# response `model` under application/json, and every problem is application/problem+json.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "required": ["type", "title", "status", "detail", "instance", "code"],
+    "properties": {
+        "type": {"type": "string", "examples": ["urn:wecom-hub:problem:not_found"]},
+        "title": {"type": "string", "examples": ["Not found"]},
+        "status": {"type": "integer", "examples": [404]},
+        "detail": {"type": "string", "examples": ["no rule 7"]},
+        "instance": {"type": "string", "examples": ["/api/v1/rules/7"]},
+        "code": {
+            "type": "string",
+            "description": "What a client branches on; never renamed once published.",
+            "examples": ["not_found"],
+        },
+        "errors": {
+            "type": "array",
+            "description": "On a 422: each refused field, by its name or dotted path.",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a router or a route: each status, answered as a problem."""
+    return {
+        status: {
+            "description": title_for(status),
+            "content": {ProblemResponse.media_type: {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
 
 
 def problem_type(code: str) -> str:
@@ -116,13 +160,29 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     title = title_for(exc.status_code)
     code = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     return problem_response(
         exc.status_code,
         code,
         title,
         str(exc.detail),
         instance=request.url.path,
-        headers=exc.headers,
+        headers=headers,
+    )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes: Starlette's 405 names only those of the first route
+    whose path matched, and FastAPI makes a route per method (GET and POST /api/v1/rules)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
     )
 
 
@@ -166,7 +226,7 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
         )
         return problem_response(
             503,
-            "database_unavailable",
+            ErrorCode.DATABASE_UNAVAILABLE,
             title_for(503),
             "database unreachable; retry later",
             instance=path,
@@ -176,7 +236,7 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
         # bigint): the caller's mistake, not ours.
         return problem_response(
             400,
-            "invalid_parameter",
+            ErrorCode.INVALID_PARAMETER,
             title_for(400),
             "a parameter holds a value the database cannot take (a NUL character, or a"
             " number out of range)",
@@ -185,7 +245,7 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unexpected error", exc_info=exc, extra={"path": path, "method": request.method})
     return problem_response(
         500,
-        "internal_error",
+        ErrorCode.INTERNAL_ERROR,
         title_for(500),
         "unexpected error; it is logged on the server",
         instance=path,
