@@ -20,6 +20,8 @@ class ActionKind(StrEnum):
     KF_REPLY = "kf_reply"  # kf/send_msg
     KF_WELCOME = "kf_welcome"  # kf/send_msg_on_event
     APP_MESSAGE = "app_message"  # message/send, asked for over the API
+    CHURN_ALERT = "churn_alert"  # message/send to the member a customer deleted (流失提醒)
+    WEBHOOK = "webhook"  # a signed POST to a subscribed internal system
 
 
 class ActionStatus(StrEnum):
