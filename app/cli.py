@@ -408,7 +408,7 @@ def apps_remove(slug: Annotated[str, typer.Argument()]) -> None:
     console.print(f"removed app {slug!r}")
 
 
-rules_cli = typer.Typer(no_args_is_help=True, help="Automation rules: welcome, tag, reply.")
+rules_cli = typer.Typer(no_args_is_help=True, help="Automation rules: welcome, tag, reply, churn.")
 cli.add_typer(rules_cli, name="rules")
 
 
@@ -443,7 +443,7 @@ RuleId = Annotated[int, typer.Argument(help="The rule's id (`rules list`).")]
 
 @rules_cli.command("add")
 def rules_add(
-    kind: Annotated[str, typer.Argument(help="welcome, tag or reply")],
+    kind: Annotated[str, typer.Argument(help="welcome, tag, reply or churn")],
     name: NameOption = None,
     match: MatchOption = None,
     content: ContentOption = None,

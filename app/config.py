@@ -90,6 +90,41 @@ class Settings(BaseSettings):
         "rule is saved (a relative name is taken inside it; a path or symlink leading out "
         "is refused). Unset: rules cannot name files, only media_id or links.",
     )
+    webhook_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="How long a webhook receiver has to answer."
+    )
+    webhook_concurrency: int = Field(
+        default=16,
+        gt=0,
+        description="Deliveries in flight per process, beside (never instead of) WeCom calls.",
+    )
+    webhook_allow_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Addresses a webhook may go to although denied (e.g. 169.254.0.0/16 for a "
+        'receiver on a link-local network). JSON list, e.g. ["169.254.10.0/24"].',
+    )
+    webhook_deny_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Addresses a webhook may not go to, beside link-local and cloud metadata "
+        "(always denied unless allowed). Private networks are allowed by default: receivers "
+        "are internal systems.",
+    )
+    webhook_retry_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="Multiplies the webhook retry schedule (5 s … 24 h); tests shorten it.",
+    )
+    webhook_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a process remembers which event types anyone subscribes to: a "
+        "new subscription receives events within this time.",
+    )
+    webhook_disable_after_days: float = Field(
+        default=5.0,
+        gt=0,
+        description="A subscription whose deliveries all fail this long is disabled.",
+    )
     log_level: str = "INFO"
 
 

@@ -62,6 +62,10 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     UNKNOWN_APP = "unknown_app"
     VALIDATION_FAILED = "validation_failed"
+    DELIVERY_IN_PROGRESS = "delivery_in_progress"
+    DELIVERY_NOT_FOUND = "delivery_not_found"
+    WEBHOOK_DISABLED = "webhook_disabled"
+    WEBHOOK_NOT_FOUND = "webhook_not_found"
 
 
 @dataclass(frozen=True, slots=True)

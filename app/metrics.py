@@ -40,3 +40,9 @@ WELCOME_SECONDS = Histogram(
     "are measured against.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 20),
 )
+WEBHOOKS_DISABLED = Counter(
+    "wecom_hub_webhooks_disabled_total",
+    "Webhook subscriptions disabled by wecom-hub: the receiver answered 410, or every "
+    "delivery failed for WECOM_HUB_WEBHOOK_DISABLE_AFTER_DAYS.",
+    ["reason"],
+)

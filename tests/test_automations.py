@@ -420,7 +420,7 @@ async def test_passive_reply_decrypts_with_wechatpy_to_the_configured_answer(
             {"add_tags": ["t"]},
             "bad regular",
         ),
-        ("nonsense", {}, {}, "kind: Input should be 'welcome', 'tag' or 'reply'"),
+        ("nonsense", {}, {}, "kind: Input should be 'welcome', 'tag', 'reply' or 'churn'"),
     ],
 )
 async def test_rules_are_validated_when_saved(

@@ -136,7 +136,7 @@ async def test_an_update_keeps_what_it_does_not_name_and_is_checked_like_a_new_r
 @pytest.mark.parametrize(
     ("fields", "field", "message"),
     [
-        ({"kind": "nonsense"}, "kind", "'welcome', 'tag' or 'reply'"),
+        ({"kind": "nonsense"}, "kind", "'welcome', 'tag', 'reply' or 'churn'"),
         ({"name": ""}, "name", "at least 1 character"),
         ({"name": "x" * 201}, "name", "at most 200 characters"),
         ({"match": {"hours": "18:00"}}, "match.hours", "valid tuple"),

@@ -1,4 +1,5 @@
-"""Welcome templates: `{customer_name}`, `{member_name}`, and `{{ }}` for literal braces.
+"""Templates: a welcome's `{customer_name}` and `{member_name}`; a churn alert's also
+`{state}` and `{added_date}`; `{{ }}` for literal braces in both.
 
 A template is saved once and rendered on every welcome, so whatever str.format would do
 beyond putting a name in (pad it to 300 million characters, read an attribute, nest a field)
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from app.automations.rules import WelcomeContent, render
+from app.automations.rules import CHURN_PLACEHOLDERS, ChurnContent, WelcomeContent, render
 from app.automations.store import enabled_rules, validate
 from app.config import Settings
 from app.errors import FieldError, Invalid
@@ -117,6 +118,92 @@ def test_a_template_that_validates_renders_as_str_format_would(
         return
     filled = {name: values.get(name) or polite for name, polite in POLITE.items()}
     assert render(text, values) == text.format(**filled)
+
+
+CHURN_VALUES = {
+    "customer_name": "张三",
+    "member_name": "李四",
+    "state": "store_sh",
+    "added_date": "2026-11-01",
+}
+CHURN_POLITE = {
+    "customer_name": "一位客户",
+    "member_name": "成员",
+    "state": "未知渠道",
+    "added_date": "未知日期",
+}
+CHURN_TEMPLATE = "{customer_name}（{state}，{added_date} 添加）删除了{member_name}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "template", "problem"),
+    [
+        ("churn", "{state:>9}", "placeholder {state:>9} has a format spec; write {state}"),
+        ("churn", "{added_date!s}", "placeholder {added_date!s} has a conversion"),
+        ("churn", "{added_date.year}", "placeholder {added_date.year} reads an attribute"),
+        (
+            "churn",
+            "{nickname}",
+            "unknown placeholder {nickname}; known: {added_date}, {customer_name},"
+            " {member_name}, {state}",
+        ),
+        (
+            "welcome",
+            "{state}",
+            "unknown placeholder {state}; known: {customer_name}, {member_name}",
+        ),
+        ("welcome", "{added_date}", "unknown placeholder {added_date}"),
+    ],
+)
+def test_each_kind_accepts_only_its_own_placeholders_written_exactly(
+    kind: str, template: str, problem: str
+) -> None:
+    with pytest.raises(Invalid) as refused:
+        validate(kind, {}, {"text": f"注意 {template}"})
+    [said] = refused.value.errors
+    assert said.field == "content.text"
+    assert problem in said.message
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (CHURN_VALUES, "张三（store_sh，2026-11-01 添加）删除了李四"),
+        ({"customer_name": None, "state": ""}, "一位客户（未知渠道，未知日期 添加）删除了成员"),
+    ],
+)
+def test_churn_placeholders_are_filled_and_an_unknown_value_is_polite(
+    values: dict[str, str | None], expected: str
+) -> None:
+    validate("churn", {}, {"text": CHURN_TEMPLATE})
+    assert render(CHURN_TEMPLATE, values, placeholders=CHURN_PLACEHOLDERS) == expected
+
+
+def test_a_welcome_renders_churn_placeholders_as_typed() -> None:
+    """Each kind fills only its own placeholders, even in a template stored unchecked."""
+    assert render("{state} {customer_name}", CHURN_VALUES) == "{state} 张三"
+
+
+churn_pieces = st.sampled_from(
+    "{ } {{ }} {customer_name} {member_name} {state} {added_date} state :>9 !r .x {0} 再见".split()
+)
+churn_values = st.fixed_dictionaries(
+    {name: st.none() | st.text(max_size=5) for name in CHURN_POLITE},
+)
+
+
+@given(st.lists(churn_pieces, max_size=10).map("".join), churn_values)
+def test_a_churn_template_that_validates_renders_as_str_format_would(
+    template: str, values: dict[str, str | None]
+) -> None:
+    text = "再见" + template
+    try:
+        ChurnContent(text=text)
+    except ValidationError:
+        render(text, values, placeholders=CHURN_PLACEHOLDERS)  # refused, still safe
+        return
+    filled = {name: values.get(name) or polite for name, polite in CHURN_POLITE.items()}
+    assert render(text, values, placeholders=CHURN_PLACEHOLDERS) == text.format(**filled)
 
 
 async def test_a_stored_rule_that_no_longer_validates_is_left_out_not_fatal(

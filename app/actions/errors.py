@@ -6,7 +6,17 @@ Codes: `wecom.<errcode>` for WeCom's answers (`wecom.45009`), `wecom.unanswered`
 answer came (timeout, HTTP 5xx), `crash` for a bug in a handler; later kinds add theirs
 (`http.503` for a webhook receiver)."""
 
+from dataclasses import dataclass
 from datetime import timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the other side answered, where it is HTTP of our choosing (a webhook receiver):
+    kept with the attempt."""
+
+    http_status: int | None
+    body: str | None  # the first KB
 
 
 class ActionError(Exception):
@@ -17,9 +27,11 @@ class ActionError(Exception):
         *,
         retryable: bool,
         retry_after: timedelta | None = None,
+        reply: Reply | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after  # at least this long before the next attempt
+        self.reply = reply

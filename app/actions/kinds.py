@@ -4,7 +4,7 @@ One owner for these names: triggers, projection, kf, media, the runner, the API'
 and the docs all use ActionKind; a new kind is added here first."""
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
 
@@ -55,10 +55,26 @@ class RetryPolicy:
     max_attempts: int
     first_seconds: float
     cap_seconds: float
+    # Or a fixed schedule: when each retry comes, in seconds after the first attempt.
+    schedule: tuple[float, ...] = ()
 
     def delay(self, attempts: int) -> timedelta:
+        """How long after attempt number `attempts` (1: the first) the next one comes."""
+        if self.schedule:
+            since_first = self.schedule[min(attempts, len(self.schedule)) - 1]
+            before = self.schedule[attempts - 2] if 1 < attempts <= len(self.schedule) else 0.0
+            return timedelta(seconds=(since_first - before) * random.uniform(0.9, 1.1))
         base = min(self.first_seconds * 2.0 ** (attempts - 1), self.cap_seconds)
         return timedelta(seconds=base * random.uniform(0.5, 1.0))
+
+    def scaled(self, factor: float) -> "RetryPolicy":
+        """The same policy, every wait multiplied by `factor` (a test's shorter day)."""
+        return replace(
+            self,
+            first_seconds=self.first_seconds * factor,
+            cap_seconds=self.cap_seconds * factor,
+            schedule=tuple(t * factor for t in self.schedule),
+        )
 
 
 # WeCom calls are retried within minutes: -1 and 45009 pass in seconds, and an answer
@@ -68,3 +84,11 @@ POLICIES: dict[ActionKind, RetryPolicy] = {kind: WECOM_CALL for kind in ActionKi
 # The welcome's own client-side retries (30 ms apart) do most of the work; the runner's
 # retry is the fallback, and the 20 s deadline ends it.
 POLICIES[ActionKind.WELCOME] = RetryPolicy(max_attempts=8, first_seconds=0.5, cap_seconds=4.0)
+# Standard Webhooks' example schedule: a receiver may be down for a day and miss nothing.
+_WEBHOOK_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+POLICIES[ActionKind.WEBHOOK] = RetryPolicy(
+    max_attempts=len(_WEBHOOK_SCHEDULE) + 1,
+    first_seconds=5,
+    cap_seconds=86400,
+    schedule=tuple(float(t) for t in _WEBHOOK_SCHEDULE),
+)

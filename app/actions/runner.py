@@ -25,12 +25,15 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.actions.errors import ActionError
-from app.actions.kinds import POLICIES, ActionKind, ActionStatus
+from app.actions.errors import ActionError, Reply
+from app.actions.kinds import POLICIES, ActionKind, ActionStatus, RetryPolicy
 from app.metrics import ACTIONS_FINISHED
 from app.notify import ACTIONS_CHANNEL, listen, worker_id
 
 log = logging.getLogger(__name__)
+
+# Kinds that have a runner of their own in every process (app/processing/workers.py).
+_OWN_RUNNER_KINDS = frozenset({ActionKind.WEBHOOK})
 
 # The runner's own bookkeeping is plain asyncpg: one prepared statement and one round trip
 # each, no transaction block. At 100 welcomes a second SQLAlchemy's per-statement work was a
@@ -41,8 +44,9 @@ _CLAIM = """
         started_at = coalesce(started_at, now())
     WHERE id IN (
         SELECT id FROM actions
-        WHERE (status = 'pending' AND next_attempt_at <= now())
-           OR (status = 'running' AND locked_until < now())
+        WHERE ((status = 'pending' AND next_attempt_at <= now())
+               OR (status = 'running' AND locked_until < now()))
+          AND (kind = ANY($4::text[])) = $5  -- this runner's kinds, or all but those
         ORDER BY deadline NULLS LAST, next_attempt_at, id  -- welcomes (20 s) first
         LIMIT $3
         FOR UPDATE SKIP LOCKED
@@ -68,12 +72,12 @@ _RELEASE = """
         RETURNING id
     )
     INSERT INTO action_attempts (action_id, attempt, worker, started_at, duration_ms, outcome,
-                                 error_code, message)
+                                 error_code, message, http_status, response)
     SELECT $1,
            (SELECT count(*) + 1 FROM action_attempts WHERE action_id = $1),
            $2, $8, $9,
            CASE WHEN EXISTS (SELECT FROM released) THEN $10 ELSE 'lease_lost' END,
-           $5, coalesce($6, $4)
+           $5, coalesce($6, $4), $11, $12
 """
 
 
@@ -98,6 +102,7 @@ class Outcome:
 
     status: ActionStatus
     reason: str | None = None
+    reply: "Reply | None" = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,11 @@ class Run:
 
 
 Handler = Callable[[Run], Awaitable[Outcome]]
+# Told of every action that finished (not of retries), with its status and error: where an
+# outcome is itself news (a welcome sent, an action failed) it becomes a webhook.
+Finished = Callable[
+    [ClaimedAction, ActionStatus, "str | None", "ActionError | None"], Awaitable[None]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +151,9 @@ class ActionRunner:
         sessionmaker: async_sessionmaker[AsyncSession],
         handlers: Mapping[ActionKind, Handler],
         *,
+        kinds: frozenset[ActionKind] | None = None,
+        policies: Mapping[ActionKind, RetryPolicy] = POLICIES,
+        finished: Finished | None = None,
         listen_dsn: str | None = None,
         batch_size: int = 50,
         concurrency: int = 16,
@@ -151,6 +164,12 @@ class ActionRunner:
         self._db = db
         self._sessionmaker = sessionmaker
         self._handlers = handlers
+        # kinds: only these (a runner of their own, e.g. webhooks, whose slow receivers must
+        # never take a welcome's place); None: every kind but those.
+        self._only = kinds is not None
+        self._claim_kinds = sorted(kinds if kinds is not None else _OWN_RUNNER_KINDS)
+        self._policies = policies
+        self._finished = finished
         self._listen_dsn = listen_dsn
         self._batch_size = batch_size
         self._concurrency = concurrency
@@ -217,7 +236,9 @@ class ActionRunner:
         return len(claimed)
 
     async def claim(self, *, limit: int) -> list[ClaimedAction]:
-        rows = await self._db.fetch(_CLAIM, self.worker, self._lease_seconds, limit)
+        rows = await self._db.fetch(
+            _CLAIM, self.worker, self._lease_seconds, limit, self._claim_kinds, self._only
+        )
         return [ClaimedAction(**row) for row in rows]
 
     async def execute(self, action: ClaimedAction) -> None:
@@ -251,11 +272,11 @@ class ActionRunner:
                     action, attempt, ActionError("crash", repr(exc)[:500], retryable=True)
                 )
                 return
-            await self._finish(action, attempt, outcome.status, outcome.reason)
+            await self._finish(action, attempt, outcome.status, outcome.reason, reply=outcome.reply)
 
     async def _failed(self, action: ClaimedAction, attempt: _Attempt, error: ActionError) -> None:
         """Transient errors are tried again later, unless attempts or the deadline run out."""
-        policy = POLICIES[ActionKind(action.kind)]  # a kind with a handler is a known kind
+        policy = self._policies[ActionKind(action.kind)]  # it had a handler: a known kind
         delay = policy.delay(action.attempts)
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
@@ -277,9 +298,19 @@ class ActionRunner:
         status: ActionStatus,
         reason: str | None,
         error: ActionError | None = None,
+        *,
+        reply: Reply | None = None,
     ) -> None:
-        await self._release(action, attempt, status, reason, error)
+        await self._release(action, attempt, status, reason, error, reply=reply)
         ACTIONS_FINISHED.labels(action.kind, status).inc()
+        if self._finished is not None:
+            try:
+                await self._finished(action, status, reason, error)
+            except Exception as exc:  # news of an outcome never undoes the outcome
+                log.warning(
+                    "action outcome not announced",
+                    extra={"action_id": action.id, "error": repr(exc)},
+                )
         log.info(
             "action finished",
             extra={
@@ -300,7 +331,10 @@ class ActionRunner:
         reason: str | None,
         error: ActionError | None,
         retry_at: datetime | None = None,
+        *,
+        reply: Reply | None = None,
     ) -> None:
+        reply = reply or (error.reply if error else None)
         await self._db.execute(
             _RELEASE,
             action.id,
@@ -313,4 +347,6 @@ class ActionRunner:
             attempt.started_at,
             attempt.duration_ms,
             "retry" if retry_at is not None else status.value,
+            reply.http_status if reply else None,
+            reply.body if reply else None,
         )

@@ -15,6 +15,7 @@ from app.api import (
     operations,
     rules,
     tags,
+    webhooks,
 )
 from app.routers.problems import problem_responses
 
@@ -33,3 +34,4 @@ router.include_router(customers.router)
 router.include_router(groups.router)
 router.include_router(tags.router)
 router.include_router(messages.router)
+router.include_router(webhooks.router)

@@ -31,6 +31,8 @@ from app.automations.triggers import (
     enqueue_mark_tags,
     friend_of,
 )
+from app.webhooks.events import kf_message
+from app.webhooks.publish import publish
 
 SESSION_WINDOW = timedelta(hours=48)  # send_msg only within 48 h of the customer's message
 REPLIES_PER_MESSAGE = 5  # …and at most 5 messages per customer message
@@ -166,6 +168,13 @@ async def kf_sync(run: WecomRun) -> Outcome:
                     await connection.execute(
                         _CUSTOMER_WROTE,
                         {**keys, "customer": sender, "at": _sent_at(message)},
+                    )
+                    await publish(
+                        session,
+                        kf_message(run.corp_id, open_kfid, message),
+                        app_id=run.app_id,
+                        corp_id=run.corp_id,
+                        event_id=action.event_id,
                     )
                 common = {
                     "app_id": run.app_id,

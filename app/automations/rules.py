@@ -1,11 +1,12 @@
 """Rules, validated when saved (PROTOCOL.md §5.2 limits), and matched without I/O.
 
-A rule is JSON (`match`, `content`) of one of three kinds. Each kind has a pydantic model
+A rule is JSON (`match`, `content`) of one of four kinds. Each kind has a pydantic model
 here; a rule that does not validate is never stored, so matching never meets a broken one.
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -14,7 +15,6 @@ import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 REGEX_TIMEOUT_SECONDS = 0.05  # a pathological pattern must not stall the callback path
-PLACEHOLDERS = frozenset({"customer_name", "member_name"})
 
 
 class _Strict(BaseModel):
@@ -30,9 +30,9 @@ def _bytes_at_most(limit: int, what: str) -> Any:
     return check
 
 
-# A template is text with two placeholders, written exactly `{customer_name}` and
-# `{member_name}`, and `{{` / `}}` for literal braces, as str.format users expect. Nothing
-# else that str.format understands is allowed: a format spec (`{customer_name:>300000000}`
+# A template is text with placeholders written exactly `{customer_name}` (each kind has its
+# own set), and `{{` / `}}` for literal braces, as str.format users expect. Nothing else
+# that str.format understands is allowed: a format spec (`{customer_name:>300000000}`
 # renders 300 million characters), a conversion, an attribute or index
 # (`{customer_name.__class__}`), or a field nested in a spec. `render` does not use
 # str.format at all, so a template stored before these checks cannot do harm either.
@@ -45,8 +45,36 @@ _FIELD_MARKS = {
     ".": "reads an attribute",
     "[": "reads an index",
 }
-_KNOWN = ", ".join(f"{{{name}}}" for name in sorted(PLACEHOLDERS))
 _SHOWN_CHARS = 40  # a problem quotes at most this much of the template
+
+
+@dataclass(frozen=True, slots=True)
+class Placeholders:
+    """The placeholders one kind's templates may use, each with the polite wording that
+    stands in when its value is unknown (never "None" or a bare "{…}")."""
+
+    fallbacks: Mapping[str, str]
+    known: str  # as a problem lists them: "{customer_name}, {member_name}"
+    filled: re.Pattern[str]  # `{{`, `}}` or one of these placeholders, written exactly
+
+    @classmethod
+    def of(cls, **fallbacks: str) -> "Placeholders":
+        names = sorted(fallbacks)
+        return cls(
+            fallbacks=fallbacks,
+            known=", ".join(f"{{{name}}}" for name in names),
+            filled=re.compile(
+                r"\{\{|\}\}|\{(" + "|".join(re.escape(name) for name in names) + r")\}"
+            ),
+        )
+
+
+WELCOME_PLACEHOLDERS = Placeholders.of(customer_name="您好", member_name="我们")
+# Sent to the member (and supervisors) about the customer: third person. The handler
+# passes the member's userid when the name is unknown, so `{member_name}` is never blank.
+CHURN_PLACEHOLDERS = Placeholders.of(
+    customer_name="一位客户", member_name="成员", state="未知渠道", added_date="未知日期"
+)
 
 
 def _shown(text: str) -> str:
@@ -63,18 +91,21 @@ def _closing(text: str, start: int) -> int | None:
     return None
 
 
-def _field_problem(field: str) -> str | None:
-    if field in PLACEHOLDERS:
+def _field_problem(field: str, placeholders: Placeholders) -> str | None:
+    if field in placeholders.fallbacks:
         return None
     name = _FIELD_NAME_END.split(field, maxsplit=1)[0]
     mark = field[len(name) : len(name) + 1]
     shown = _shown(f"{{{field}}}")
-    if name in PLACEHOLDERS and mark in _FIELD_MARKS:
+    if name in placeholders.fallbacks and mark in _FIELD_MARKS:
         return f"placeholder {shown} {_FIELD_MARKS[mark]}; write {{{name}}}"
-    return f"unknown placeholder {shown}; known: {_KNOWN} (and {{{{ }}}} for literal braces)"
+    return (
+        f"unknown placeholder {shown}; known: {placeholders.known}"
+        " (and {{ }} for literal braces)"
+    )
 
 
-def _template_problem(text: str) -> str | None:
+def _template_problem(text: str, placeholders: Placeholders) -> str | None:
     """The first thing wrong with a template, in words; None when there is nothing."""
     at = 0
     while (brace := _BRACE.search(text, at)) is not None:
@@ -87,16 +118,36 @@ def _template_problem(text: str) -> str | None:
         if end is None:
             opened = _shown(text[brace.start() :])
             return f"a single {{ never closes ({opened}); write {{{{ for a literal brace"
-        if (problem := _field_problem(text[brace.start() + 1 : end])) is not None:
+        field = text[brace.start() + 1 : end]
+        if (problem := _field_problem(field, placeholders)) is not None:
             return problem
         at = end + 1
     return None
 
 
-def _check_template(text: str) -> str:
-    if (problem := _template_problem(text)) is not None:
-        raise ValueError(problem)
-    return text
+def _template_check(placeholders: Placeholders) -> Any:
+    def check(text: str) -> str:
+        if (problem := _template_problem(text, placeholders)) is not None:
+            raise ValueError(problem)
+        return text
+
+    return check
+
+
+def render(
+    template: str,
+    values: Mapping[str, str | None],
+    *,
+    placeholders: Placeholders = WELCOME_PLACEHOLDERS,
+) -> str:
+    """Fill placeholders; an unknown value becomes its polite fallback.
+
+    One pass of substitution, not str.format: whatever a stored template holds (even one
+    saved before the template checks were strict), the text grows only by the values put
+    in, nothing in it is evaluated, and a value that looks like a placeholder stays as it
+    is."""
+    filled = {name: values.get(name) or polite for name, polite in placeholders.fallbacks.items()}
+    return placeholders.filled.sub(lambda m: filled[m[1]] if m[1] else m[0][0], template)
 
 
 def _check_pattern(pattern: str) -> str:
@@ -230,7 +281,7 @@ class WelcomeContent(_Strict):
     attachments: list[Attachment] = Field(default_factory=list, max_length=9)
 
     _length = field_validator("text")(_bytes_at_most(4000, "welcome text"))
-    _text = field_validator("text")(_check_template)
+    _text = field_validator("text")(_template_check(WELCOME_PLACEHOLDERS))
 
     @model_validator(mode="after")
     def _not_empty(self) -> "WelcomeContent":
@@ -248,22 +299,6 @@ def _state_matches(pattern: str, mode: str, state: str) -> bool:
         return regex.search(pattern, state, timeout=REGEX_TIMEOUT_SECONDS) is not None
     except TimeoutError:
         return False
-
-
-_FILLED = re.compile(
-    r"\{\{|\}\}|\{(" + "|".join(re.escape(name) for name in sorted(PLACEHOLDERS)) + r")\}"
-)
-_FALLBACK = {"customer_name": "您好", "member_name": "我们"}
-
-
-def render(template: str, values: Mapping[str, str | None]) -> str:
-    """Fill placeholders; an unknown value becomes a polite blank, never "None" or "{…}".
-
-    One pass of substitution, not str.format: whatever a stored template holds (even one
-    saved before `_check_template` was strict), the text grows only by the names put in,
-    nothing in it is evaluated, and a name that looks like a placeholder stays as it is."""
-    filled = {name: values.get(name) or _FALLBACK[name] for name in PLACEHOLDERS}
-    return _FILLED.sub(lambda m: filled[m[1]] if m[1] else m[0][0], template)
 
 
 def _keywords_match(keywords: list[str], mode: str, text: str) -> bool:
@@ -365,8 +400,58 @@ class ReplyContent(_Strict):
     _length = field_validator("text")(_bytes_at_most(2048, "reply text"))
 
 
+# churn alerts --------------------------------------------------------------------------
+
+UserId = Annotated[str, Field(min_length=1, max_length=64)]  # WeCom's userid limit
+
+
+class ChurnMatch(_Strict):
+    """Which churns (a customer deleting a member) a rule alerts on. Every condition given
+    must hold; none given: every churn of the rule's app (or of every app). `state` is the
+    channel the customer had come through; `tags`: the follow had at least one of these tags
+    when the customer left."""
+
+    state: str | None = None
+    state_mode: Literal["exact", "prefix", "regex"] = "exact"
+    members: list[UserId] = Field(default_factory=list)
+    tags: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "ChurnMatch":
+        if self.state is not None and self.state_mode == "regex":
+            _check_pattern(self.state)
+        return self
+
+    def specificity(self) -> int:
+        """As a welcome's: an exact channel beats a prefix, which beats a pattern; a member
+        adds more than a tag, which many customers of many members share."""
+        score = {"exact": 30, "prefix": 20, "regex": 10}[self.state_mode] if self.state else 0
+        return score + (5 if self.members else 0) + (2 if self.tags else 0)
+
+    def matches(self, *, state: str | None, user_id: str, tag_ids: Collection[str]) -> bool:
+        if self.state is not None and (
+            state is None or not _state_matches(self.state, self.state_mode, state)
+        ):
+            return False
+        if self.members and user_id not in self.members:
+            return False
+        return not self.tags or any(tag in tag_ids for tag in self.tags)
+
+
+class ChurnContent(_Strict):
+    """`text` goes to the member and to every userid in `notify` (a supervisor), as one
+    app message (message/send: text at most 2048 bytes)."""
+
+    text: Annotated[str, Field(min_length=1)]
+    notify: list[UserId] = Field(default_factory=list, max_length=100)
+
+    _length = field_validator("text")(_bytes_at_most(2048, "churn alert text"))
+    _text = field_validator("text")(_template_check(CHURN_PLACEHOLDERS))
+
+
 SCHEMAS: dict[str, tuple[type[_Strict], type[_Strict]]] = {
     "welcome": (WelcomeMatch, WelcomeContent),
     "tag": (TagMatch, TagContent),
     "reply": (ReplyMatch, ReplyContent),
+    "churn": (ChurnMatch, ChurnContent),
 }

@@ -25,14 +25,20 @@ from app.automations.media import (
     schedule_uploads,
     upload_kind,
 )
-from app.automations.rules import SCHEMAS, MediaAttachment, TagContent, WelcomeContent
+from app.automations.rules import (
+    SCHEMAS,
+    ChurnMatch,
+    MediaAttachment,
+    TagContent,
+    WelcomeContent,
+)
 from app.errors import Conflict, ErrorCode, FieldError, Invalid, NotFound, field_errors
 from app.models import MediaFile, Rule, Tag, WecomApp
 from app.wecom_apps import find_app
 
 log = logging.getLogger(__name__)
 
-RuleKind = Literal["welcome", "tag", "reply"]
+RuleKind = Literal["welcome", "tag", "reply", "churn"]
 # A welcome attachment is a union tagged by msgtype; pydantic puts the tag in an error's
 # path (`attachments.0.image.file`), which names nothing in the request: it is dropped.
 _ATTACHMENT_TAGS = frozenset({"image", "link", "miniprogram", "video", "file"})
@@ -60,6 +66,16 @@ class RuleSpec(BaseModel):
                     "app": None,
                     "match": {"on": "keyword", "keywords": ["价格", "多少钱"]},
                     "content": {"add_tags": ["etXXXX"]},
+                },
+                {
+                    "kind": "churn",
+                    "name": "store churn",
+                    "app": "shop",
+                    "match": {"state": "store_", "state_mode": "prefix"},
+                    "content": {
+                        "text": "{customer_name}（{state}，{added_date} 添加）删除了{member_name}",
+                        "notify": ["supervisor"],
+                    },
                 },
             ]
         },
@@ -179,12 +195,22 @@ async def _app_id(session: AsyncSession, slug: str | None) -> tuple[int | None, 
     return app.id, []
 
 
+def _named_tags(match: Any, content: Any) -> dict[str, list[str]]:
+    """The tag ids a rule names, by field path."""
+    if isinstance(content, TagContent):
+        return {"content.add_tags": content.add_tags, "content.remove_tags": content.remove_tags}
+    if isinstance(match, ChurnMatch) and match.tags:
+        return {"match.tags": match.tags}
+    return {}
+
+
 async def _unknown_tags(
-    session: AsyncSession, app_id: int | None, content: TagContent
+    session: AsyncSession, app_id: int | None, named: dict[str, list[str]]
 ) -> list[FieldError]:
-    """Unknown tag ids are refused now, not discovered as 40068 at the first customer. The
-    corp's tags are those `wecom-hub sync` (or tag events) brought in."""
-    wanted = [*content.add_tags, *content.remove_tags]
+    """Unknown tag ids are refused now, not discovered as 40068 at the first customer (or,
+    in a churn rule's match, as a rule that silently never fires). The corp's tags are those
+    `wecom-hub sync` (or tag events) brought in."""
+    wanted = [tag for tags in named.values() for tag in tags]
     query = select(Tag.tag_id).where(Tag.tag_id.in_(wanted), Tag.deleted_at.is_(None))
     if app_id is not None:
         query = query.where(
@@ -192,12 +218,12 @@ async def _unknown_tags(
         )
     known = set((await session.execute(query)).scalars())
     problems = []
-    for field, tags in (("add_tags", content.add_tags), ("remove_tags", content.remove_tags)):
+    for field, tags in named.items():
         unknown = [tag for tag in tags if tag not in known]
         if unknown:
             problems.append(
                 FieldError(
-                    f"content.{field}",
+                    field,
                     f"unknown tag id(s): {', '.join(unknown)} (run `wecom-hub sync`?)",
                 )
             )
@@ -282,8 +308,9 @@ async def _checked(
         match_model, content_model = validate(spec.kind, spec.match, spec.content)
     except Invalid as exc:
         raise Invalid([*problems, *exc.errors]) from None
-    if isinstance(content_model, TagContent) and not problems:
-        problems += await _unknown_tags(session, app_id, content_model)
+    named_tags = _named_tags(match_model, content_model)
+    if named_tags and not problems:
+        problems += await _unknown_tags(session, app_id, named_tags)
     if isinstance(content_model, WelcomeContent):
         problems += await _unknown_files(session, content_model)
     if problems:

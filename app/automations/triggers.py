@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.enqueue import enqueue
 from app.actions.kinds import ActionKind
+from app.automations.churn import alert_churn
 from app.automations.rules import WelcomeMatch
 from app.automations.store import LoadedRule, RuleCache
 from app.events import models as ev
@@ -46,6 +47,8 @@ async def automate(
     if isinstance(event, ev.AddExternalContact):
         await _welcome(session, event, context, rules)
         await _tag_by_channel(session, event, context, rules)
+    elif isinstance(event, ev.DelFollowUser):  # the customer left; never DelExternalContact
+        await alert_churn(session, event, context, rules)
     elif isinstance(event, ev.ChatUpdate) and event.update_detail == "add_member":
         await _tag_by_group(session, event, context, rules)
     elif isinstance(event, ev.KfMsgOrEvent) and event.open_kf_id:

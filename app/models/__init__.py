@@ -14,6 +14,7 @@ from app.models.message import Message
 from app.models.rule import Rule
 from app.models.sync_run import SyncRun
 from app.models.tag import Tag, TagGroup
+from app.models.webhook import WebhookEndpoint
 from app.models.wecom_api import AccessToken, ApiCall
 from app.models.wecom_app import WecomApp
 
@@ -41,5 +42,6 @@ __all__ = [
     "SyncRun",
     "Tag",
     "TagGroup",
+    "WebhookEndpoint",
     "WecomApp",
 ]

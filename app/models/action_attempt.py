@@ -2,14 +2,15 @@
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, func
+from sqlalchemy import BigInteger, ForeignKey, Integer, SmallInteger, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base
 
 
 class ActionAttempt(Base):
-    """outcome: succeeded, skipped, failed, retry (failed, will be tried again) or expired.
+    """outcome: succeeded, skipped, failed, retry (failed, will be tried again), expired, or
+    lease_lost (a runner finished after another had taken the action over).
     error_code is the action vocabulary's (`wecom.45009`, `http.503`, `timeout`, …)."""
 
     __tablename__ = "action_attempts"
@@ -24,3 +25,7 @@ class ActionAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(64))
     message: Mapped[str | None] = mapped_column(Text)
+    # What the other side answered, where it is HTTP of our choosing (a webhook receiver):
+    # its status and the first KB of its body.
+    http_status: Mapped[int | None] = mapped_column(SmallInteger)
+    response: Mapped[str | None] = mapped_column(Text)

@@ -29,6 +29,7 @@ from app.metrics import EVENTS_PROCESSED
 from app.models import Event
 from app.notify import EVENTS_CHANNEL, listen, worker_id
 from app.processing.projection import Projector, project
+from app.webhooks.publish import Subscriptions, publish_event
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,14 @@ class EventProcessor:
         poll_seconds: float = 1.0,
         worker: str | None = None,
         projector: Projector = project,
+        webhooks: Subscriptions | None = None,
     ) -> None:
         """projector is what an event does to the state; bench/processing.py swaps in a
         no-op to measure the claim-and-mark machinery alone."""
         self._sessionmaker = sessionmaker
         self._project = projector
         self._rules = RuleCache()
+        self._webhooks = webhooks or Subscriptions()
         self._listen_dsn = listen_dsn
         self._batch_size = batch_size
         self._lease_seconds = lease_seconds
@@ -183,6 +186,7 @@ class EventProcessor:
                         typed = parse_event(event.family, event.type, event.payload)
                         await self._project(session, typed, _context(event))
                         await automate(session, typed, _context(event), self._rules)
+                        await publish_event(session, typed, _context(event), self._webhooks)
         except Exception as exc:
             log.info(
                 "batch failed, processing its events one by one",
@@ -217,6 +221,7 @@ class EventProcessor:
                 typed = parse_event(claimed.family, claimed.type, claimed.payload)
                 await self._project(session, typed, context)
                 await automate(session, typed, context, self._rules)
+                await publish_event(session, typed, context, self._webhooks)
         except LostClaim:
             log.info("event taken over by another processor", extra={"event_id": claimed.id})
             return

@@ -9,10 +9,10 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import housekeeping
-from app.actions.kinds import ActionKind
+from app.actions.kinds import POLICIES, ActionKind
 from app.actions.runner import ActionRunner, Handler
 from app.actions.wecom import CredentialCache, WecomHandler, WecomHandlers
-from app.automations import kf, uploads
+from app.automations import churn, kf, uploads
 from app.automations.tagging import mark_tags
 from app.automations.welcome import send_welcome
 from app.config import Settings
@@ -21,6 +21,8 @@ from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
 from app.operations.app_messages import deliver_app_message
 from app.processing import enrichment
 from app.processing.processor import EventProcessor
+from app.webhooks.delivery import WebhookSender, open_sender
+from app.webhooks.publish import Announcer, Subscriptions
 from app.wecom.client import WecomClient
 from app.wecom.factory import open_client
 
@@ -39,6 +41,7 @@ def event_processor(
         lease_seconds=settings.processor_lease_seconds,
         max_attempts=settings.processor_max_attempts,
         poll_seconds=settings.processor_poll_seconds,
+        webhooks=Subscriptions(ttl=settings.webhook_cache_seconds),
     )
 
 
@@ -53,6 +56,7 @@ WECOM_HANDLERS: dict[ActionKind, WecomHandler] = {
     ActionKind.SYNC_TAGS: enrichment.sync_tags,
     ActionKind.UPLOAD_MEDIA: uploads.upload_media,
     ActionKind.APP_MESSAGE: deliver_app_message,
+    ActionKind.CHURN_ALERT: churn.send_churn_alert,
 }
 
 
@@ -82,8 +86,32 @@ def action_runner(
         db,
         sessionmaker,
         handlers(settings, sessionmaker, box, client),
+        finished=Announcer(sessionmaker, Subscriptions(ttl=settings.webhook_cache_seconds)),
         listen_dsn=dsn,
         concurrency=RUNNER_CONCURRENCY,
+        lease_seconds=settings.processor_lease_seconds,
+        poll_seconds=settings.processor_poll_seconds,
+    )
+
+
+def webhook_runner(
+    settings: Settings,
+    db: asyncpg.Pool,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    dsn: str,
+    sender: WebhookSender,
+) -> ActionRunner:
+    """Deliveries have a runner of their own, with its own slots: a receiver that takes its
+    15 seconds never holds up a welcome with 20 seconds to live."""
+    webhook = POLICIES[ActionKind.WEBHOOK].scaled(settings.webhook_retry_scale)
+    return ActionRunner(
+        db,
+        sessionmaker,
+        {ActionKind.WEBHOOK: sender.deliver},
+        kinds=frozenset({ActionKind.WEBHOOK}),
+        policies={**POLICIES, ActionKind.WEBHOOK: webhook},
+        listen_dsn=dsn,
+        concurrency=settings.webhook_concurrency,
         lease_seconds=settings.processor_lease_seconds,
         poll_seconds=settings.processor_poll_seconds,
     )
@@ -103,8 +131,14 @@ async def running(
     runner_engine = create_engine(url, settings, pool_size=RUNNER_CONCURRENCY + 4, pre_ping=False)
     runner_sessions = create_sessionmaker(runner_engine)
     runner_db = create_pool(dsn, settings, max_size=RUNNER_CONCURRENCY + 2)
+    webhook_db = create_pool(dsn, settings, max_size=4)
     try:
-        async with runner_db, open_client(settings, runner_sessions, box) as client:
+        async with (
+            runner_db,
+            webhook_db,
+            open_client(settings, runner_sessions, box) as client,
+            open_sender(settings, box) as sender,
+        ):
             stop = asyncio.Event()
             coroutines = []
             if "events" in loops:
@@ -113,6 +147,8 @@ async def running(
             if "actions" in loops:
                 runner = action_runner(settings, runner_db, runner_sessions, dsn, box, client)
                 coroutines.append(runner.run(stop))
+                deliveries = webhook_runner(settings, webhook_db, runner_sessions, dsn, sender)
+                coroutines.append(deliveries.run(stop))
                 coroutines.append(housekeeping.run(runner_db, runner_sessions, stop))
             tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
             try:

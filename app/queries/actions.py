@@ -17,6 +17,7 @@ class ActionFilters:
     status: str | None = None
     app_id: int | None = None
     external_userid: str | None = None
+    target: str | None = None  # a webhook subscription's id, for its deliveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ class Attempt:
     outcome: str
     error_code: str | None
     message: str | None
+    http_status: int | None
+    response: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ _FILTERS = {
     "status": "x.status = :status",
     "app_id": "x.app_id = :app_id",
     "external_userid": "x.target = :external_userid",
+    "target": "x.target = :target",
 }
 
 
@@ -113,7 +117,8 @@ async def get_action(session: AsyncSession, action_id: int) -> ActionDetail:
     payload, key = values.pop("payload"), values.pop("idempotency_key")
     attempts = await session.execute(
         text(
-            "SELECT attempt, started_at, finished_at, duration_ms, outcome, error_code, message"
+            "SELECT attempt, started_at, finished_at, duration_ms, outcome, error_code, message,"
+            " http_status, response"
             " FROM action_attempts WHERE action_id = :id ORDER BY id"
         ),
         {"id": action_id},

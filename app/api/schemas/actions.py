@@ -62,9 +62,14 @@ class AttemptOut(BaseModel):
     started_at: AwareDatetime
     finished_at: AwareDatetime
     duration_ms: float
-    outcome: str = Field(description="succeeded, skipped, failed, expired, or retry.")
+    outcome: str = Field(
+        description="succeeded, skipped, failed, expired, retry, or lease_lost (finished "
+        "after another runner had taken the action over)."
+    )
     error_code: str | None
     message: str | None
+    http_status: int | None = Field(description="A webhook receiver's answer.")
+    response: str | None = Field(description="The first KB of a webhook receiver's answer.")
 
 
 class ActionDetailOut(ActionOut):
