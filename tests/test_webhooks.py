@@ -19,6 +19,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from app.apikeys import Scope
 from app.config import Settings
 from app.simulator.callbacks import add_external_contact
+from app.simulator.state import Fault
 from tests.api_helpers import key_header, problem
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import deliver, wait_for
@@ -87,7 +88,8 @@ def free_port() -> int:
 async def serve(receiver: Receiver, port: int) -> web.AppRunner:
     app = web.Application()
     app.router.add_post("/hooks", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
+    # A handler still sleeping when wecom-hub gave up on it ends with the connection.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
@@ -342,3 +344,92 @@ async def test_a_slow_receiver_never_delays_a_welcome(
     await until(lambda: len(welcomes(simulator)) == 20, within=5)
     assert time.monotonic() - started < 5
     assert slow_receiver.received  # the deliveries were under way meanwhile
+
+
+async def test_deliveries_that_all_fail_for_days_disable_the_subscription(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    wecom_app: RegisteredApp,
+    receiver: Receiver,
+    db: asyncpg.Connection,
+) -> None:
+    headers = await key_header(settings, Scope.ADMIN)
+    webhook = await subscribe(live, headers, receiver, "customer.added")
+    receiver.answers = [500] * 100
+    await live.post(f"/api/v1/webhooks/{webhook['id']}/test", headers=headers)
+    await until(lambda: len(receiver.received) >= 1)
+    # As if the first failure had been six days ago: the next failure ends it.
+    await db.execute("UPDATE webhook_endpoints SET failing_since = now() - interval '6 days'")
+
+    async def disabled() -> bool:
+        shown = await live.get(f"/api/v1/webhooks/{webhook['id']}", headers=headers)
+        return shown.json()["enabled"] is False
+
+    await wait_for(disabled)
+    shown = (await live.get(f"/api/v1/webhooks/{webhook['id']}", headers=headers)).json()
+    assert shown["disabled_reason"] == "every delivery failed for 5 days"
+
+
+async def test_a_redirect_is_a_failure_and_is_not_followed(
+    live: httpx.AsyncClient, settings: Settings, wecom_app: RegisteredApp
+) -> None:
+    headers = await key_header(settings, Scope.ADMIN)
+    followed: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "/elsewhere"})
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        followed.append(request.path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hooks", moved)
+    app.router.add_route("*", "/elsewhere", elsewhere)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        created = await live.post(
+            "/api/v1/webhooks", json={"url": f"http://127.0.0.1:{port}/hooks"}, headers=headers
+        )
+        webhook = created.json()
+        await live.post(f"/api/v1/webhooks/{webhook['id']}/test", headers=headers)
+        found: dict[str, Any] = {}
+
+        async def tried() -> bool:
+            nonlocal found
+            listed = await live.get(f"/api/v1/webhooks/{webhook['id']}/deliveries", headers=headers)
+            found = listed.json()["data"][0] if listed.json()["data"] else {}
+            return bool(found.get("error"))
+
+        await wait_for(tried)
+        assert found["error"]["code"] == "http.302"
+        assert followed == []
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_failed_action_is_announced(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    receiver: Receiver,
+) -> None:
+    headers = await key_header(settings, Scope.ADMIN)
+    await subscribe(live, headers, receiver, "action.failed")
+    simulator.state.faults = [Fault(api="externalcontact/get", errcode=48002)]
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(corp_id=wecom_app.corp_id, user_id="zhangsan", external_user_id="wmX"),
+    )
+    await until(lambda: len(receiver.received) == 1)
+    data = receiver.received[0].body["data"]
+    assert (data["kind"], data["target"], data["error"]["code"]) == (
+        "enrich_contact",
+        "wmX",
+        "wecom.48002",
+    )
