@@ -166,16 +166,23 @@ def worker(
     box = _box(settings)
 
     async def run() -> None:
+        # SIGTERM (docker stop, systemd, Kubernetes) and SIGINT only set an event that the
+        # loop itself waits on: raising from a signal handler could surface inside whatever
+        # callback runs at that moment (an aiohttp transport's, under uvloop), be swallowed
+        # there, and leave the process running for ever.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
         async with workers.running(settings, url, box, loops=loops) as tasks:
             console.print(f"wecom-hub worker running ({len(tasks)} loops)", highlight=False)
-            await asyncio.gather(*tasks)
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+        # Leaving `running` stopped the loops: work in hand finished or was released.
 
     freeze_startup_objects()
-    exit_cleanly_on_sigterm()
-    try:
-        run_fast(run())
-    except KeyboardInterrupt:
-        pass
+    run_fast(run())
 
 
 @cli.command()

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="Run the event processor and action runner inside `serve`. Turn off "
         "when separate `wecom-hub worker` processes do it.",
     )
+    shutdown_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="On SIGTERM, how long work in hand may take to finish; what is still "
+        "running then is cut off and released at once to other processes.",
+    )
     processor_batch_size: int = Field(default=100, gt=0)
     processor_lease_seconds: float = Field(
         default=60.0, gt=0, description="How long a claim lasts before another may take over."

@@ -81,6 +81,13 @@ _RELEASE = """
 """
 
 
+_GIVE_BACK = """
+    UPDATE actions SET status = 'pending', locked_by = NULL, locked_until = NULL,
+        next_attempt_at = now()
+    WHERE locked_by = $1 AND status = 'running'
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedAction:
     id: int
@@ -225,9 +232,18 @@ class ActionRunner:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+            await self._release_held()
             if listener is not None:
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
+
+    async def _release_held(self) -> None:
+        """Whatever this runner still holds (cut off at a stop) goes back to pending now,
+        instead of waiting for its lease to run out before another process may take it."""
+        try:
+            await self._db.execute(_GIVE_BACK, self.worker)
+        except Exception as exc:  # Postgres away: the leases end by themselves
+            log.warning("claims not released", extra={"error": repr(exc)})
 
     async def run_once(self) -> int:
         """Claim what is due and run it all; for tests and tools that step the runner."""

@@ -142,9 +142,23 @@ class EventProcessor:
                     for waiter in pending:
                         waiter.cancel()
         finally:
+            await self._release_held()
             if listener is not None:
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
+
+    async def _release_held(self) -> None:
+        """Claims this processor still holds (a batch cut off at a stop) are given back at
+        once, not left for their lease to run out."""
+        try:
+            async with self._sessionmaker.begin() as session:
+                await session.execute(
+                    update(Event)
+                    .where(Event.locked_by == self.worker, Event.status == "pending")
+                    .values(locked_by=None, locked_until=None)
+                )
+        except Exception as exc:  # Postgres away: the leases end by themselves
+            log.warning("claims not released", extra={"error": repr(exc)})
 
     async def run_once(self) -> int:
         """Claim one batch and process it; the number of events claimed."""

@@ -28,7 +28,6 @@ from app.wecom.factory import open_client
 
 RUNNER_CONCURRENCY = 16  # actions in flight per process
 LOOPS = frozenset({"events", "actions"})
-SHUTDOWN_SECONDS = 10.0
 
 
 def event_processor(
@@ -156,7 +155,7 @@ async def running(
             finally:
                 # Let the work in hand finish (bounded), so no connection is cut mid-query.
                 stop.set()
-                _, unfinished = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+                _, unfinished = await asyncio.wait(tasks, timeout=settings.shutdown_seconds)
                 for task in unfinished:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
