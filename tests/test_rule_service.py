@@ -298,3 +298,13 @@ async def test_rules_are_listed_newest_first_a_page_at_a_time(
         with pytest.raises(Invalid) as invalid:
             await list_rules(session, app="nosuch")
     assert [e.field for e in invalid.value.errors] == ["app"]
+
+
+def test_an_unknown_time_zone_is_a_field_error_not_a_traceback() -> None:
+    from app.automations.store import validate
+
+    with pytest.raises(Invalid) as refused:
+        validate("welcome", {"timezone": "Mars/Olympus"}, {"text": "hi"})
+    assert [str(e) for e in refused.value.errors] == [
+        "match: unknown time zone 'Mars/Olympus'; an IANA name such as 'Asia/Shanghai'"
+    ]

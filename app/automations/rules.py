@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -250,7 +250,12 @@ class WelcomeMatch(_Strict):
     def _valid(self) -> "WelcomeMatch":
         if self.state is not None and self.state_mode == "regex":
             _check_pattern(self.state)
-        ZoneInfo(self.timezone)
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {self.timezone!r}; an IANA name such as 'Asia/Shanghai'"
+            ) from None
         return self
 
     def specificity(self) -> int:

@@ -183,7 +183,15 @@ class EventWriter:
     async def _execute(self, columns: list[list[object]]) -> list[asyncpg.Record]:
         assert self._pool is not None, "EventWriter.start() was not awaited"
         async with self._pool.acquire() as connection:
-            return await connection.fetch(_INSERT, *columns)
+            try:
+                return await connection.fetch(_INSERT, *columns)
+            except BaseException:
+                # A statement that failed midway (a timeout while Postgres restarts, a
+                # cancellation) can leave the connection mid-operation; back in the pool, the
+                # next batch on it failed with asyncpg's InternalClientError "another
+                # operation is in progress", answered 500. Never reuse it.
+                connection.terminate()
+                raise
 
 
 def _columns(events: list[NewEvent]) -> list[list[object]]:
