@@ -59,3 +59,31 @@ def contains_pattern(text: str) -> str:
     """An ILIKE pattern matching `text` anywhere, with its own % and _ taken literally."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def keyset_page_sql(
+    select_from: str,
+    *,
+    id_column: str,
+    conditions: dict[str, str],
+    filters: object,
+    before_id: int | None,
+    limit: int,
+) -> tuple[str, dict[str, Any]]:
+    """A newest-first keyset page over `select_from` (`SELECT … FROM …`): the condition of
+    each filter that is set (a field of `filters` named like its key in `conditions`, bound
+    by that name), then the ids below `before_id`. Only the fixed fragments given here are
+    joined into the SQL; every value is a bound parameter."""
+    params: dict[str, Any] = {
+        name: getattr(filters, name) for name in conditions if getattr(filters, name) is not None
+    }
+    where = [conditions[name] for name in params]
+    if before_id is not None:
+        where.append(f"{id_column} < :before_id")
+        params["before_id"] = before_id
+    params["limit"] = limit
+    sql = (
+        f"{select_from} {'WHERE ' + ' AND '.join(where) if where else ''}"
+        f" ORDER BY {id_column} DESC LIMIT :limit"
+    )
+    return sql, params

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ErrorCode, NotFound
+from app.queries import keyset_page_sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +77,14 @@ _FILTERS = {
 async def list_actions(
     session: AsyncSession, filters: ActionFilters, *, before_id: int | None, limit: int
 ) -> list[ActionSummary]:
-    params: dict[str, Any] = {
-        name: getattr(filters, name) for name in _FILTERS if getattr(filters, name) is not None
-    }
-    where = [_FILTERS[name] for name in params]
-    if before_id is not None:
-        where.append("x.id < :before_id")
-        params["before_id"] = before_id
-    params["limit"] = limit
-    query = f"""
-        SELECT {_COLUMNS} FROM {_FROM}
-        {"WHERE " + " AND ".join(where) if where else ""}
-        ORDER BY x.id DESC LIMIT :limit
-    """  # noqa: S608 - only fixed fragments are joined; every value is a bound parameter
+    query, params = keyset_page_sql(
+        f"SELECT {_COLUMNS} FROM {_FROM}",  # noqa: S608 - fixed fragments
+        id_column="x.id",
+        conditions=_FILTERS,
+        filters=filters,
+        before_id=before_id,
+        limit=limit,
+    )
     rows = await session.execute(text(query), params)
     return [ActionSummary(**row._mapping) for row in rows]
 

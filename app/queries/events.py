@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import ErrorCode, NotFound
+from app.queries import keyset_page_sql
 from app.queries.actions import ActionSummary, actions_of_event
 
 
@@ -79,19 +80,14 @@ async def list_events(
     session: AsyncSession, filters: EventFilters, *, before_id: int | None, limit: int
 ) -> list[EventRow]:
     """At most `limit` events with ids below `before_id` (None: from the newest)."""
-    params: dict[str, Any] = {
-        name: getattr(filters, name) for name in _FILTERS if getattr(filters, name) is not None
-    }
-    where = [_FILTERS[name] for name in params]
-    if before_id is not None:
-        where.append("e.id < :before_id")
-        params["before_id"] = before_id
-    params["limit"] = limit
-    query = f"""
-        SELECT {_COLUMNS} FROM events e JOIN apps a ON a.id = e.app_id
-        {"WHERE " + " AND ".join(where) if where else ""}
-        ORDER BY e.id DESC LIMIT :limit
-    """  # noqa: S608 - only fixed fragments are joined; every value is a bound parameter
+    query, params = keyset_page_sql(
+        f"SELECT {_COLUMNS} FROM events e JOIN apps a ON a.id = e.app_id",  # noqa: S608
+        id_column="e.id",
+        conditions=_FILTERS,
+        filters=filters,
+        before_id=before_id,
+        limit=limit,
+    )
     rows = await session.execute(text(query), params)
     return [EventRow(**row._mapping) for row in rows]
 
