@@ -9,12 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.actions.kinds import ActionKind
 from app.errors import FieldError, Invalid
 from app.models import WecomApp
+from app.wecom_apps import find_app
 
 
 async def app_by_slug(session: AsyncSession, slug: str, *, field: str = "app") -> WecomApp:
-    app = await session.scalar(
-        select(WecomApp).where(WecomApp.slug == slug, WecomApp.removed_at.is_(None))
-    )
+    app = await find_app(session, slug)
     if app is None:
         raise Invalid([FieldError(field, f"no app {slug!r}")])
     return app
