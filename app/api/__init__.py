@@ -14,6 +14,7 @@ from app.api import (
     messages,
     operations,
     rules,
+    stats,
     tags,
     webhooks,
 )
@@ -34,4 +35,5 @@ router.include_router(customers.router)
 router.include_router(groups.router)
 router.include_router(tags.router)
 router.include_router(messages.router)
+router.include_router(stats.router)
 router.include_router(webhooks.router)

@@ -12,6 +12,7 @@ from app.models.media import MediaFile, MediaUpload
 from app.models.member import Department, Member
 from app.models.message import Message
 from app.models.rule import Rule
+from app.models.stats import CustomerStat, GroupStat
 from app.models.sync_run import SyncRun
 from app.models.tag import Tag, TagGroup
 from app.models.webhook import WebhookEndpoint
@@ -26,11 +27,13 @@ __all__ = [
     "ApiKey",
     "Base",
     "CustomerGroup",
+    "CustomerStat",
     "Department",
     "Event",
     "ExternalContact",
     "Follow",
     "GroupMember",
+    "GroupStat",
     "IdempotentRequest",
     "KfCursor",
     "KfWindow",

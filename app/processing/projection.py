@@ -9,9 +9,10 @@ the transaction.
 """
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, func, update
+from sqlalchemy import Table, func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.enqueue import enqueue
@@ -20,10 +21,12 @@ from app.events import models as ev
 from app.events.context import Context, event_time
 from app.models import (
     CustomerGroup,
+    CustomerStat,
     Department,
     ExternalContact,
     Follow,
     GroupMember,
+    GroupStat,
     Member,
     Message,
     Tag,
@@ -151,6 +154,8 @@ async def added(session: AsyncSession, event: ev.AddExternalContact, context: Co
             "state": event.state or None,
         },
     )
+    if not half:
+        await _count_added(session, event, context)
     await _enrich(session, ActionKind.ENRICH_CONTACT, event.external_user_id, context)
 
 
@@ -172,6 +177,8 @@ async def deleted_by_member(
             "delete_source": event.source or None,
         },
     )
+    if event.source != "DELETE_BY_TRANSFER":
+        await _count_lost(session, event, context, churn=False)
 
 
 async def deleted_by_customer(
@@ -186,6 +193,7 @@ async def deleted_by_customer(
             "deleted_by_customer_at": event_time(event, context),
         },
     )
+    await _count_lost(session, event, context, churn=True)
 
 
 # customer groups ------------------------------------------------------------------------
@@ -219,6 +227,7 @@ async def group_dismissed(session: AsyncSession, event: ev.ChatDismiss, context:
 async def group_updated(session: AsyncSession, event: ev.ChatUpdate, context: Context) -> None:
     at = event_time(event, context)
     await _run(session, _GROUP_TOUCHED, _group_key(event, context))
+    await _count_group_change(session, event, context)
     if event.update_detail in ("add_member", "del_member") and event.mem_change_list:
         joined = event.update_detail == "add_member"
         statement = _MEMBER_JOINED if joined else _MEMBER_QUIT
@@ -364,6 +373,129 @@ async def department_changed(
             "parent_id": event.parent_id or None,
             "deleted_at": at if isinstance(event, ev.DeleteParty) else None,
             "changed_at": at,
+        },
+    )
+
+
+# statistics -----------------------------------------------------------------------------
+# Counters per hour for app/queries/stats.py (tables: app/models/stats.py), added to in this
+# transaction, so an event is counted exactly when it is projected: once, however often WeCom
+# delivered it, and not at all if its projection rolls back.
+#
+# Not counted: a half add (add_half_external_contact: the member has not accepted yet; WeCom
+# sends add_external_contact when they do, and that one counts), and a deletion by a transfer
+# (Source=DELETE_BY_TRANSFER: the customer moved to another member, nobody dropped them).
+
+_customer_stats: Table = CustomerStat.__table__  # type: ignore[assignment]
+_group_stats: Table = GroupStat.__table__  # type: ignore[assignment]
+_ADDED_COUNTED = upsert(
+    _customer_stats,
+    ("hour", "corp_id", "userid", "state"),
+    ("added",),
+    set_=lambda excluded: {"added": _customer_stats.c.added + excluded.added},
+)
+# A churn or a deletion by the member counts under the channel of the add that brought that
+# customer to that member: the latest add (or half add) in the corp's event history at or
+# before it (by ix_events_external_userid), found in the same statement. The history rather
+# than the follow: a re-add processed before an older deletion has already replaced the
+# follow's state and added_at. With no add in the history (before wecom-hub): no channel.
+_LOST_COUNTED = text(
+    """
+    INSERT INTO customer_stats AS s (hour, corp_id, userid, state, churned, deleted_by_member,
+                                     churned_7d)
+    SELECT CAST(:hour AS timestamptz), :corp_id, :userid, coalesce(brought.state, ''),
+           CAST(:churned AS integer), 1 - CAST(:churned AS integer),
+           CASE WHEN CAST(:churned AS integer) = 1
+                     AND CAST(:at AS timestamptz) - brought.added_at < interval '7 days'
+                THEN 1 ELSE 0 END
+    FROM (VALUES (1)) AS one
+    LEFT JOIN LATERAL (
+        SELECT coalesce(e.create_time, e.received_at) AS added_at,
+               e.payload ->> 'State' AS state
+        FROM events e JOIN apps a ON a.id = e.app_id
+        WHERE e.payload ? 'ExternalUserID' AND e.payload ->> 'ExternalUserID' = :external_userid
+          AND e.payload ->> 'UserID' = :userid
+          AND e.type IN ('add_external_contact', 'add_half_external_contact')
+          AND a.corp_id = :corp_id
+          AND coalesce(e.create_time, e.received_at) <= CAST(:at AS timestamptz)
+        ORDER BY coalesce(e.create_time, e.received_at) DESC, e.id DESC
+        LIMIT 1
+    ) AS brought ON true
+    ON CONFLICT (hour, corp_id, userid, state) DO UPDATE
+    SET churned = s.churned + excluded.churned,
+        deleted_by_member = s.deleted_by_member + excluded.deleted_by_member,
+        churned_7d = s.churned_7d + excluded.churned_7d
+    """
+)
+_GROUP_COUNTED = upsert(
+    _group_stats,
+    ("hour", "corp_id", "chat_id", "change", "scene"),
+    ("members",),
+    set_=lambda excluded: {"members": _group_stats.c.members + excluded.members},
+)
+
+
+def _hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+async def _count_added(
+    session: AsyncSession, event: ev.AddExternalContact, context: Context
+) -> None:
+    await _run(
+        session,
+        _ADDED_COUNTED,
+        {
+            "hour": _hour(event_time(event, context)),
+            "corp_id": context.corp_id,
+            "userid": event.user_id,
+            "state": event.state,
+            "added": 1,
+        },
+    )
+
+
+async def _count_lost(
+    session: AsyncSession, event: ev.ExternalContactEvent, context: Context, *, churn: bool
+) -> None:
+    """A churn (the customer deleted the member; churned_7d too if that add was less than
+    7 days before) or a deletion by the member."""
+    at = event_time(event, context)
+    await _run(
+        session,
+        _LOST_COUNTED,
+        {
+            "hour": _hour(at),
+            "corp_id": context.corp_id,
+            "userid": event.user_id,
+            "external_userid": event.external_user_id,
+            "churned": int(churn),
+            "at": at,
+        },
+    )
+
+
+async def _count_group_change(
+    session: AsyncSession, event: ev.ChatUpdate, context: Context
+) -> None:
+    """Members who joined or quit, by scene: MemChangeCnt, or else the members listed."""
+    if event.update_detail == "add_member":
+        change, scene = "join", event.join_scene
+    elif event.update_detail == "del_member":
+        change, scene = "quit", event.quit_scene
+    else:
+        return
+    members = event.mem_change_cnt
+    await _run(
+        session,
+        _GROUP_COUNTED,
+        {
+            "hour": _hour(event_time(event, context)),
+            "corp_id": context.corp_id,
+            "chat_id": event.chat_id,
+            "change": change,
+            "scene": -1 if scene is None else scene,
+            "members": len(event.mem_change_list) if members is None else members,
         },
     )
 
