@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,7 +85,7 @@ class RuleSpec(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     app: str | None = Field(default=None, description="An app's slug; null: every app.")
     priority: int = Field(default=0, description="Higher wins among equally specific rules.")
-    enabled: bool = True
+    enabled: StrictBool = True
     match: dict[str, Any] = Field(description="The kind's conditions; {} matches everything.")
     content: dict[str, Any] = Field(description="What the rule sends or does.")
 
@@ -108,7 +108,7 @@ class RulePatch(BaseModel):
     name: str | None = None
     app: str | None = None
     priority: int | None = None
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
     match: dict[str, Any] | None = None
     content: dict[str, Any] | None = None
 

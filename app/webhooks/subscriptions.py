@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -60,7 +60,7 @@ class WebhookSpec(BaseModel):
         default_factory=list, max_length=50, description="Empty: every event type."
     )
     description: str = Field(default="", max_length=500)
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class WebhookPatch(BaseModel):
@@ -69,7 +69,7 @@ class WebhookPatch(BaseModel):
     url: WebhookUrl | None = None
     event_types: list[Subscribable] | None = Field(default=None, max_length=50)
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool | None = Field(
+    enabled: StrictBool | None = Field(
         default=None, description="Enabling again clears the reason it was disabled."
     )
 
