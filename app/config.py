@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,7 +31,13 @@ class Settings(BaseSettings):
         description="Reject callbacks whose timestamp is further than this many seconds from "
         "now, either way. 0 turns the check off.",
     )
-    callback_max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    callback_max_body_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="Larger callback bodies are refused (413) unread. WeCom's are small: a "
+        "text message of 4,000 CJK characters is 16 KiB, a group join of 800 customers "
+        "60 KiB.",
+    )
 
     ingest_commit_window_ms: float = Field(
         default=2.0,
@@ -39,6 +46,12 @@ class Settings(BaseSettings):
     )
     ingest_batch_max: int = Field(default=256, gt=0)
     ingest_flushers: int = Field(default=2, gt=0, description="Batches committed concurrently.")
+    ingest_queue_max: int = Field(
+        default=4096,
+        gt=0,
+        description="Callbacks waiting to be committed, at most; beyond that 503 ingest_busy "
+        "(WeCom retries) instead of memory growing while Postgres is slow.",
+    )
     app_cache_seconds: float = Field(
         default=10.0,
         ge=0,
@@ -130,6 +143,31 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         description="A subscription whose deliveries all fail this long is disabled.",
+    )
+    # Security (issue 10 item 6): bounds on what the network may make us read or keep.
+    wecom_api_max_answer_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        description="A WeCom API answer larger than this is refused, not read (the largest "
+        "real ones, a page of 100 customers, are a few hundred KiB).",
+    )
+    # Logs, metrics and retention (issue 10 items 4 and 5).
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one object per line (time, level, logger, message and every "
+        "field), for a log collector; `text`: the same fields as key=value, for people.",
+    )
+    ready_max_lag_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="/readyz reports `degraded` (still 200) when the oldest event waiting "
+        "for a processor is older than this. 0 turns the check off.",
+    )
+    event_retention_days: int = Field(
+        default=180,
+        ge=0,
+        description="Processed events older than this are deleted, in small batches, once a "
+        "minute; customers, follows, messages and actions stay. 0 keeps events for ever.",
     )
     log_level: str = "INFO"
 

@@ -18,7 +18,7 @@ from app.config import Settings, get_settings
 from app.crypto.at_rest import SecretBox
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.processing import workers
-from app.routers import callback, docs, health, problems
+from app.routers import callback, docs, health, problems, request_id
 from app.wecom_apps import AppDirectory
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             max_batch=config.ingest_batch_max,
             flushers=config.ingest_flushers,
             timeout=config.database_timeout_seconds,
+            max_queued=config.ingest_queue_max,
         )
         await writer.start()
         app.state.hub = Hub(
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             await engine.dispose()
 
     app = FastAPI(title="wecom-hub", lifespan=lifespan, docs_url=None, redoc_url=None)
+    request_id.install(app)
     problems.install(app)
     callback.install(app)
     docs.install(app)

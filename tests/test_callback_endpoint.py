@@ -2,10 +2,12 @@
 
 import asyncio
 import json
+import logging
 import time
 
 import asyncpg
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 
 from app.config import Settings
@@ -205,3 +207,31 @@ async def test_answers_in_milliseconds(client: httpx.AsyncClient, wecom_app: Reg
     )
     assert response.text == "success"
     assert time.perf_counter() - started < 1.0
+
+
+async def test_an_operator_sees_at_info_that_callbacks_arrive(
+    client: httpx.AsyncClient, wecom_app: RegisteredApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """URL verification passing, then each app's first callback since start, once: what an
+    operator connecting a real app looks for, without a line per callback."""
+    with caplog.at_level(logging.INFO, logger="app.routers.callback"):
+        params = build_url_verification(wecom_app.crypt, "1")
+        assert (await client.get(f"/callback/{wecom_app.slug}", params=params)).text == "1"
+        for msg_id in ("1", "2"):
+            xml = text_message(
+                corp_id=wecom_app.corp_id, from_user="u", content="secret words", msg_id=msg_id
+            )
+            callback = build_callback(wecom_app.crypt, xml)
+            response = await client.post(
+                f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+            )
+            assert response.text == "success"
+    lines = [
+        (r.levelno, r.getMessage(), getattr(r, "app", None), getattr(r, "type", None))
+        for r in caplog.records
+    ]
+    assert lines == [
+        (logging.INFO, "callback URL verified", wecom_app.slug, None),
+        (logging.INFO, "first callback from app since start", wecom_app.slug, "text"),
+    ]
+    assert "secret words" not in caplog.text

@@ -1,5 +1,8 @@
 """app.callbacks.safexml against defusedxml, the reference it replaces on the hot path."""
 
+import contextlib
+import timeit
+
 import defusedxml.ElementTree
 import pytest
 from defusedxml import DefusedXmlException
@@ -79,3 +82,59 @@ def documents(draw: st.DrawFn, depth: int = 0) -> str:
 def test_same_mapping_as_defusedxml(body: str) -> None:
     text = f"<xml>{body}</xml>"
     assert safexml.parse(text) == _reference(text)
+
+
+ENVELOPE = "<xml><ToUserName><![CDATA[ww1]]></ToUserName><AgentID><![CDATA[1000002]]></AgentID>"
+ENVELOPE_SIZE = 256 * 1024  # the largest body the callback endpoint ever accepted
+HOSTILE_ENVELOPES = {
+    "deep": b"<a>" * (ENVELOPE_SIZE // 7) + b"</a>" * (ENVELOPE_SIZE // 7),
+    "wide": b"<xml>" + b"<a/>" * (ENVELOPE_SIZE // 4 - 3) + b"</xml>",
+    "attributes": b"<xml " + b" ".join(b"a%d=''" % i for i in range(ENVELOPE_SIZE // 10)) + b"/>",
+    "deep inside Encrypt": b"<xml><Encrypt>" + b"<a>" * (ENVELOPE_SIZE // 7) + b"</Encrypt></xml>",
+}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ENVELOPE + "<Encrypt><![CDATA[abc+/=]]></Encrypt></xml>",
+        '<?xml version="1.0" encoding="UTF-8"?>\n<xml>\n <Encrypt>\n abc+/= </Encrypt>\n</xml>',
+        "<xml><Encrypt>abc+/=</Encrypt><AgentID>1</AgentID></xml>",
+    ],
+)
+def test_envelope_yields_its_encrypt(body: str) -> None:
+    assert safexml.parse_envelope(body.encode()) == "abc+/="
+
+
+def test_envelope_is_not_parsed_past_encrypt() -> None:
+    body = ENVELOPE + "<Encrypt>abc</Encrypt><a><b></c>"  # not well-formed after Encrypt
+    assert safexml.parse_envelope(body.encode()) == "abc"
+
+
+def test_envelope_without_encrypt_is_none() -> None:
+    assert safexml.parse_envelope((ENVELOPE + "</xml>").encode()) is None
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_envelope_refuses_dtds(name: str) -> None:
+    with pytest.raises(safexml.XmlRejected) as raised:
+        safexml.parse_envelope(HOSTILE[name].encode())
+    assert raised.value.kind == "forbidden"
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_ENVELOPES))
+def test_a_hostile_envelope_costs_about_what_a_real_one_costs(name: str) -> None:
+    """Parsed before its signature can be checked, so anyone can send one: a deep or wide
+    256 KiB envelope cost ~25 ms of CPU against 23 µs for a real callback, and ten a second
+    pushed real callbacks' p50 from 14 ms to 3.8 s. Now it is refused within ~0.1 ms."""
+    body = HOSTILE_ENVELOPES[name]
+    with pytest.raises(safexml.XmlRejected) as raised:
+        safexml.parse_envelope(body)
+    assert raised.value.kind == "invalid"
+    seconds = min(timeit.repeat(lambda: _refused(body), number=10, repeat=3)) / 10
+    assert seconds < 0.002  # 10× headroom over the measured ~80 µs on a shared machine
+
+
+def _refused(body: bytes) -> None:
+    with contextlib.suppress(safexml.XmlRejected):
+        safexml.parse_envelope(body)

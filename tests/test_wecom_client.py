@@ -9,14 +9,19 @@ from collections.abc import AsyncIterator
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from app import logs
 from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.db import create_engine, create_sessionmaker
+from app.metrics import errcode_label
 from app.simulator.state import Contact, Fault
-from app.wecom.client import Credentials, WecomClient
-from app.wecom.errors import WecomApiError
+from app.wecom.client import CallRecord, Credentials, WecomClient
+from app.wecom.errors import WecomApiError, redact
 from app.wecom.factory import open_client
 from app.wecom.ratelimit import NoSlotInTime, RateLimiter, Window
 from tests.conftest import Simulator
@@ -233,3 +238,156 @@ async def test_a_call_never_starts_after_its_deadline(
             pytest.fail("a slot past the deadline")
     assert time.monotonic() - started < 1  # gave up at the deadline, not after a minute
     assert calls(simulator, "externalcontact/get") == []
+
+
+class Hostile:
+    """A server in WeCom's place that answers what WeCom never would: redirects, bodies
+    without end, URLs with secrets in its errmsg, tokens that are not tokens."""
+
+    def __init__(self) -> None:
+        self.gettoken: web.StreamResponse | None = None
+        self.stolen: list[str] = []  # query strings that reached the redirect's target
+        self.endless = False
+        self.streamed = 0
+        self.finished = asyncio.Event()
+        self.records: list[CallRecord] = []
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/stolen":
+            self.stolen.append(request.query_string)
+            return web.json_response({"errcode": 0, "access_token": "stolen"})
+        if self.endless:
+            return await self._endless(request)
+        assert self.gettoken is not None
+        return self.gettoken
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        """Chunks of 64 KiB up to 400 MB, or until the client goes away."""
+        response = web.StreamResponse()
+        await response.prepare(request)
+        chunk = b" " * 65536
+        try:
+            while self.streamed < 400_000_000:
+                await response.write(chunk)
+                self.streamed += len(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up: what it should do
+        finally:
+            self.finished.set()
+        return response
+
+    async def record(self, record: CallRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[tuple[Hostile, WecomClient]]:
+    server = Hostile()
+    web_app = web.Application()
+    web_app.router.add_route("*", "/{tail:.*}", server.answer)
+    async with (
+        TestServer(web_app, host="127.0.0.1") as test_server,
+        aiohttp.ClientSession(str(test_server.make_url(""))) as http,
+    ):
+        client = WecomClient(
+            http, max_attempts=1, record=server.record, max_answer_bytes=1024 * 1024
+        )
+        yield server, client
+        await client.drain_records()
+
+
+async def test_a_redirect_is_not_followed_and_no_secret_reaches_the_error(
+    hostile: tuple[Hostile, WecomClient],
+) -> None:
+    server, client = hostile
+    server.gettoken = web.Response(status=302, headers={"Location": "/stolen"})
+    with pytest.raises(WecomApiError) as raised:
+        await client.fetch_token(CORP, SECRET)
+    await client.drain_records()
+    assert server.stolen == []
+    assert "redirects are not followed" in raised.value.errmsg
+    assert [r.errmsg for r in server.records] == [raised.value.errmsg]
+    assert raised.value.__cause__ is None  # a logged traceback would print the URL
+
+
+async def test_urls_in_wecoms_errmsg_lose_their_query(
+    hostile: tuple[Hostile, WecomClient],
+) -> None:
+    server, client = hostile
+    leaked = f"see https://qyapi.weixin.qq.com/cgi-bin/gettoken?corpid={CORP}&corpsecret={SECRET}"
+    server.gettoken = web.json_response({"errcode": 40013, "errmsg": leaked})
+    with pytest.raises(WecomApiError) as raised:
+        await client.fetch_token(CORP, SECRET)
+    await client.drain_records()
+    texts = [str(raised.value), raised.value.errmsg, *(str(r.errmsg) for r in server.records)]
+    assert all(SECRET not in text and "gettoken" in text for text in texts)
+
+
+def test_aiohttp_errors_lose_the_query_of_their_url() -> None:
+    url = URL(f"https://qyapi.weixin.qq.com/cgi-bin/gettoken?corpid={CORP}&corpsecret={SECRET}")
+    info = aiohttp.RequestInfo(url, "GET", CIMultiDictProxy(CIMultiDict()), url)
+    for error in (
+        aiohttp.TooManyRedirects(info, ()),
+        aiohttp.ClientResponseError(info, (), status=302, message="Found"),
+    ):
+        text = str(WecomApiError("gettoken", None, f"{type(error).__name__}: {error}"))
+        assert SECRET not in text and "https://qyapi.weixin.qq.com/cgi-bin/gettoken?…" in text
+    assert redact("/cgi-bin/user/get?access_token=abc123&userid=x") == (
+        "/cgi-bin/user/get?access_token=…&userid=x"
+    )
+
+
+async def test_an_answer_past_the_bound_is_refused_not_read(
+    hostile: tuple[Hostile, WecomClient],
+) -> None:
+    server, client = hostile
+    server.gettoken = web.Response(body=b" " * (2 * 1024 * 1024))  # declared too long
+    with pytest.raises(WecomApiError) as declared:
+        await client.fetch_token(CORP, SECRET)
+    assert declared.value.errmsg == "answer of 2097152 bytes exceeds 1048576"
+
+    server.endless = True  # chunked, no length: refused once the bound is passed
+    started = time.monotonic()
+    with pytest.raises(WecomApiError) as streamed:
+        await client.fetch_token(CORP, SECRET)
+    assert streamed.value.errmsg == "answer exceeds 1048576 bytes"
+    assert time.monotonic() - started < 5
+    # The client hung up: the server could write no more than the socket buffers held.
+    await asyncio.wait_for(server.finished.wait(), 5)
+    assert server.streamed < 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"access_token": "x" * 513, "expires_in": 7200},
+        {"access_token": "", "expires_in": 7200},
+        {"access_token": 12345, "expires_in": 7200},
+        {"access_token": "abc\r\nSet-Cookie: a=b", "expires_in": 7200},
+        {"access_token": "abc<script>", "expires_in": 7200},
+        {"access_token": "abc", "expires_in": "7200"},
+        {"access_token": "abc", "expires_in": 10**9},
+        {"expires_in": 7200},
+    ],
+)
+async def test_an_implausible_access_token_is_refused(
+    hostile: tuple[Hostile, WecomClient], answer: dict[str, object]
+) -> None:
+    server, client = hostile
+    server.gettoken = web.json_response({"errcode": 0, **answer})
+    with pytest.raises(WecomApiError) as raised:
+        await client.fetch_token(CORP, SECRET)
+    assert raised.value.errmsg.startswith("answer holds no valid")
+
+
+async def test_a_real_token_is_accepted(hostile: tuple[Hostile, WecomClient]) -> None:
+    server, client = hostile
+    token = "1ZEMBbyYoHqsGbOUazNsCmxdPeXhFLVmZFXV-kUpiFOm_mECgfSKKzpy1X3pRZ2t8GRyQM6gkwEw"
+    server.gettoken = web.json_response({"errcode": 0, "access_token": token, "expires_in": 7200})
+    assert await client.fetch_token(CORP, SECRET) == (token, 7200)
+
+
+def test_errcode_labels_are_bounded() -> None:
+    assert errcode_label(45009, 200) == "45009"
+    assert errcode_label(123456789, 200) == "other"
+    assert errcode_label(None, 503) == "503"

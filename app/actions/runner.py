@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.actions.errors import ActionError, Reply
 from app.actions.kinds import POLICIES, ActionKind, ActionStatus, RetryPolicy
-from app.metrics import ACTIONS_FINISHED
+from app.metrics import ACTION_ERRORS, ACTIONS_FINISHED, action_error_label
 from app.notify import ACTIONS_CHANNEL, listen, worker_id
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,7 @@ class ActionRunner:
         else:
             await self._release(action, attempt, ActionStatus.PENDING, None, error, retry_at)
             ACTIONS_FINISHED.labels(action.kind, "retry").inc()
+            ACTION_ERRORS.labels(action.kind, "retry", action_error_label(error.code)).inc()
 
     async def _finish(
         self,
@@ -319,6 +320,8 @@ class ActionRunner:
     ) -> None:
         await self._release(action, attempt, status, reason, error, reply=reply)
         ACTIONS_FINISHED.labels(action.kind, status).inc()
+        if error is not None:
+            ACTION_ERRORS.labels(action.kind, status, action_error_label(error.code)).inc()
         if self._finished is not None:
             try:
                 await self._finished(action, status, reason, error)

@@ -43,6 +43,13 @@ def database_unavailable() -> CallbackRejected:
     return CallbackRejected(503, "database_unavailable", "database unreachable; retry later")
 
 
+def ingest_busy() -> CallbackRejected:
+    """Too many callbacks wait for a commit (Postgres is slow, or a flood): refused before
+    anything is queued, and WeCom retries. A 503 like an outage, with its own code so an
+    operator tells overload from an unreachable database."""
+    return CallbackRejected(503, "ingest_busy", "too many callbacks waiting to be stored; retry")
+
+
 def from_crypto(error: WXBizMsgCryptError) -> CallbackRejected:
     """Authentication failures are 403; malformed ciphertext and plaintext are 400."""
     status = 403 if isinstance(error, SignatureError | ReceiveIdError) else 400

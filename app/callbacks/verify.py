@@ -81,12 +81,11 @@ def open_delivery(
 ) -> Delivery:
     """Envelope → signature → timestamp → decrypt → ReceiveId → inner XML."""
     try:
-        envelope = safexml.parse(body)
+        encrypted = safexml.parse_envelope(body)
     except safexml.XmlRejected as exc:
         code = "forbidden_xml" if exc.kind == "forbidden" else "invalid_xml"
         raise CallbackRejected(400, code, str(exc), wecom_code=-40002) from None
-    encrypted = envelope.get("Encrypt")
-    if not encrypted or not isinstance(encrypted, str):
+    if not encrypted:
         raise CallbackRejected(400, "missing_encrypt", "envelope has no Encrypt", wecom_code=-40002)
 
     try:

@@ -14,6 +14,10 @@ telling which rows are new. Duplicates in one batch, across batches or across re
 the same way: one row, every delivery answered "success". That also makes the statement
 safe to repeat, which is why a batch that lost its connection is tried once more.
 
+The queue in front of the flushers is bounded (`max_queued`): when Postgres is slow, requests
+would otherwise pile up without end, each holding its body. A request that finds it full is
+refused with IngestBusy (503 `ingest_busy`), which WeCom retries.
+
 The writer has its own small asyncpg pool rather than SQLAlchemy sessions: this is the hot
 path, and the ORM layer cost a measurable share of ingest throughput (bench/ingest.py).
 """
@@ -86,16 +90,28 @@ class NewEvent:
 _Pending = tuple[NewEvent, "asyncio.Future[bool]"]
 
 
+class IngestBusy(Exception):
+    """The queue of callbacks waiting for a commit is full; nothing was queued."""
+
+
 class EventWriter:
     def __init__(
-        self, dsn: str, *, window: float, max_batch: int, flushers: int, timeout: float
+        self,
+        dsn: str,
+        *,
+        window: float,
+        max_batch: int,
+        flushers: int,
+        timeout: float,
+        max_queued: int = 4096,
     ) -> None:
+        """max_queued: 16 full batches; at WeCom's largest bodies (64 KiB) 256 MB held."""
         self._dsn = dsn
         self._window = window
         self._max_batch = max_batch
         self._flushers = flushers
         self._timeout = timeout
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queued)
         self._tasks: list[asyncio.Task[None]] = []
         self._pool: asyncpg.Pool | None = None
 
@@ -126,10 +142,14 @@ class EventWriter:
     async def store(self, event: NewEvent) -> bool:
         """Durably store event; True if it is new, False if it was already stored.
 
-        Raises DatabaseUnavailable when Postgres cannot be reached in time.
+        Raises DatabaseUnavailable when Postgres cannot be reached in time, IngestBusy when
+        too many callbacks already wait for a commit.
         """
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((event, future))
+        try:
+            self._queue.put_nowait((event, future))
+        except asyncio.QueueFull:
+            raise IngestBusy from None
         return await future
 
     async def _flush_forever(self) -> None:

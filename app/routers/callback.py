@@ -15,8 +15,9 @@ from starlette.routing import Route
 
 from app.callbacks import errors, verify
 from app.callbacks.errors import CallbackRejected
-from app.callbacks.writer import NewEvent
+from app.callbacks.writer import IngestBusy, NewEvent
 from app.db import DatabaseUnavailable, is_unavailable
+from app.events.identity import classify
 from app.metrics import CALLBACK_SECONDS, CALLBACKS
 from app.routers.deps import hub_of
 from app.routers.problems import problem_response, title_for
@@ -35,6 +36,8 @@ async def verify_url(request: Request) -> PlainTextResponse:
         app.crypt, query, now=time.time(), window=hub.settings.callback_timestamp_window
     )
     CALLBACKS.labels("url_verified").inc()
+    # At INFO: the one sign an operator connecting an app gets that it worked.
+    log.info("callback URL verified", extra={"app": slug})
     # The raw plaintext: no quotes, no newline, or WeCom refuses the URL.
     return PlainTextResponse(echo)
 
@@ -53,7 +56,10 @@ async def receive(request: Request) -> Response:
         is_new = await hub.writer.store(NewEvent.received(app.id, received_at, body, delivery))
     except DatabaseUnavailable:
         raise errors.database_unavailable() from None
+    except IngestBusy:
+        raise errors.ingest_busy() from None
     (_STORED if is_new else _DUPLICATE).inc()
+    _log_first(request, app, delivery)
     reply = await hub.replies.passive_reply(
         app_id=app.id,
         crypt=app.crypt,
@@ -65,6 +71,20 @@ async def receive(request: Request) -> Response:
     if reply is not None:
         return Response(reply, media_type="application/xml")
     return PlainTextResponse("success")
+
+
+def _log_first(request: Request, app: AppKeys, delivery: verify.Delivery) -> None:
+    """At INFO, each app's first stored callback since start: proof that callbacks arrive,
+    without a line per callback."""
+    seen: set[int] = request.app.state.callback_apps_seen
+    if app.id in seen:
+        return
+    seen.add(app.id)
+    family, kind = classify(delivery.fields)
+    log.info(
+        "first callback from app since start",
+        extra={"app": app.slug, "family": family, "type": kind},
+    )
 
 
 async def _app_keys(apps: AppDirectory, slug: str) -> AppKeys:
@@ -104,6 +124,7 @@ async def callback(request: Request) -> Response:
 def install(app: FastAPI) -> None:
     # First in the table: every callback is matched against the routes before it.
     app.router.routes.insert(0, Route("/callback/{slug}", callback, methods=["GET", "POST"]))
+    app.state.callback_apps_seen = set()  # app ids: see _log_first
     app.add_exception_handler(CallbackRejected, _rejected)
 
 

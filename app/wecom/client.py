@@ -5,7 +5,10 @@
 - transient failures (-1, 45009, 45033, 6000, HTTP 5xx, timeouts) are retried with
   exponential backoff and jitter, never past the caller's deadline;
 - anything else fails at once with WeCom's errcode and errmsg kept;
-- every HTTP exchange is rate limited beforehand and recorded afterwards.
+- every HTTP exchange is rate limited beforehand and recorded afterwards;
+- redirects are not followed (a redirect would carry the access_token or corpsecret in its
+  query to wherever it points), answers are read up to a bound (a 400 MB answer is refused,
+  not read), and an access_token is checked before it is stored and sent back out.
 
 The HTTP client is aiohttp, not httpx: measured in one run against the same local server,
 httpx spent about 2 ms of CPU per request, aiohttp 0.2 ms; at 100 welcomes a second, with
@@ -13,8 +16,10 @@ an enrichment call each, that difference was most of a core.
 """
 
 import asyncio
+import json as jsonlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -22,12 +27,22 @@ from typing import Any
 
 import aiohttp
 
-from app.metrics import WECOM_API_CALLS, WECOM_API_SECONDS
-from app.wecom.errors import TOKEN_ERRCODES, WecomApiError
+from app.metrics import WECOM_API_CALLS, WECOM_API_SECONDS, errcode_label
+from app.wecom.errors import TOKEN_ERRCODES, WecomApiError, redact
 from app.wecom.ratelimit import NoSlotInTime, RateLimiter
 from app.wecom.tokens import TokenCache
 
 log = logging.getLogger(__name__)
+
+# WeCom's tokens are 64-odd characters of this alphabet; anything else is not a token, and it
+# is stored sealed in Postgres and sent in every URL, so it is refused at the door.
+ACCESS_TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/=]{1,512}")
+# WeCom says 7200 s; a day bounds what a broken answer can make us keep.
+MAX_EXPIRES_IN = 86_400
+
+
+class _AnswerRefused(Exception):
+    """The HTTP answer is not one a WeCom API gives (too large, a redirect)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +82,12 @@ class WecomClient:
         record: Recorder = _no_record,
         max_attempts: int = 4,
         backoff_seconds: float = 0.2,
+        max_answer_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         """http carries the base URL (WECOM_HUB_WECOM_API_BASE_URL) and timeout.
         tokens may be set later (it needs the client to fetch)."""
         self._http = http
+        self._max_answer_bytes = max_answer_bytes
         self.tokens = tokens
         self._limiter = limiter or RateLimiter(per_minute=9000, per_hour=135_000, concurrency=8)
         self._record = record
@@ -103,7 +120,7 @@ class WecomClient:
             media=None,
             token=None,
         )
-        return str(body["access_token"]), int(body.get("expires_in", 7200))
+        return _valid_token(body)
 
     async def call(
         self,
@@ -187,36 +204,50 @@ class WecomClient:
             async with (
                 self._limiter.slot(credentials.corp_id, api, deadline=deadline),
                 self._http.request(
-                    method, f"/cgi-bin/{api}", params=query, json=json, data=form
+                    method,
+                    f"/cgi-bin/{api}",
+                    params=query,
+                    json=json,
+                    data=form,
+                    allow_redirects=False,
                 ) as response,
             ):
                 status = response.status
                 if status >= 500:
                     errmsg = f"HTTP {status}"
                     raise WecomApiError(api, None, errmsg, http_status=status)
-                try:
-                    body = await response.json(content_type=None)  # WeCom says text/plain
-                except ValueError:
-                    errmsg = "answer is not JSON"
-                    raise WecomApiError(api, None, errmsg, http_status=status) from None
+                raw = await self._read_answer(response)
+            try:
+                body = jsonlib.loads(raw)  # WeCom says text/plain: no content type check
+            except (ValueError, RecursionError):  # RecursionError: nesting a mile deep
+                errmsg = "answer is not JSON"
+                raise WecomApiError(api, None, errmsg, http_status=status) from None
             if not isinstance(body, dict):
                 errmsg = "answer is not a JSON object"
                 raise WecomApiError(api, None, errmsg, http_status=status)
             # get_corp_token answers without errcode on success (PROTOCOL.md §6)
-            errcode = int(body.get("errcode", 0))
-            errmsg = str(body.get("errmsg", ""))
+            errcode = _errcode(body.get("errcode", 0))
+            if errcode is None:
+                errmsg = "errcode is not an integer"
+                raise WecomApiError(api, None, errmsg, http_status=status)
+            errmsg = redact(str(body.get("errmsg", "")))
             if errcode != 0:
                 raise WecomApiError(api, errcode, errmsg, http_status=status)
             return body
         except NoSlotInTime as exc:
             errmsg = str(exc)
             raise WecomApiError(api, None, errmsg) from None
+        except _AnswerRefused as exc:
+            errmsg = str(exc)
+            raise WecomApiError(api, None, errmsg, http_status=status) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            errmsg = f"{type(exc).__name__}: {exc}"[:500]
-            raise WecomApiError(api, None, errmsg) from exc
+            # Not `from exc`: the cause's text holds the whole URL, and a traceback logged
+            # with it would print the secret the message no longer has.
+            errmsg = redact(f"{type(exc).__name__}: {exc}")
+            raise WecomApiError(api, None, errmsg) from None
         finally:
             elapsed = time.perf_counter() - started
-            WECOM_API_CALLS.labels(api, str(errcode if errcode is not None else status)).inc()
+            WECOM_API_CALLS.labels(api, errcode_label(errcode, status)).inc()
             WECOM_API_SECONDS.labels(api).observe(elapsed)
             self._record_later(
                 CallRecord(
@@ -229,3 +260,45 @@ class WecomClient:
                     elapsed * 1000,
                 )
             )
+
+    async def _read_answer(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, refused as soon as it passes the bound: never buffered whole."""
+        if 300 <= response.status < 400:
+            raise _AnswerRefused(f"HTTP {response.status}: redirects are not followed")
+        limit = self._max_answer_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise _AnswerRefused(f"answer of {response.content_length} bytes exceeds {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise _AnswerRefused(f"answer exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _errcode(value: object) -> int | None:
+    """WeCom's errcode as an int (some answers give it as a string), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) < 12:
+        return int(value)
+    return None
+
+
+def _valid_token(body: dict[str, Any]) -> tuple[str, int]:
+    """(access_token, expires_in) from gettoken's answer, or WecomApiError if the answer
+    does not hold a plausible token."""
+    token, expires_in = body.get("access_token"), body.get("expires_in", 7200)
+    if not isinstance(token, str) or not ACCESS_TOKEN.fullmatch(token):
+        raise WecomApiError("gettoken", None, "answer holds no valid access_token")
+    if (
+        not isinstance(expires_in, int)
+        or isinstance(expires_in, bool)
+        or not 0 < expires_in <= MAX_EXPIRES_IN
+    ):
+        raise WecomApiError("gettoken", None, "answer holds no valid expires_in")
+    return token, expires_in

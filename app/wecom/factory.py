@@ -42,6 +42,7 @@ def create_client(
             concurrency=settings.wecom_api_concurrency,
         ),
         record=CallRecorder(sessionmaker),
+        max_answer_bytes=settings.wecom_api_max_answer_bytes,
     )
     client.tokens = TokenCache(sessionmaker, box, client.fetch_token)
     return client
