@@ -25,7 +25,8 @@ class Action(Base):
     app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id", ondelete="RESTRICT"))
     corp_id: Mapped[str | None] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(256))
-    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="RESTRICT"))
+    # Old events are deleted (retention, app/housekeeping.py); their actions stay.
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))
     idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     status: Mapped[str] = mapped_column(String(16), server_default="pending")

@@ -16,7 +16,8 @@ class Message(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     corp_id: Mapped[str] = mapped_column(String(64))
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="RESTRICT"))
-    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="RESTRICT"))
+    # Old events are deleted (retention, app/housekeeping.py); their messages stay.
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))
     source: Mapped[str] = mapped_column(String(8))  # "app" or "kf"
     msg_id: Mapped[str] = mapped_column(String(128))
     sender: Mapped[str] = mapped_column(String(128))  # member userid or customer external_userid
@@ -29,4 +30,5 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("corp_id", "source", "msg_id"),
         Index("ix_messages_sender_id", "sender", "id"),
+        Index("ix_messages_event_id", "event_id"),  # SET NULL finds a deleted event's by it
     )

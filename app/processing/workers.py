@@ -148,7 +148,14 @@ async def running(
                 coroutines.append(runner.run(stop))
                 deliveries = webhook_runner(settings, webhook_db, runner_sessions, dsn, sender)
                 coroutines.append(deliveries.run(stop))
-                coroutines.append(housekeeping.run(runner_db, runner_sessions, stop))
+                coroutines.append(
+                    housekeeping.run(
+                        runner_db,
+                        runner_sessions,
+                        stop,
+                        retention_days=settings.event_retention_days,
+                    )
+                )
             tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
             try:
                 yield tasks
