@@ -1,30 +1,40 @@
 """`wecom-hub`: serve, migrate, manage apps. Thin: each command calls the same functions as HTTP."""
 
+# The service itself (web server, ORM models, WeCom client, simulator) is imported inside the
+# commands that use it: all of it takes seconds to import on a small machine, and `--help`
+# or `apps list` should answer at once.
+
+from __future__ import annotations
+
+import ast
 import asyncio
+import errno
 import gc
 import json
+import shutil
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import logs, runtime, wecom_apps
-from app import sync as sync_module
-from app.config import Settings, get_settings
-from app.crypto.at_rest import SecretBox, generate_key
-from app.db import create_engine, create_sessionmaker, upgrade_database
 from app.errors import AppError, FieldError, Invalid
-from app.processing import workers
 from app.simulator.cli import sim_cli
-from app.wecom.errors import WecomApiError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app import apikeys, wecom_apps
+    from app.config import Settings
+    from app.crypto.at_rest import SecretBox
+    from app.sync import Summary
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 apps_cli = typer.Typer(no_args_is_help=True, help="WeCom apps: one callback URL each.")
@@ -60,30 +70,175 @@ def exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
 
 
-def _prepare(settings: Settings) -> str:
-    """Database URL, starting the embedded Postgres if needed, migrated to head."""
+def invoked_as() -> str:
+    """How to run wecom-hub again, as this user can: `wecom-hub` if that is on PATH,
+    else the path they typed (`.venv/bin/wecom-hub`), so that printed hints work as given."""
+    me = Path(sys.argv[0]).resolve()
+    on_path = shutil.which("wecom-hub")
+    if on_path and Path(on_path).resolve() == me:
+        return "wecom-hub"
+    return sys.argv[0]
+
+
+def current_settings() -> Settings:
+    from app.config import get_settings
+
+    return get_settings()
+
+
+def listen(host: str, port: int, option: str) -> socket.socket:
+    """The server's socket, bound now: a port in use is then one line naming the option to
+    change, said before anything claims to be listening (uvicorn binds only after its
+    startup, and says it in a log line)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            _complain(
+                f"port {port} on {host} is in use (another wecom-hub serve or demo?): stop "
+                f"that, or choose another port with {option}"
+            )
+        else:
+            _complain(f"cannot listen on {host}:{port} ({exc.strerror}): choose with {option}")
+        raise typer.Exit(1) from None
+    return sock
+
+
+def prepare_database(settings: Settings) -> str:
+    """Database URL, starting the embedded Postgres if needed, reachable, migrated to head."""
+    from app import runtime
+    from app.db import upgrade_database
+
     try:
         url = runtime.database_url(settings)
     except runtime.ConfigurationError as exc:
-        console.print(f"[red]{exc}[/red]")
+        _complain(str(exc))
         raise typer.Exit(2) from None
-    upgrade_database(url)
+    if _schema_versions(url, settings) != _migration_heads():
+        upgrade_database(url)
     return url
 
 
-def _box(settings: Settings) -> SecretBox:
+def _schema_versions(url: str, settings: Settings) -> set[str]:
+    """The migrations the database is at (none on a new one), read on a first connection
+    made with the service's own timeout: a database that cannot be used is then one line,
+    not a traceback from deep inside the migrations (which would also wait for the
+    system's connect timeout, not ours)."""
+    import asyncpg
+
+    from app.db import asyncpg_dsn
+
+    async def read() -> set[str]:
+        timeout = settings.database_timeout_seconds
+        connection = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
+        try:
+            rows = await connection.fetch("SELECT version_num FROM alembic_version")
+        except asyncpg.UndefinedTableError:
+            return set()
+        finally:
+            await connection.close()
+        return {row["version_num"] for row in rows}
+
+    try:
+        return asyncio.run(read())
+    except Exception as exc:
+        if not _database_refused(exc):
+            raise
+        _no_database(url, settings, exc)
+
+
+def _migration_heads() -> set[str] | None:
+    """The latest migrations, read from the migration files' own `revision` and
+    `down_revision`: when the database is at them Alembic would do nothing, and importing
+    it alone costs a fifth of a second. None if a file does not say them plainly; then
+    Alembic decides."""
+    import migrations
+
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (Path(migrations.__file__).parent / "versions").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        said = _assigned(path)
+        try:
+            revision = ast.literal_eval(said["revision"])
+            down = ast.literal_eval(said["down_revision"])
+        except (KeyError, ValueError):
+            return None
+        revisions.add(revision)
+        parents.update([down] if isinstance(down, str) else down or ())
+    return revisions - parents
+
+
+def _assigned(path: Path) -> dict[str, ast.expr]:
+    """What a module's top level assigns to each name."""
+    said: dict[str, ast.expr] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign):
+            said |= {t.id: node.value for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and node.value and isinstance(node.target, ast.Name):
+            said[node.target.id] = node.value
+    return said
+
+
+def _database_refused(exc: BaseException) -> bool:
+    """Postgres is unreachable, or reachable but refuses us (wrong password, no such
+    database): either way the URL or the server is what to check."""
+    import asyncpg
+
+    from app.db import is_unavailable
+
+    return is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError)
+
+
+def _no_database(url: str, settings: Settings, exc: BaseException) -> NoReturn:
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).set(drivername="postgresql").render_as_string(hide_password=True)
+    if settings.database_url:
+        check = (
+            "check that Postgres runs there and that the host, port, user, password and "
+            "database in WECOM_HUB_DATABASE_URL are right"
+        )
+    else:
+        check = f"check the embedded Postgres in {settings.data_dir.resolve() / 'postgres'}"
+    _complain(f"cannot use the database {shown} ({_why(exc, settings)}): {check}")
+    raise typer.Exit(1)
+
+
+def _why(exc: BaseException, settings: Settings) -> str:
+    """The cause in a few words: the driver's own error, without SQLAlchemy's wrapping."""
+    from sqlalchemy.exc import DBAPIError
+
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, TimeoutError):
+        return f"no answer in {settings.database_timeout_seconds:g} s"
+    text = (cause.strerror if isinstance(cause, OSError) else None) or str(cause)
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    from app import runtime
+
     try:
         return runtime.secret_box(settings)
     except runtime.ConfigurationError as exc:
-        console.print(f"[red]{exc}[/red]")
+        _complain(str(exc))
         raise typer.Exit(2) from None
 
 
 def in_transaction(work: Callable[[AsyncSession, SecretBox], Awaitable[T]]) -> T:
     """Run one unit of work in one transaction, committed when `work` returns."""
-    settings = get_settings()
-    url = _prepare(settings)
-    box = _box(settings)
+    from app.db import create_engine, create_sessionmaker
+
+    settings = current_settings()
+    url = prepare_database(settings)
+    box = secret_box(settings)
 
     async def run() -> T:
         engine = create_engine(url, settings, pool_size=1)
@@ -93,7 +248,12 @@ def in_transaction(work: Callable[[AsyncSession, SecretBox], Awaitable[T]]) -> T
         finally:
             await engine.dispose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except Exception as exc:
+        if not _database_refused(exc):
+            raise
+        _no_database(url, settings, exc)  # lost since it was checked
 
 
 @cli.command()
@@ -102,16 +262,21 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Run the service: callback endpoint, API, health and metrics."""
+    import uvicorn
+
+    from app import logs
     from app.main import create_app
 
-    settings = get_settings()
-    logs.configure(settings.log_level)
-    url = _prepare(settings)
-    _box(settings)  # fail now, not on the first callback
+    settings = current_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    sock = listen(host, port, "--port")
+    url = prepare_database(settings)
+    secret_box(settings)  # fail now, not on the first callback
+    me = invoked_as()
     lines = [
         f"wecom-hub listening on http://{host}:{port}",
         f"  callback URL of an app:  http://{host}:{port}/callback/<slug>",
-        "  add an app:  wecom-hub apps add --slug S --corp-id C --token T --aes-key K --secret X",
+        f"  add an app:  {me} apps add --slug S --corp-id C --token T --aes-key K --secret X",
     ]
     if not settings.database_url:
         lines.append(f"  embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
@@ -119,14 +284,13 @@ def serve(
     app = create_app(settings, database_url=url)
     freeze_startup_objects()
     exit_cleanly_on_sigterm()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_seconds)),
     )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @cli.command()
@@ -134,18 +298,28 @@ def demo(
     port: Annotated[int, typer.Option(help="wecom-hub's port.")] = 8000,
     sim_port: Annotated[int, typer.Option(help="The simulated WeCom's port.")] = 9000,
 ) -> None:
-    """The whole loop on this machine: wecom-hub, a simulated WeCom, a new customer."""
-    from app.simulator.demo import run_demo
+    """The whole loop on this machine: wecom-hub, a simulated WeCom, a new customer. It
+    keeps its own database (in the data folder's demo/), apart from your apps."""
+    from app import logs
+    from app.simulator.demo import demo_settings, run_demo
 
-    settings = get_settings()
+    settings = demo_settings(current_settings())
     logs.configure("WARNING")
-    url = _prepare(settings)
-    box = _box(settings)
-    exit_cleanly_on_sigterm()
-    try:
-        run_fast(run_demo(settings, url, box, port=port, sim_port=sim_port, console=console))
-    except KeyboardInterrupt:
-        pass
+    hub_socket = listen("127.0.0.1", port, "--port")
+    sim_socket = listen("127.0.0.1", sim_port, "--sim-port")
+    url = prepare_database(settings)
+    box = secret_box(settings)
+    run_fast(
+        run_demo(
+            settings,
+            url,
+            box,
+            hub_socket=hub_socket,
+            sim_socket=sim_socket,
+            command=invoked_as(),
+            console=console,
+        )
+    )
 
 
 @cli.command()
@@ -156,14 +330,17 @@ def worker(
     ] = None,
 ) -> None:
     """Process events and run actions, without HTTP: scale out with more of these."""
+    from app import logs
+    from app.processing import workers
+
     if only not in (None, *workers.LOOPS):
         console.print(f"[red]--only must be one of {', '.join(sorted(workers.LOOPS))}[/red]")
         raise typer.Exit(2)
     loops = workers.LOOPS if only is None else frozenset({only})
-    settings = get_settings()
-    logs.configure(settings.log_level)
-    url = _prepare(settings)
-    box = _box(settings)
+    settings = current_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    url = prepare_database(settings)
+    box = secret_box(settings)
 
     async def run() -> None:
         # SIGTERM (docker stop, systemd, Kubernetes) and SIGINT only set an event that the
@@ -192,15 +369,18 @@ def sync(
     """Import the corp's existing customers, groups and tags (resumable, idempotent)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
+    from app import logs, wecom_apps
+    from app.db import create_engine, create_sessionmaker
     from app.sync import Sync, SyncBusy
+    from app.wecom.errors import WecomApiError
     from app.wecom.factory import open_client
 
-    settings = get_settings()
+    settings = current_settings()
     logs.configure("WARNING")
-    url = _prepare(settings)
-    box = _box(settings)
+    url = prepare_database(settings)
+    box = secret_box(settings)
 
-    async def run() -> sync_module.Summary:
+    async def run() -> Summary:
         engine = create_engine(url, settings)
         sessionmaker = create_sessionmaker(engine)
         try:
@@ -245,14 +425,19 @@ def sync(
 @cli.command()
 def migrate() -> None:
     """Run the database migrations to the latest version, and nothing else."""
-    logs.configure(get_settings().log_level)
-    _prepare(get_settings())
+    from app import logs
+
+    settings = current_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    prepare_database(settings)
     console.print("database is at the latest migration")
 
 
 @cli.command("secret-key")
 def secret_key() -> None:
     """Print a new value for WECOM_HUB_SECRET_KEY."""
+    from app.crypto.at_rest import generate_key
+
     print(generate_key())
 
 
@@ -329,6 +514,8 @@ def apps_add(
     label: LabelOption = None,
 ) -> None:
     """Register a WeCom app; its callback URL is /callback/SLUG."""
+    from app import wecom_apps
+
     with _refusals():
         spec = wecom_apps.app_spec(
             _given(slug=slug, corp_id=corp_id, agent_id=agent_id, label=label)
@@ -345,6 +532,7 @@ def apps_add(
 @apps_cli.command("list")
 def apps_list() -> None:
     """List the apps."""
+    from app import wecom_apps
 
     async def views(session: AsyncSession, box: SecretBox) -> list[wecom_apps.AppView]:
         return [wecom_apps.app_view(a) for a in await wecom_apps.list_apps(session)]
@@ -360,6 +548,7 @@ def apps_list() -> None:
 @apps_cli.command("show")
 def apps_show(slug: Annotated[str, typer.Argument()]) -> None:
     """Show one app; secrets are masked."""
+    from app import wecom_apps
 
     async def describe(session: AsyncSession, box: SecretBox) -> dict[str, str]:
         app = await wecom_apps.get_app(session, slug)
@@ -392,6 +581,8 @@ def apps_update(
     label: LabelOption = None,
 ) -> None:
     """Change an app's label or AgentId, or rotate its Token, EncodingAESKey or Secret."""
+    from app import wecom_apps
+
     with _refusals():
         changes = _given(agent_id=agent_id, label=label) | _secrets(
             token=token, aes_key=aes_key, secret=secret
@@ -402,7 +593,7 @@ def apps_update(
         in_transaction(lambda session, box: wecom_apps.update_app(session, box, slug, patch))
     console.print(
         f"updated app {slug!r}: {', '.join(changes)}; callbacks use new keys after at most "
-        f"{get_settings().app_cache_seconds:g} s",
+        f"{current_settings().app_cache_seconds:g} s",
         highlight=False,
     )
 
@@ -410,6 +601,8 @@ def apps_update(
 @apps_cli.command("remove")
 def apps_remove(slug: Annotated[str, typer.Argument()]) -> None:
     """Stop accepting callbacks for an app; its stored events are kept."""
+    from app import wecom_apps
+
     with _refusals():
         in_transaction(lambda session, box: wecom_apps.remove_app(session, slug))
     console.print(f"removed app {slug!r}")
@@ -463,7 +656,7 @@ def rules_add(
     """Add a rule; it is validated first (limits, placeholders, regexes, tag ids, files)."""
     from app.automations.store import create_rule, rule_spec
 
-    media_dir = get_settings().media_dir
+    media_dir = current_settings().media_dir
     with _refusals():
         spec = rule_spec(
             _given(
@@ -548,7 +741,7 @@ def rules_update(
     result is validated like a new rule."""
     from app.automations.store import rule_patch, update_rule
 
-    media_dir = get_settings().media_dir
+    media_dir = current_settings().media_dir
     with _refusals():
         if app is not None and all_apps:
             raise Invalid([FieldError("app", "give --app or --all-apps, not both")])

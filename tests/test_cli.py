@@ -70,7 +70,7 @@ def test_add_list_show_remove(env: None, database_url: str) -> None:
     assert shown.exit_code == 0
     for value in (secret, token, aes_key):
         assert value not in shown.output
-        assert value[:4] + "…" in shown.output
+        assert f"…{value[-2:]} ({len(value)} chars)" in shown.output
 
     [row] = asyncio.run(_sql(database_url, "SELECT * FROM apps"))
     for column, value in (
@@ -301,3 +301,14 @@ def test_apikeys_create_list_revoke(env: None, database_url: str) -> None:
     revoked = asyncio.run(_sql(database_url, "SELECT revoked_at FROM api_keys"))
     assert revoked[0]["revoked_at"] is not None
     assert runner.invoke(cli, ["apikeys", "revoke", "99"]).exit_code == 1
+
+
+def test_migration_heads_are_read_as_alembic_reads_them() -> None:
+    """Commands skip Alembic when the database is at these heads: they must be Alembic's."""
+    from alembic.script import ScriptDirectory
+
+    import migrations
+    from app.cli import _migration_heads
+
+    script = ScriptDirectory(str(Path(migrations.__file__).parent))
+    assert _migration_heads() == set(script.get_heads())

@@ -90,33 +90,3 @@ def test_serve_embedded_end_to_end_and_stop_on_sigterm(tmp_path: Path) -> None:
     assert b"/callback/<slug>" in output
     # The embedded Postgres was stopped, not left behind.
     assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
-
-
-def test_demo_shows_the_whole_loop(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
-    env["WECOM_HUB_DATA_DIR"] = str(tmp_path / "data")
-    demo = subprocess.Popen(
-        [WECOM_HUB, "demo", "--port", str(_free_port()), "--sim-port", str(_free_port())],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        assert demo.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in demo.stdout:  # ends when the demo says how to stop it
-            lines.append(line)
-            if "Ctrl-C stops." in line or time.monotonic() > deadline:
-                break
-    finally:
-        demo.send_signal(signal.SIGTERM)
-        rest, _ = demo.communicate(timeout=30)
-    output = "".join(lines) + (rest or "")
-    assert "answered 200 success" in output, output
-    assert "type=change_external_contact/add_external_contact, status=processed" in output
-    assert "state=spring_promo" in output
-    assert "kind=welcome, status=succeeded, reason=rule 'spring campaign'" in output
-    assert "kind=enrich_contact, status=succeeded" in output
-    assert demo.returncode == 0, output

@@ -134,3 +134,15 @@ def test_seeded_corp_has_what_sync_expects() -> None:
     corp = state.corp("wwseed")
     assert (len(corp.members), len(corp.contacts), len(corp.groups)) == (2, 6, 4)
     assert sum(len(g["tag"]) for g in corp.tag_groups.values()) == 5
+
+
+def test_a_group_change_is_known_before_its_callback() -> None:
+    """`sim send join-group` tells the simulator first, so groupchat/get finds the joiner."""
+    state = SimState()
+    state.seed("wwgroups", members=1, customers_per_member=0, groups=0)
+    joined = state.change_group("wwgroups", "wrNEW", owner="member000", joined=["wmA"], left=[])
+    assert [(m["userid"], m["type"]) for m in joined.members] == [("member000", 1), ("wmA", 2)]
+    version = joined.member_version
+    left = state.change_group("wwgroups", "wrNEW", owner="member000", joined=[], left=["wmA"])
+    assert [m["userid"] for m in left.members] == ["member000"]
+    assert left.member_version != version

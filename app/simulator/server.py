@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
@@ -66,7 +66,7 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
                     raise ApiError(fault.errcode, "injected fault")
             if handler is None:  # gettoken
                 corp_id = query.get("corpid", "")
-                corp = sim.corps.get(corp_id)
+                corp = await _known_corp(sim, corp_id, query.get("corpsecret", ""))
                 if corp is None:
                     raise ApiError(40013, "invalid corpid")
                 if query.get("corpsecret") not in corp.secrets:
@@ -122,6 +122,15 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(control_router(sim))
     return app
+
+
+async def _known_corp(sim: SimState, corp_id: str, secret: str) -> Corp | None:
+    """The corp, after learning the apps again if it or the secret is new to the simulator."""
+    corp = sim.corps.get(corp_id)
+    if (corp is None or secret not in corp.secrets) and sim.learn is not None:
+        await sim.learn()
+        corp = sim.corps.get(corp_id)
+    return corp
 
 
 # externalcontact --------------------------------------------------------------------------
@@ -390,6 +399,12 @@ class KfMessageIn(BaseModel):
     seconds_ago: int = 0  # a message written earlier (a 48-hour window that has closed)
 
 
+class GroupChangeIn(BaseModel):
+    owner: str
+    joined: list[str] = []
+    left: list[str] = []
+
+
 class CustomerIn(BaseModel):
     userid: str
     external_userid: str
@@ -442,6 +457,26 @@ def control_router(sim: SimState) -> APIRouter:
             "oper_userid": customer.external_userid,
         }
         return {"welcome_code": sim.issue_welcome_code(corp_id)}
+
+    @router.post("/corps/{corp_id}/groups/{chat_id}")
+    async def change_group(corp_id: str, chat_id: str, change: GroupChangeIn) -> dict[str, Any]:
+        """A group is created, or customers join or leave it: WeCom knows before it sends
+        the callback that says so."""
+        group = sim.change_group(
+            corp_id, chat_id, owner=change.owner, joined=change.joined, left=change.left
+        )
+        return {"chat_id": group.chat_id, "members": [m["userid"] for m in group.members]}
+
+    @router.get("/apps/{slug}")
+    async def app_keys(slug: str) -> dict[str, str]:
+        """An app's corp, Token and EncodingAESKey, for `sim send` to seal callbacks with
+        (WeCom knows them: the admin typed them into its console)."""
+        if sim.learn is not None:
+            await sim.learn()  # a key rotated since the simulator last looked
+        app = sim.apps.get(slug)
+        if app is None:
+            raise HTTPException(404, f"no app {slug!r}")
+        return {"corp_id": app.corp_id, "token": app.token, "aes_key": app.aes_key}
 
     @router.post("/corps/{corp_id}/kf/{open_kfid}/messages")
     async def kf_customer_writes(

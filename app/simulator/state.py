@@ -5,6 +5,7 @@ import itertools
 import random
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,18 @@ class Corp:
     media: dict[str, float] = field(default_factory=dict)  # media_id → uploaded at
 
 
+@dataclass(frozen=True)
+class SimApp:
+    """An app as WeCom's admin console knows it: its corp and Secret, and the Token and
+    EncodingAESKey its callbacks are sealed with (so `sim send` can seal them the same way)."""
+
+    slug: str
+    corp_id: str
+    secret: str
+    token: str
+    aes_key: str
+
+
 @dataclass
 class Call:
     api: str
@@ -89,9 +102,46 @@ class SimState:
         self._minute_counts: dict[tuple[str, str, int], int] = {}
         self.random = random.Random(seed)
         self._ids = itertools.count(1)
+        self.apps: dict[str, SimApp] = {}  # slug → app
+        # Called when a corp, Secret or app is asked for that is not known: `sim serve` reads
+        # wecom-hub's apps again, so apps added (or secrets rotated) after it started work.
+        self.learn: Callable[[], Awaitable[None]] | None = None
 
     def corp(self, corp_id: str) -> Corp:
         return self.corps.setdefault(corp_id, Corp(corp_id))
+
+    def add_app(self, app: SimApp) -> None:
+        self.apps[app.slug] = app
+        self.corp(app.corp_id).secrets.add(app.secret)
+
+    def change_group(
+        self, corp_id: str, chat_id: str, *, owner: str, joined: list[str], left: list[str]
+    ) -> Group:
+        """A group as WeCom knows it after a change that a callback reports: created if new
+        (owned by `owner`), with `joined` in it and `left` gone, so that the groupchat/get
+        the callback causes finds what the callback said."""
+        corp = self.corp(corp_id)
+        group = corp.groups.get(chat_id)
+        if group is None:
+            group = corp.groups[chat_id] = Group(
+                chat_id, name="客户群", owner=owner, create_time=int(time.time())
+            )
+            joined = [owner, *joined]
+        present = {member["userid"] for member in group.members}
+        group.members = [m for m in group.members if m["userid"] not in left]
+        for member in joined:
+            if member not in present:
+                group.members.append(
+                    {
+                        "userid": member,
+                        "type": 1 if member == owner or member in corp.members else 2,
+                        "join_time": int(time.time()),
+                        "join_scene": 3,  # by QR code
+                        "invitor": {"userid": owner},
+                    }
+                )
+        group.member_version = secrets.token_hex(16)
+        return group
 
     def issue_token(self, corp_id: str) -> str:
         token = secrets.token_urlsafe(48)
