@@ -289,8 +289,13 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_seconds)),
+        limit_concurrency=settings.serve_limit_concurrency,
+        timeout_keep_alive=settings.serve_keep_alive_seconds,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    sockets = [sock]
+    if settings.admin_port is not None:  # /metrics, /docs and the schema answer only there
+        sockets.append(listen(host, settings.admin_port, "WECOM_HUB_ADMIN_PORT"))
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 @cli.command()

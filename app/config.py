@@ -169,6 +169,50 @@ class Settings(BaseSettings):
         description="Processed events older than this are deleted, in small batches, once a "
         "minute; customers, follows, messages and actions stay. 0 keeps events for ever.",
     )
+    # Secrets (issue 10 item 6): from files, for Docker/Kubernetes secrets, kept out of the
+    # environment that `docker inspect` and /proc/<pid>/environ show; key rotation.
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the secret key (one trailing newline is ignored), "
+        "instead of secret_key; e.g. /run/secrets/wecom_hub_secret_key.",
+    )
+    database_password_file: Path | None = Field(
+        default=None,
+        description="A file holding the password for database_url, whose own URL then has "
+        "none (one trailing newline is ignored); no URL escaping is needed.",
+    )
+    previous_secret_keys: SecretStr | None = Field(
+        default=None,
+        description="During a key rotation, the keys replaced (comma-separated): what they "
+        "sealed still opens, while everything newly stored is sealed with the current key.",
+    )
+    # The admin listener (issue 10 item 6).
+    admin_port: int | None = Field(
+        default=None,
+        gt=0,
+        lt=65536,
+        description="When set, /metrics, /docs and /openapi.json answer only on this port, "
+        "which `serve` listens on beside --port: keep it off the public listener.",
+    )
+    # Slow clients (issue 10 item 6): how many connections `serve` holds and for how long.
+    # uvicorn has no header read timeout: the reverse proxy in front bounds that (README).
+    serve_limit_concurrency: int = Field(
+        default=1000,
+        gt=0,
+        description="Connections and requests `serve` handles at once; a request beyond them "
+        "gets 503 at once (WeCom retries) instead of memory growing with each slow client.",
+    )
+    serve_keep_alive_seconds: int = Field(
+        default=5,
+        gt=0,
+        description="An idle keep-alive connection is closed after this long.",
+    )
+    callback_body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A callback whose whole body has not arrived within this time is refused "
+        "(408 body_timeout) and its connection closed.",
+    )
     log_level: str = "INFO"
 
 

@@ -18,7 +18,15 @@ from app.config import Settings, get_settings
 from app.crypto.at_rest import SecretBox
 from app.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.processing import workers
-from app.routers import callback, docs, health, problems, request_id
+from app.routers import (
+    admin_port,
+    callback,
+    docs,
+    health,
+    problems,
+    request_id,
+    security_headers,
+)
 from app.wecom_apps import AppDirectory
 
 log = logging.getLogger(__name__)
@@ -81,6 +89,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
     app = FastAPI(title="wecom-hub", lifespan=lifespan, docs_url=None, redoc_url=None)
     request_id.install(app)
+    security_headers.install(app)
+    admin_port.install(app, config.admin_port)
     problems.install(app)
     callback.install(app)
     docs.install(app)

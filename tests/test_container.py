@@ -4,8 +4,8 @@ docker-compose.yml is read as Compose reads it and its wiring checked. The Docke
 parsed: its final stage is checked, and its build stage is carried out here as written (its
 COPY through .dockerignore, its RUN by the shell), into a temporary folder that stands for the
 image's `/`. The result is then started the way a container starts it: the image's
-environment only, as an unprivileged user, through the image's ENTRYPOINT or the compose
-services' entrypoint, with the secrets as files.
+environment only, as an unprivileged user, through the image's ENTRYPOINT with the compose
+services' commands and environment, and the secrets as files that wecom-hub reads itself.
 """
 
 import asyncio
@@ -46,6 +46,7 @@ BASE_IMAGE_ENV = {"LANG": "C.UTF-8"}
 NOBODY = 65534
 SERVE_PORT: int = inspect.signature(cli.serve).parameters["port"].default
 HUB_SERVICES = ("migrate", "serve", "worker")
+SECRETS_DIR = "/run/secrets/"
 BUILD_TOOLS = {"build-essential", "gcc", "g++", "clang", "make"}
 
 
@@ -236,10 +237,14 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-def secrets_read_by(service: dict[str, Any]) -> dict[str, str]:
-    """Variable → compose secret, as the service's entrypoint script exports them."""
-    script = service["entrypoint"][2]
-    return dict(re.findall(r"^(\w+)=\$\(cat /run/secrets/(\w+)\)$", script, re.MULTILINE))
+def secret_files(service: dict[str, Any]) -> dict[str, str]:
+    """Setting → compose secret, for each setting that names a mounted secret's file."""
+    environment: dict[str, str] = service["environment"]
+    return {
+        name: value.removeprefix(SECRETS_DIR)
+        for name, value in environment.items()
+        if value.startswith(SECRETS_DIR)
+    }
 
 
 def test_postgres_keeps_its_data_in_a_volume_and_reports_its_health(
@@ -259,21 +264,24 @@ def test_hub_services_run_one_image_on_postgres_with_the_secrets(
 ) -> None:
     postgres = compose["services"]["postgres"]
     password_file = postgres["environment"]["POSTGRES_PASSWORD_FILE"]
-    assert password_file.removeprefix("/run/secrets/") in postgres["secrets"]
+    assert password_file.removeprefix(SECRETS_DIR) in postgres["secrets"]
     for name in HUB_SERVICES:
         service = compose["services"][name]
         assert service["build"] == "." and service["image"] == "wecom-hub:latest", name
-        assert service["command"], f"{name}: an entrypoint clears the image's CMD"
+        assert "entrypoint" not in service, f"{name}: the image's, no shell before wecom-hub"
+        assert service["command"], name
         url = make_url(service["environment"]["WECOM_HUB_DATABASE_URL"])
         assert (url.host, url.port) == ("postgres", 5432), name
         assert url.username == postgres["environment"]["POSTGRES_USER"]
         assert url.database == postgres["environment"]["POSTGRES_DB"]
         assert url.password is None, f"{name}: the password is a secret, not in the URL"
-        read = secrets_read_by(service)
+        read = secret_files(service)
         assert read == {
-            "WECOM_HUB_SECRET_KEY": "wecom_hub_secret_key",
-            "PGPASSWORD": password_file.removeprefix("/run/secrets/"),
+            "WECOM_HUB_SECRET_KEY_FILE": "wecom_hub_secret_key",
+            "WECOM_HUB_DATABASE_PASSWORD_FILE": password_file.removeprefix(SECRETS_DIR),
         }
+        for setting in read:
+            assert setting.removeprefix("WECOM_HUB_").lower() in Settings.model_fields, setting
         assert sorted(service["secrets"]) == sorted(read.values()), name
     for secret in compose["secrets"].values():
         assert secret["file"].startswith("./deploy/secrets/"), "kept out of git and images"
@@ -555,17 +563,17 @@ def fresh_database(reachable_server: str) -> Iterator[str]:
     asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def as_mounted(image: Image, service: dict[str, Any]) -> list[str]:
-    """The compose entrypoint, reading the secrets where this test mounts them."""
-    entrypoint: list[str] = service["entrypoint"]
-    secrets_dir = image.path("/run/secrets")
-    return [part.replace("/run/secrets/", f"{secrets_dir}/") for part in entrypoint]
+def mounted(image: Image, service: dict[str, Any]) -> dict[str, str]:
+    """The service's environment, naming the secrets' files where this test mounts them."""
+    secrets_dir = f"{image.path(SECRETS_DIR)}/"
+    given: dict[str, str] = service["environment"]
+    return {name: value.replace(SECRETS_DIR, secrets_dir) for name, value in given.items()}
 
 
-def mount_secrets(image: Image) -> dict[str, str]:
+def mount_secrets(image: Image, password: str) -> dict[str, str]:
     """Readable by the service's user, as deploy/README.md has them written."""
-    values = {"wecom_hub_secret_key": generate_key(), "postgres_password": secrets.token_hex(8)}
-    folder = image.path("/run/secrets")
+    values = {"wecom_hub_secret_key": generate_key(), "postgres_password": password}
+    folder = image.path(SECRETS_DIR)
     folder.mkdir(parents=True, exist_ok=True)
     for name, value in values.items():
         (folder / name).write_text(value + "\n")
@@ -591,30 +599,33 @@ def test_compose_services_migrate_and_serve_as_the_image_runs_them(
     for command in ("serve", "worker", "migrate", "sim"):
         assert f" {command} " in helped.stdout, command
 
-    values = mount_secrets(image)
+    # The password in the file, not the URL: the server's own when it asks for one (then
+    # checked), any when it trusts the test's connections.
+    server = make_url(fresh_database)
+    values = mount_secrets(image, server.password or secrets.token_hex(8))
+    url = server.set(password=None).render_as_string()
     services = compose["services"]
+    [image_entrypoint] = stages[-1].args_of("ENTRYPOINT")
+    entrypoint = exec_form(image_entrypoint)
 
     def environment(name: str) -> dict[str, str]:
-        given: dict[str, str] = services[name]["environment"]
-        return image.env | given | {"WECOM_HUB_DATABASE_URL": fresh_database}
+        return image.env | mounted(image, services[name]) | {"WECOM_HUB_DATABASE_URL": url}
 
     migrate = services["migrate"]
-    migrated = run(
-        image, [*as_mounted(image, migrate), *migrate["command"]], environment("migrate")
-    )
+    migrated = run(image, [*entrypoint, *migrate["command"]], environment("migrate"))
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     assert asyncio.run(migrated_to(fresh_database))
 
     serve = services["serve"]
-    served = start_serving(
-        image, [*as_mounted(image, serve), *serve["command"]], environment("serve")
-    )
+    served = start_serving(image, [*entrypoint, *serve["command"]], environment("serve"))
     try:
         pid = served.process.pid
         assert process_uid(pid) == image.uid != 0
+        # Serving on a database URL needs the key: it was read from its file.
         given = process_environment(pid)
-        assert given["WECOM_HUB_SECRET_KEY"] == values["wecom_hub_secret_key"]
-        assert given["PGPASSWORD"] == values["postgres_password"]
+        assert given["WECOM_HUB_SECRET_KEY_FILE"].endswith(f"{SECRETS_DIR}wecom_hub_secret_key")
+        for value in values.values():
+            assert not [name for name, text in given.items() if value in text], "a secret"
         assert health_check(image, stages[-1], served.port).returncode == 0
     finally:
         status = stop(served)

@@ -15,7 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from app.automations.rules import CHURN_PLACEHOLDERS, ChurnContent, WelcomeContent, render
+from app.automations.rules import (
+    CHURN_PLACEHOLDERS,
+    ChurnContent,
+    ReplyMatch,
+    TagMatch,
+    WelcomeContent,
+    render,
+)
 from app.automations.store import enabled_rules, validate
 from app.config import Settings
 from app.errors import FieldError, Invalid
@@ -226,3 +233,14 @@ async def test_a_stored_rule_that_no_longer_validates_is_left_out_not_fatal(
     finally:
         await maker.kw["bind"].dispose()
     assert [rule.name for rule in loaded] == ["good"]
+
+
+def test_a_keyword_that_runs_out_of_time_only_fails_itself() -> None:
+    """The catastrophic pattern comes first: its timeout must not end the list."""
+    text = "a" * 40 + "!"
+    catastrophic = r"(a|aa)+$"
+    reply = ReplyMatch(keywords=[catastrophic, "!"], mode="regex")
+    tag = TagMatch(on="keyword", keywords=[catastrophic, "!"], mode="regex")
+    assert reply.matches(text)
+    assert tag.matches_message(text, open_kfid="wk1")
+    assert not ReplyMatch(keywords=[catastrophic], mode="regex").matches(text)

@@ -300,10 +300,7 @@ def _state_matches(pattern: str, mode: str, state: str) -> bool:
         return state == pattern
     if mode == "prefix":
         return state.startswith(pattern)
-    try:
-        return regex.search(pattern, state, timeout=REGEX_TIMEOUT_SECONDS) is not None
-    except TimeoutError:
-        return False
+    return _regex_found(pattern, state)
 
 
 def _keywords_match(keywords: list[str], mode: str, text: str) -> bool:
@@ -312,8 +309,14 @@ def _keywords_match(keywords: list[str], mode: str, text: str) -> bool:
         return text in keywords
     if mode == "contains":
         return any(keyword in text for keyword in keywords)
+    return any(_regex_found(keyword, text) for keyword in keywords)
+
+
+def _regex_found(pattern: str, text: str) -> bool:
+    """A pattern that runs out of time does not match; it is one pattern's failure, so the
+    caller goes on to the next keyword instead of giving up on the whole list."""
     try:
-        return any(regex.search(k, text, timeout=REGEX_TIMEOUT_SECONDS) for k in keywords)
+        return regex.search(pattern, text, timeout=REGEX_TIMEOUT_SECONDS) is not None
     except TimeoutError:
         return False
 

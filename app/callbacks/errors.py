@@ -39,6 +39,12 @@ def body_too_large(limit: int) -> CallbackRejected:
     return CallbackRejected(413, "body_too_large", f"body exceeds {limit} bytes")
 
 
+def body_timeout(seconds: float) -> CallbackRejected:
+    """A client that sends its body slower than this holds a connection and its buffers for
+    nothing: WeCom sends a few KiB at once, so only a broken or hostile client is cut off."""
+    return CallbackRejected(408, "body_timeout", f"body not received within {seconds:g} s")
+
+
 def database_unavailable() -> CallbackRejected:
     return CallbackRejected(503, "database_unavailable", "database unreachable; retry later")
 

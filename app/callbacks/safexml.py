@@ -72,7 +72,9 @@ class _Builder:
 
 def parse(data: bytes | str) -> dict[str, XmlValue]:
     """The children of the root element as a dict (the root's name is not checked)."""
-    parser = expat.ParserCreate()
+    # UTF-8 whatever the document declares: WeCom sends nothing else, and a declared
+    # encoding="UTF-16" (ValueError) or an unknown one (LookupError) must not become a 500.
+    parser = expat.ParserCreate("UTF-8")
     builder = _Builder()
     parser.StartDoctypeDeclHandler = _forbid_doctype
     parser.StartElementHandler = builder.start
@@ -131,7 +133,9 @@ def parse_envelope(data: bytes) -> str | None:
     name is not checked, as in `parse`)."""
     if data.count(b"=") > ENVELOPE_MAX_EQUALS:
         raise XmlRejected("invalid", "envelope has attributes; WeCom's has none")
-    parser = expat.ParserCreate()
+    # UTF-8 whatever the document declares: WeCom sends nothing else, and a declared
+    # encoding="UTF-16" (ValueError) or an unknown one (LookupError) must not become a 500.
+    parser = expat.ParserCreate("UTF-8")
     reader = _EnvelopeReader()
     parser.StartDoctypeDeclHandler = _forbid_doctype
     parser.StartElementHandler = reader.start

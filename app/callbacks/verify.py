@@ -46,7 +46,9 @@ class Delivery:
 def check_timestamp(timestamp: str, *, now: float, window: int) -> None:
     """Replay guard. WeCom's retries reuse the original query, so the window must stay
     generous (default 600 s); window 0 turns the check off."""
-    if not timestamp.isascii() or not timestamp.isdigit():
+    # Unix seconds have 10 digits until the year 2286; thousands of digits would cost int()
+    # its conversion limit (ValueError) or the subtraction below an OverflowError: a 500.
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
         raise CallbackRejected(400, "bad_timestamp", "timestamp is not Unix seconds")
     if window == 0:
         return

@@ -4,6 +4,7 @@ Plain Starlette routes, not FastAPI ones: this is the hot path, it takes no JSON
 no schema, and FastAPI's per-request dependency solving cost a fifth of its throughput.
 """
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -100,17 +101,26 @@ async def _app_keys(apps: AppDirectory, slug: str) -> AppKeys:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; a larger body is refused without being buffered."""
+    """Read at most `limit` bytes, the whole body within callback_body_timeout_seconds: a
+    larger body is refused without being buffered, a slower one (a client that stalls
+    halfway) is cut off instead of holding its connection and buffers for ever."""
+    timeout = hub_of(request).settings.callback_body_timeout_seconds
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # isascii: "²" is a digit to isdigit() but not to int(); the length check keeps int()
+    # off thousands of digits, which it refuses.
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise errors.body_too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.body_too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise errors.body_too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise errors.body_timeout(timeout) from None
     return b"".join(chunks)
 
 

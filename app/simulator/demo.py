@@ -46,7 +46,14 @@ STOP_SECONDS = 5  # open requests get this long after Ctrl-C
 def demo_settings(settings: Settings) -> Settings:
     """The user's settings, but with a database and key of the demo's own."""
     return settings.model_copy(
-        update={"data_dir": settings.data_dir / "demo", "database_url": None, "secret_key": None}
+        update={
+            "data_dir": settings.data_dir / "demo",
+            "database_url": None,
+            "secret_key": None,
+            "secret_key_file": None,
+            "database_password_file": None,
+            "previous_secret_keys": None,
+        }
     )
 
 
