@@ -29,6 +29,7 @@ from app.processing import workers
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
 from app.simulator.sender import Scenario
+from app.simulator.state import Fault
 from app.wecom.client import WecomClient
 from app.wecom.factory import open_client
 from app.wecom_apps import load_credentials
@@ -205,6 +206,35 @@ async def test_an_expired_welcome_code_ends_expired_and_is_never_sent(
     assert late is not None and late["status"] == "expired" and late["attempts"] == 1
     assert "deadline" in late["reason"]
     assert welcomes(simulator) == []
+
+
+async def test_41096_until_the_deadline_ends_expired_like_any_other_deadline(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    """Another app delivering until the code dies: the deadline ended it (expired), as
+    repeated -1 answers would have; not a failure of ours."""
+    await rule(settings, "welcome", {}, {"text": "你好"})
+    simulator.state.faults = [Fault(api="externalcontact/send_welcome_msg", errcode=41096)]
+    code = simulator.state.issue_welcome_code(wecom_app.corp_id)
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(
+            corp_id=wecom_app.corp_id,
+            user_id="zhangsan",
+            external_user_id="wmBUSY",
+            welcome_code=code,
+            create_time=int(time.time()) - 18,
+        ),
+    )  # about 2 s of the window left
+    await finished(db, "welcome", "wmBUSY")
+    busy = await action_of(db, "welcome", "wmBUSY")
+    assert busy is not None and busy["status"] == "expired", busy
+    assert "41096" in busy["reason"]
 
 
 async def test_already_delivered_welcome_is_skipped_41051(

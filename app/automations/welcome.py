@@ -104,4 +104,9 @@ async def send_welcome(run: WecomRun) -> Outcome:
             ):
                 await asyncio.sleep(RETRY_41096_SECONDS)  # another app is delivering
                 continue
+            if exc.errcode == 41096:  # and no time left: the deadline ended it, as a -1 would
+                return Outcome(
+                    ActionStatus.EXPIRED,
+                    "deadline passed while WeCom answered 41096 (another app was delivering)",
+                )
             raise

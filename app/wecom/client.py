@@ -210,6 +210,7 @@ class WecomClient:
                     json=json,
                     data=form,
                     allow_redirects=False,
+                    timeout=self._timeout_until(deadline),
                 ) as response,
             ):
                 status = response.status
@@ -260,6 +261,16 @@ class WecomClient:
                     elapsed * 1000,
                 )
             )
+
+    def _timeout_until(self, deadline: float | None) -> aiohttp.ClientTimeout:
+        """The client's timeout, cut to what is left before the caller's deadline: a request
+        sent 3 s before a welcome's deadline must not go on for the full 5 s."""
+        configured = self._http.timeout
+        if deadline is None:
+            return configured
+        left = max(0.001, deadline - time.monotonic())
+        total = min(configured.total, left) if configured.total else left
+        return aiohttp.ClientTimeout(total=total, connect=configured.connect)
 
     async def _read_answer(self, response: aiohttp.ClientResponse) -> bytes:
         """The body, refused as soon as it passes the bound: never buffered whole."""
