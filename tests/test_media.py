@@ -17,7 +17,7 @@ from app.automations.store import RuleSpec, create_rule
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import Invalid
-from tests.conftest import RegisteredApp, Simulator
+from tests.conftest import RegisteredApp, Simulator, random_app, register
 from tests.processing_helpers import wait_for
 from tests.test_automations import action_of, finished, new_customer, welcomes
 
@@ -317,3 +317,29 @@ def test_a_file_that_grows_after_its_size_was_checked_is_read_no_further_and_ref
     monkeypatch.setattr(os, "fstat", checked_earlier)
     with pytest.raises(ValueError, match="changed while it was read, is 10,485,761 bytes"):
         read_file(Video(file="growing.mp4"), media_dir)
+
+
+async def test_an_app_scoped_rules_files_go_to_its_corp_only(
+    settings: Settings,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+    media_dir: Path,
+) -> None:
+    other = random_app("other")
+    await register(settings, other)
+    assert settings.database_url
+    engine = create_engine(settings.database_url, settings, pool_size=1)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            spec = RuleSpec(
+                kind="welcome",
+                name="poster for demo",
+                app=wecom_app.slug,
+                match={},
+                content={"attachments": [{"msgtype": "image", "file": "poster.png"}]},
+            )
+            await create_rule(session, spec, media_dir=media_dir)
+    finally:
+        await engine.dispose()
+    corps = await db.fetch("SELECT DISTINCT corp_id FROM actions WHERE kind = 'upload_media'")
+    assert [r["corp_id"] for r in corps] == [wecom_app.corp_id]

@@ -183,7 +183,8 @@ async def keep_files(
 
 
 # One statement, safe to run from every replica at once, for the files that enabled rules
-# use (a disabled or removed rule's files are left to expire): the idempotency key names the
+# use, to the corps those rules apply to (a disabled or removed rule's files are left to
+# expire): the idempotency key names the
 # upload being replaced (and the hour), so each refresh is enqueued once, and an upload
 # that failed for good is tried again the next hour.
 SCHEDULE_UPLOADS = """
@@ -193,9 +194,12 @@ SCHEDULE_UPLOADS = """
         CROSS JOIN apps a
         LEFT JOIN media_uploads u ON u.sha256 = f.sha256 AND u.corp_id = a.corp_id
         WHERE a.removed_at IS NULL
-          AND f.sha256 IN (  -- files that an enabled welcome rule uses
-              SELECT jsonb_array_elements(r.content -> 'attachments') ->> 'sha256'
-              FROM rules r WHERE r.kind = 'welcome' AND r.enabled
+          AND EXISTS (  -- an enabled welcome rule of this corp (or of every app) uses it
+              SELECT FROM rules r
+              JOIN LATERAL jsonb_array_elements(r.content -> 'attachments') AS att ON true
+              WHERE r.kind = 'welcome' AND r.enabled AND att ->> 'sha256' = f.sha256
+                AND (r.app_id IS NULL
+                     OR r.app_id IN (SELECT id FROM apps WHERE corp_id = a.corp_id))
           )
           AND (u.media_id IS NULL
                OR u.expires_at < now() + interval '1 day')  -- REFRESH_AHEAD
