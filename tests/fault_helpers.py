@@ -30,7 +30,7 @@ from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.simulator.callbacks import SignedCallback
 from tests.conftest import start_embedded
-from tests.test_serve import WECOM_HUB
+from tests.process_helpers import WECOM_HUB
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -17,18 +17,15 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import yaml  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
@@ -37,6 +34,7 @@ from app import cli
 from app.config import Settings
 from app.crypto.at_rest import generate_key
 from app.db import asyncpg_dsn
+from tests.process_helpers import answers_ok, free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 # The image's $PATH after the venv, less /usr/local (this machine's is not the image's).
@@ -441,28 +439,6 @@ def test_the_venv_holds_an_ordinary_install(image: Image) -> None:
     assert not list(packages.glob("__editable__*")) and not list(packages.glob("*.egg-link"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def alive(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def run(image: Image, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*image.user, *argv],
@@ -520,7 +496,9 @@ def start_serving(image: Image, argv: list[str], env: dict[str, str]) -> Served:
             stderr=subprocess.STDOUT,
         )
     served = Served(process, log, port)
-    ready = wait_until(lambda: process.poll() is not None or alive(f"{served.base}/healthz"), 30)
+    ready = wait_until(
+        lambda: process.poll() is not None or answers_ok(f"{served.base}/healthz"), 30
+    )
     assert ready and process.poll() is None, served.output()
     return served
 

@@ -22,9 +22,9 @@ import pytest
 from app.config import Settings
 from app.simulator.state import SimApp
 from tests.conftest import RegisteredApp, Simulator, random_app, register
+from tests.process_helpers import WECOM_HUB
 from tests.processing_helpers import wait_for
 from tests.test_automations import rule
-from tests.test_serve import WECOM_HUB
 
 # What `--help` must not import: each costs a good part of a second on a small machine.
 HEAVY_MODULES = (

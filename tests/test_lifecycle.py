@@ -11,8 +11,8 @@ import asyncpg
 from app.config import Settings
 from app.simulator.state import Fault
 from tests.conftest import RegisteredApp, Simulator
+from tests.process_helpers import WECOM_HUB
 from tests.processing_helpers import wait_for
-from tests.test_serve import WECOM_HUB
 
 STOPS = 3
 STOP_BOUND_SECONDS = 12.0  # shutdown_seconds (10) and the process's own exit

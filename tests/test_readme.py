@@ -12,11 +12,10 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 
 from app.crypto.at_rest import generate_key
 from tests.conftest import Simulator, random_app
+from tests.process_helpers import answers_ok, free_port, wait_until
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 VENV = Path(sys.executable).parent.parent
@@ -100,28 +100,6 @@ def commands(block: str) -> list[str]:
         pending = ""
     assert not pending, f"unterminated command in the README: {pending!r}"
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def bash(reader: Reader, command: str) -> subprocess.CompletedProcess[str]:
@@ -262,8 +240,8 @@ def serving(reader: Reader) -> Iterator[None]:
             stderr=subprocess.STDOUT,
         )
     try:
-        ready = _wait_until(
-            lambda: serve.poll() is not None or _ok(f"{reader.base_url}/readyz"), BOUND
+        ready = wait_until(
+            lambda: serve.poll() is not None or answers_ok(f"{reader.base_url}/readyz"), BOUND
         )
         assert ready and serve.poll() is None, log.read_text()
         yield
@@ -284,7 +262,7 @@ async def test_readme_commands_work_as_written(
     await seed(db)
     clone = a_clone(tmp_path)
     app = random_app("shop")
-    base_url = f"http://127.0.0.1:{_free_port()}"
+    base_url = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
     env.update(
         PATH=f"{VENV / 'bin'}:{env['PATH']}",
@@ -300,7 +278,7 @@ async def test_readme_commands_work_as_written(
         "[--agent-id 1000002]": "--agent-id 1000002",  # optional options, given
         '[--label "Shop assistant"]': '--label "Shop assistant"',
         README_BASE_URL: base_url,  # port 8000 may be taken on a shared machine
-        DEMO: f"{DEMO} --port {_free_port()} --sim-port {_free_port()}",
+        DEMO: f"{DEMO} --port {free_port()} --sim-port {free_port()}",
     }
     reader = Reader(clone, env, base_url, fill_in)
     written = [c for block in shell_blocks(README.read_text()) for c in commands(block)]

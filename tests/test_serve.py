@@ -2,47 +2,20 @@
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from app.simulator.callbacks import build_callback, build_url_verification, text_message
 from tests.conftest import random_app
-
-WECOM_HUB = str(Path(sys.executable).parent / "wecom-hub")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+from tests.process_helpers import WECOM_HUB, answers_ok, free_port, wait_until
 
 
 def test_serve_embedded_end_to_end_and_stop_on_sigterm(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
     env["WECOM_HUB_DATA_DIR"] = str(tmp_path / "data")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve = subprocess.Popen(
         [WECOM_HUB, "serve", "--port", str(port)],
@@ -51,7 +24,7 @@ def test_serve_embedded_end_to_end_and_stop_on_sigterm(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_until(lambda: _ready(f"{base}/readyz"), 60), "serve did not become ready"
+        assert wait_until(lambda: answers_ok(f"{base}/readyz"), 60), "serve did not become ready"
         app = random_app("shop")
         subprocess.run(
             [
