@@ -49,7 +49,11 @@ async def receive(request: Request) -> Response:
     received_at = datetime.now(UTC)
     query = verify.CallbackQuery.from_params(request.query_params, url_verification=False)
     app = await _app_keys(hub.apps, slug)
-    body = await _read_body(request, hub.settings.callback_max_body_bytes)
+    body = await _read_body(
+        request,
+        hub.settings.callback_max_body_bytes,
+        timeout=hub.settings.callback_body_timeout_seconds,
+    )
     delivery = verify.open_delivery(
         app.crypt, query, body, now=time.time(), window=hub.settings.callback_timestamp_window
     )
@@ -100,11 +104,10 @@ async def _app_keys(apps: AppDirectory, slug: str) -> AppKeys:
     return app
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, *, timeout: float) -> bytes:
     """Read at most `limit` bytes, the whole body within callback_body_timeout_seconds: a
     larger body is refused without being buffered, a slower one (a client that stalls
     halfway) is cut off instead of holding its connection and buffers for ever."""
-    timeout = hub_of(request).settings.callback_body_timeout_seconds
     declared = request.headers.get("content-length", "")
     # isascii: "²" is a digit to isdigit() but not to int(); the length check keeps int()
     # off thousands of digits, which it refuses.
