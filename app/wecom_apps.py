@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import IllegalAesKeyError, WXBizMsgCrypt, decode_aes_key
 from app.crypto.at_rest import SecretBox
-from app.errors import Conflict, ErrorCode, Invalid, NotFound, field_errors
+from app.errors import Conflict, ErrorCode, FieldError, Invalid, NotFound, field_errors
 from app.models import WecomApp
 from app.wecom.client import Credentials
 
@@ -214,6 +214,15 @@ async def add_app(session: AsyncSession, box: SecretBox, spec: AppSpec) -> Wecom
 async def find_app(session: AsyncSession, slug: str) -> WecomApp | None:
     query = select(WecomApp).where(WecomApp.slug == slug, WecomApp.removed_at.is_(None))
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def app_by_slug(session: AsyncSession, slug: str, *, field: str = "app") -> WecomApp:
+    """An app a request names in one of its fields: unknown is that field's error (422),
+    not a missing resource (404, get_app), so a typo is never mistaken for "none"."""
+    app = await find_app(session, slug)
+    if app is None:
+        raise Invalid([FieldError(field, f"no app {slug!r}")])
+    return app
 
 
 async def get_app(session: AsyncSession, slug: str) -> WecomApp:

@@ -2,13 +2,19 @@
 one that has not started. Both take a session and never commit."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.kinds import ActionKind, ActionStatus
 from app.errors import Conflict, ErrorCode, NotFound
+from app.notify import ACTIONS_CHANNEL
 
+_REQUEUE = (
+    "UPDATE actions SET status = 'pending', attempts = 0, next_attempt_at = now(),"
+    " finished_at = NULL, reason = :reason, locked_by = NULL, locked_until = NULL"
+)
 RETRYABLE = frozenset({ActionStatus.FAILED, ActionStatus.EXPIRED, ActionStatus.CANCELLED})
 
 _LOCK = "SELECT kind, status, deadline FROM actions WHERE id = :id FOR UPDATE"
@@ -23,6 +29,20 @@ async def _locked(session: AsyncSession, action_id: int) -> tuple[ActionKind, st
     if row is None:
         raise NotFound(f"no action {action_id}", code=ErrorCode.ACTION_NOT_FOUND)
     return ActionKind(row.kind), row.status, row.deadline
+
+
+async def requeue(session: AsyncSession, where: str, params: dict[str, Any], *, reason: str) -> int:
+    """Put the actions `where` selects back to pending, due now, and wake the runners; how
+    many. attempts restart, so the kind's retry policy counts from here; the attempts log
+    keeps the earlier ones. `where` is a fixed SQL fragment of the caller's; values go in
+    `params`."""
+    # `where` is a fixed fragment of the caller's; values are bound.
+    requeued = f"{_REQUEUE} WHERE {where} RETURNING id"
+    rows = await session.execute(text(requeued), {**params, "reason": reason})
+    count = len(rows.all())
+    if count:
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": ACTIONS_CHANNEL})
+    return count
 
 
 async def retry(session: AsyncSession, action_id: int, *, by: str) -> None:
@@ -41,17 +61,7 @@ async def retry(session: AsyncSession, action_id: int, *, by: str) -> None:
             f"action {action_id} cannot be retried: {what} at {deadline.isoformat()}",
             code=ErrorCode.DEADLINE_PASSED,
         )
-    # attempts restart, so the kind's retry policy counts from here; the attempts log keeps
-    # the earlier ones.
-    await session.execute(
-        text(
-            "UPDATE actions SET status = 'pending', attempts = 0, next_attempt_at = now(),"
-            " finished_at = NULL, reason = :reason, locked_by = NULL, locked_until = NULL"
-            " WHERE id = :id"
-        ),
-        {"id": action_id, "reason": f"retried by {by}"},
-    )
-    await session.execute(text("SELECT pg_notify('wecom_hub_actions', '')"))
+    await requeue(session, "id = :id", {"id": action_id}, reason=f"retried by {by}")
 
 
 async def cancel(session: AsyncSession, action_id: int, *, by: str) -> None:

@@ -10,10 +10,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.kinds import ActionKind, ActionStatus
+from app.notify import ACTIONS_CHANNEL
 
 # One round trip: insert unless the idempotency key exists, wake the action runners
 # (delivered on commit, folded into one per transaction) only when a row was written, and
-# answer the action's id either way. The channel is app.notify.ACTIONS_CHANNEL.
+# answer the action's id either way.
 _ENQUEUE = text(
     """
     WITH inserted AS (
@@ -25,7 +26,7 @@ _ENQUEUE = text(
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id
     )
-    SELECT id, true AS created FROM inserted, LATERAL pg_notify('wecom_hub_actions', '')
+    SELECT id, true AS created FROM inserted, LATERAL pg_notify(:channel, '')
     UNION ALL
     SELECT id, false FROM actions
     WHERE idempotency_key = :idempotency_key AND NOT EXISTS (SELECT FROM inserted)
@@ -72,6 +73,7 @@ async def enqueue(
                 "idempotency_key": idempotency_key,
                 "event_id": event_id,
                 "payload": json.dumps(payload or {}),
+                "channel": ACTIONS_CHANNEL,
                 "deadline": deadline,
                 "status": ActionStatus.SKIPPED if skipped else ActionStatus.PENDING,
                 "reason": skipped,

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import HubDep, ReadKey
 from app.api.pagination import Instant
@@ -39,10 +40,9 @@ Tz = Annotated[str, Query(max_length=64, description="The IANA time zone the day
 
 
 async def _window(
-    hub: HubDep, app: str | None, since: datetime | None, until: datetime | None, tz: str
+    session: AsyncSession, app: str | None, since: datetime | None, until: datetime | None, tz: str
 ) -> StatsWindow:
-    async with hub.sessionmaker() as session:
-        scope = await app_scope(session, app)
+    scope = await app_scope(session, app)
     return queries.stats_window(
         since=since,
         until=until,
@@ -66,8 +66,8 @@ async def customer_stats(
     member and net growth, by day, by the channel `state` of the add that brought each
     customer, or by member. Counted from wecom-hub's own event history, each WeCom event
     once."""
-    window = await _window(hub, app, since, until, tz)
     async with hub.sessionmaker() as session:
+        window = await _window(session, app, since, until, tz)
         counts = await queries.customer_stats(session, window, group_by)
     return CustomerStatsOut(
         **window_fields(window), data=[CustomerCountsOut.of(row) for row in counts]
@@ -85,8 +85,8 @@ async def welcome_stats(
 ) -> WelcomeStatsOut:
     """Welcome messages per day: sent, skipped, expired and failed, with their reasons, and
     how long after the customer's add they were sent."""
-    window = await _window(hub, app, since, until, tz)
     async with hub.sessionmaker() as session:
+        window = await _window(session, app, since, until, tz)
         days = await queries.welcome_stats(session, window)
     return WelcomeStatsOut(**window_fields(window), data=[WelcomeDayOut.of(day) for day in days])
 
@@ -103,7 +103,7 @@ async def group_stats(
 ) -> GroupStatsOut:
     """Members who joined and quit customer groups, by WeCom's join and quit scenes, per
     day or per group."""
-    window = await _window(hub, app, since, until, tz)
     async with hub.sessionmaker() as session:
+        window = await _window(session, app, since, until, tz)
         counts = await queries.group_stats(session, window, group_by)
     return GroupStatsOut(**window_fields(window), data=[GroupCountsOut.of(row) for row in counts])

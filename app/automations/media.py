@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.automations.rules import MediaAttachment, Miniprogram, WelcomeContent
 from app.models import MediaFile
+from app.notify import ACTIONS_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ async def keep_files(
 # expire): the idempotency key names the
 # upload being replaced (and the hour), so each refresh is enqueued once, and an upload
 # that failed for good is tried again the next hour.
-SCHEDULE_UPLOADS = """
+SCHEDULE_UPLOADS = f"""
     WITH due AS (
         SELECT f.sha256, a.corp_id, min(a.id) AS app_id, u.media_id
         FROM media_files f
@@ -214,8 +215,8 @@ SCHEDULE_UPLOADS = """
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id
     )
-    SELECT pg_notify('wecom_hub_actions', '') FROM inserted
-"""
+    SELECT pg_notify('{ACTIONS_CHANNEL}', '') FROM inserted
+"""  # noqa: S608 - a constant
 
 
 async def schedule_uploads(session: AsyncSession) -> None:

@@ -34,7 +34,7 @@ from app.automations.rules import (
 )
 from app.errors import Conflict, ErrorCode, FieldError, Invalid, NotFound, field_errors
 from app.models import MediaFile, Rule, Tag, WecomApp
-from app.wecom_apps import find_app
+from app.wecom_apps import app_by_slug
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,10 @@ def validate(kind: str, match: dict[str, Any], content: dict[str, Any]) -> tuple
 async def _app_id(session: AsyncSession, slug: str | None) -> tuple[int | None, list[FieldError]]:
     if slug is None:
         return None, []
-    app = await find_app(session, slug)
-    if app is None:
-        return None, [FieldError("app", f"no app {slug!r}")]
-    return app.id, []
+    try:
+        return (await app_by_slug(session, slug)).id, []
+    except Invalid as exc:
+        return None, exc.errors
 
 
 def _named_tags(match: Any, content: Any) -> dict[str, list[str]]:

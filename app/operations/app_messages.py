@@ -11,7 +11,8 @@ from app.actions.kinds import ActionKind, ActionStatus
 from app.actions.runner import Outcome
 from app.actions.wecom import WecomRun
 from app.errors import FieldError, Invalid
-from app.operations.common import api_action_key, app_by_slug
+from app.operations.common import api_action_key
+from app.wecom_apps import app_by_slug
 
 
 @dataclass(frozen=True, slots=True)

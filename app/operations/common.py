@@ -7,16 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.kinds import ActionKind
-from app.errors import FieldError, Invalid
 from app.models import WecomApp
-from app.wecom_apps import find_app
-
-
-async def app_by_slug(session: AsyncSession, slug: str, *, field: str = "app") -> WecomApp:
-    app = await find_app(session, slug)
-    if app is None:
-        raise Invalid([FieldError(field, f"no app {slug!r}")])
-    return app
 
 
 async def app_of_corp(session: AsyncSession, corp_id: str) -> WecomApp | None:

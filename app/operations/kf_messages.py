@@ -14,7 +14,8 @@ from app.actions.kinds import ActionKind
 from app.automations.kf import REPLIES_PER_MESSAGE, SESSION_WINDOW
 from app.errors import Conflict, ErrorCode
 from app.models import KfWindow
-from app.operations.common import api_action_key, app_by_slug
+from app.operations.common import api_action_key
+from app.wecom_apps import app_by_slug
 
 
 @dataclass(frozen=True, slots=True)

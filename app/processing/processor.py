@@ -197,10 +197,7 @@ class EventProcessor:
                 )
                 for event in claimed:
                     if event.id in owned:
-                        typed = parse_event(event.family, event.type, event.payload)
-                        await self._project(session, typed, _context(event))
-                        await automate(session, typed, _context(event), self._rules)
-                        await publish_event(session, typed, _context(event), self._webhooks)
+                        await self._apply(session, event)
         except Exception as exc:
             log.info(
                 "batch failed, processing its events one by one",
@@ -210,6 +207,15 @@ class EventProcessor:
                 await self.process(event)
             return
         EVENTS_PROCESSED.labels("processed").inc(len(owned))
+
+    async def _apply(self, session: AsyncSession, event: Claimed) -> None:
+        """What one event does, in the caller's transaction: the state it changes, the
+        actions its rules make, the webhooks it sends."""
+        typed = parse_event(event.family, event.type, event.payload)
+        context = _context(event)
+        await self._project(session, typed, context)
+        await automate(session, typed, context, self._rules)
+        await publish_event(session, typed, context, self._webhooks)
 
     async def claim(self) -> list[Claimed]:
         async with self._sessionmaker.begin() as session:
@@ -221,7 +227,6 @@ class EventProcessor:
 
     async def process(self, claimed: Claimed) -> None:
         """One event in its own transaction, its failure recorded with the reason."""
-        context = _context(claimed)
         try:
             async with self._sessionmaker.begin() as session:
                 await self._mark(
@@ -232,10 +237,7 @@ class EventProcessor:
                     processed_by=self.worker,
                     error=None,
                 )
-                typed = parse_event(claimed.family, claimed.type, claimed.payload)
-                await self._project(session, typed, context)
-                await automate(session, typed, context, self._rules)
-                await publish_event(session, typed, context, self._webhooks)
+                await self._apply(session, claimed)
         except LostClaim:
             log.info("event taken over by another processor", extra={"event_id": claimed.id})
             return

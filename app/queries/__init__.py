@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import AppError, ErrorCode, FieldError, Invalid
-from app.wecom_apps import find_app
+from app.errors import AppError, ErrorCode
+from app.wecom_apps import app_by_slug
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +30,7 @@ async def app_scope(session: AsyncSession, slug: str | None) -> AppScope | None:
     list, so a typo is not mistaken for "no customers"."""
     if slug is None:
         return None
-    app = await find_app(session, slug)
-    if app is None:
-        raise Invalid([FieldError("app", f"no app {slug!r}")])
+    app = await app_by_slug(session, slug)
     return AppScope(app_id=app.id, corp_id=app.corp_id)
 
 
@@ -70,7 +68,7 @@ def keyset_page_sql(
     before_id: int | None,
     limit: int,
 ) -> tuple[str, dict[str, Any]]:
-    """A newest-first keyset page over `select_from` (`SELECT … FROM …`): the condition of
+    """A newest-first keyset page over `select_from` (`SELECT … FROM … [WHERE …]`): the condition of
     each filter that is set (a field of `filters` named like its key in `conditions`, bound
     by that name), then the ids below `before_id`. Only the fixed fragments given here are
     joined into the SQL; every value is a bound parameter."""
@@ -82,8 +80,9 @@ def keyset_page_sql(
         where.append(f"{id_column} < :before_id")
         params["before_id"] = before_id
     params["limit"] = limit
+    joiner = " AND " if " WHERE " in select_from else " WHERE "
     sql = (
-        f"{select_from} {'WHERE ' + ' AND '.join(where) if where else ''}"
+        f"{select_from}{joiner + ' AND '.join(where) if where else ''}"
         f" ORDER BY {id_column} DESC LIMIT :limit"
     )
     return sql, params

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.kinds import ActionKind
 from app.errors import ErrorCode, NotFound
+from app.queries import keyset_page_sql
 from app.queries.actions import Attempt, get_action
 
 
@@ -42,6 +43,11 @@ _COLUMNS = """
 """
 
 
+@dataclass(frozen=True, slots=True)
+class _Filters:
+    status: str | None
+
+
 async def list_deliveries(
     session: AsyncSession,
     webhook_id: int,
@@ -50,22 +56,16 @@ async def list_deliveries(
     before_id: int | None,
     limit: int,
 ) -> list[Delivery]:
-    rows = await session.execute(
-        text(
-            f"SELECT {_COLUMNS} FROM actions"  # noqa: S608 - fixed columns
-            " WHERE kind = :kind AND target = :target"
-            " AND (CAST(:status AS text) IS NULL OR status = :status)"
-            " AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)"
-            " ORDER BY id DESC LIMIT :limit"
-        ),
-        {
-            "kind": ActionKind.WEBHOOK.value,
-            "target": str(webhook_id),
-            "status": status,
-            "before_id": before_id,
-            "limit": limit,
-        },
+    query, params = keyset_page_sql(
+        f"SELECT {_COLUMNS} FROM actions WHERE kind = :kind AND target = :target",  # noqa: S608
+        id_column="id",
+        conditions={"status": "status = :status"},
+        filters=_Filters(status),
+        before_id=before_id,
+        limit=limit,
     )
+    params |= {"kind": ActionKind.WEBHOOK.value, "target": str(webhook_id)}
+    rows = await session.execute(text(query), params)
     return [Delivery(**row._mapping) for row in rows]
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import ErrorCode
-from app.routers.problems import problem_response
+from app.routers.problems import problem_response, title_for
 
 ADMIN_PATHS = ("/metrics", "/docs", "/openapi.json")
 
@@ -28,7 +28,7 @@ class AdminPortGate:
                 answer = problem_response(
                     404,
                     ErrorCode.NOT_FOUND,
-                    "Not found",
+                    title_for(404),
                     f"{path} answers on the admin port only",
                     instance=path,
                 )

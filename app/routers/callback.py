@@ -52,7 +52,7 @@ async def receive(request: Request) -> Response:
     body = await _read_body(
         request,
         hub.settings.callback_max_body_bytes,
-        timeout=hub.settings.callback_body_timeout_seconds,
+        within=hub.settings.callback_body_timeout_seconds,
     )
     delivery = verify.open_delivery(
         app.crypt, query, body, now=time.time(), window=hub.settings.callback_timestamp_window
@@ -104,7 +104,7 @@ async def _app_keys(apps: AppDirectory, slug: str) -> AppKeys:
     return app
 
 
-async def _read_body(request: Request, limit: int, *, timeout: float) -> bytes:
+async def _read_body(request: Request, limit: int, *, within: float) -> bytes:
     """Read at most `limit` bytes, the whole body within callback_body_timeout_seconds: a
     larger body is refused without being buffered, a slower one (a client that stalls
     halfway) is cut off instead of holding its connection and buffers for ever."""
@@ -116,14 +116,14 @@ async def _read_body(request: Request, limit: int, *, timeout: float) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise errors.body_too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
-        raise errors.body_timeout(timeout) from None
+        raise errors.body_timeout(within) from None
     return b"".join(chunks)
 
 

@@ -14,6 +14,7 @@ from app.actions.kinds import ActionKind, ActionStatus
 from app.actions.runner import ClaimedAction
 from app.events.context import Context
 from app.events.models import WecomEvent
+from app.notify import ACTIONS_CHANNEL
 from app.webhooks.events import Message, WebhookEventType, messages_of, outcome_message
 
 _SUBSCRIBED = text(
@@ -39,7 +40,7 @@ _FAN_OUT = text(
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id
     )
-    SELECT count(*), pg_notify('wecom_hub_actions', '') FROM inserted
+    SELECT count(*), pg_notify(:channel, '') FROM inserted
     """  # noqa: S608 - the only interpolation is a constant
 )
 
@@ -84,6 +85,7 @@ async def publish(
                 "body": json.dumps(message.body(), ensure_ascii=False),
                 "type": message.type.value,
                 "endpoint_id": endpoint_id,
+                "channel": ACTIONS_CHANNEL,
             },
         )
     ).first()

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.actions.control import requeue
 from app.actions.kinds import ActionKind
 from app.crypto.at_rest import SecretBox
 from app.errors import Conflict, ErrorCode, NotFound
@@ -191,12 +192,7 @@ _DELIVERY = f"""
     SELECT status FROM actions
     WHERE id = :id AND kind = '{ActionKind.WEBHOOK}' AND target = :target FOR UPDATE
 """  # noqa: S608 - a constant
-_AGAIN = f"""
-    UPDATE actions SET status = 'pending', attempts = 0, next_attempt_at = now(),
-        finished_at = NULL, reason = :reason, locked_by = NULL, locked_until = NULL
-    WHERE kind = '{ActionKind.WEBHOOK}' AND target = :target AND {{which}}
-    RETURNING id
-"""  # noqa: S608 - constants only
+_DELIVERIES_OF = f"kind = '{ActionKind.WEBHOOK}' AND target = :target"
 
 
 async def redeliver(session: AsyncSession, webhook_id: int, delivery_id: int, *, by: str) -> None:
@@ -215,11 +211,12 @@ async def redeliver(session: AsyncSession, webhook_id: int, delivery_id: int, *,
             f"delivery {delivery_id} is {status}: it is being delivered",
             code=ErrorCode.DELIVERY_IN_PROGRESS,
         )
-    await session.execute(
-        text(_AGAIN.format(which="id = :id")),
-        {"id": delivery_id, "target": str(webhook_id), "reason": f"redelivered by {by}"},
+    await requeue(
+        session,
+        f"{_DELIVERIES_OF} AND id = :id",
+        {"id": delivery_id, "target": str(webhook_id)},
+        reason=f"redelivered by {by}",
     )
-    await session.execute(text("SELECT pg_notify('wecom_hub_actions', '')"))
 
 
 async def recover(session: AsyncSession, webhook_id: int, since: datetime, *, by: str) -> int:
@@ -227,11 +224,9 @@ async def recover(session: AsyncSession, webhook_id: int, since: datetime, *, by
     how many."""
     endpoint = await _endpoint(session, webhook_id)
     _enabled(endpoint)
-    rows = await session.execute(
-        text(_AGAIN.format(which="status = 'failed' AND created_at >= :since")),
-        {"target": str(webhook_id), "since": since, "reason": f"recovered by {by}"},
+    return await requeue(
+        session,
+        f"{_DELIVERIES_OF} AND status = 'failed' AND created_at >= :since",
+        {"target": str(webhook_id), "since": since},
+        reason=f"recovered by {by}",
     )
-    count = len(rows.all())
-    if count:
-        await session.execute(text("SELECT pg_notify('wecom_hub_actions', '')"))
-    return count
