@@ -35,6 +35,7 @@ from app.config import Settings
 from app.crypto.at_rest import generate_key
 from app.db import asyncpg_dsn
 from tests.process_helpers import answers_ok, free_port, wait_until
+from tests.process_helpers import stop as process_stop
 
 REPO = Path(__file__).resolve().parent.parent
 # The image's $PATH after the venv, less /usr/local (this machine's is not the image's).
@@ -499,14 +500,17 @@ def start_serving(image: Image, argv: list[str], env: dict[str, str]) -> Served:
     ready = wait_until(
         lambda: process.poll() is not None or answers_ok(f"{served.base}/healthz"), 30
     )
-    assert ready and process.poll() is None, served.output()
+    if not ready or process.poll() is not None:
+        process.kill()
+        process.wait()
+        raise AssertionError(served.output())
     return served
 
 
 def stop(served: Served) -> int:
     """SIGTERM, as `docker stop` sends it, and the exit status within compose's grace."""
-    served.process.send_signal(signal.SIGTERM)
-    return served.process.wait(timeout=20)
+    process_stop(served.process, signal.SIGTERM, 20)
+    return served.process.returncode
 
 
 @pytest.fixture(scope="module")

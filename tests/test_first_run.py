@@ -10,8 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from app.config import Settings
 from app.simulator.state import SimApp
 from tests.conftest import RegisteredApp, Simulator, random_app, register
-from tests.process_helpers import WECOM_HUB
+from tests.process_helpers import WECOM_HUB, free_port, stop, stop_async, wait_until
 from tests.processing_helpers import wait_for
 from tests.test_automations import rule
 
@@ -72,11 +71,6 @@ def _closed_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
-
-
-def _free_port() -> int:
-    with _closed_port() as port:
-        return port
 
 
 @pytest.mark.parametrize("args", [["--help"], ["apps", "--help"], ["sim", "send", "--help"]])
@@ -163,8 +157,9 @@ def _demo(env: dict[str, str], port: int, sim_port: int) -> Iterator[list[str]]:
                 break
         yield lines
     finally:
-        demo.send_signal(signal.SIGINT)
-        rest, _ = demo.communicate(timeout=30)
+        stop(demo, signal.SIGINT, 30)
+        assert demo.stdout is not None
+        rest = demo.stdout.read()
         lines.append(rest)
         lines.append(f"exit code {demo.returncode}")
 
@@ -172,13 +167,6 @@ def _demo(env: dict[str, str], port: int, sim_port: int) -> Iterator[list[str]]:
 def _shown(lines: list[str], title: str) -> str:
     [line] = [line for line in lines if line.startswith(title)]
     return line
-
-
-def _wait(condition: Callable[[], bool], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def _group_enriched(sim: str) -> bool:
@@ -195,7 +183,7 @@ def _join_group_during_the_demo(env: dict[str, str], port: int, sim_port: int) -
         env=env,
     )
     assert joined.returncode == 0, joined.stdout + joined.stderr
-    _wait(lambda: _group_enriched(sim), within=15)
+    assert wait_until(lambda: _group_enriched(sim), 15), "the group was not enriched in time"
 
 
 def test_the_demo_runs_again_apart_from_the_users_apps_and_stops_quietly(
@@ -204,7 +192,7 @@ def test_the_demo_runs_again_apart_from_the_users_apps_and_stops_quietly(
     env = _clean_env(data_dir=str(tmp_path / "data"))
     runs = []
     for during in (None, _join_group_during_the_demo):
-        port, sim_port = _free_port(), _free_port()
+        port, sim_port = free_port(), free_port()
         with _demo(env, port, sim_port) as lines:
             if during is not None:
                 during(env, port, sim_port)
@@ -244,7 +232,7 @@ async def served(
         )
     )
     await rule(settings, "reply", {"keywords": ["菜单"]}, {"text": "1. 下单 2. 查询"})
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve = await asyncio.create_subprocess_exec(
         WECOM_HUB,
@@ -265,8 +253,7 @@ async def served(
         await wait_for(ready, within=60)
         yield base
     finally:
-        serve.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(serve.wait(), 30)
+        await stop_async(serve, signal.SIGTERM, 30)
 
 
 def _send(
@@ -358,7 +345,7 @@ def test_sim_send_fails_when_the_hub_is_down(settings: Settings, wecom_app: Regi
 async def test_sim_serve_learns_apps_registered_after_it_started(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    port = _free_port()
+    port = free_port()
     sim = f"http://127.0.0.1:{port}"
     serve = await asyncio.create_subprocess_exec(
         WECOM_HUB,
@@ -386,7 +373,8 @@ async def test_sim_serve_learns_apps_registered_after_it_started(
             keys = (await http.get("/sim/apps/late")).json()
             assert keys == {"corp_id": app.corp_id, "token": app.token, "aes_key": app.aes_key}
     finally:
-        serve.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(serve.communicate(), 30)
+        await stop_async(serve, signal.SIGTERM, 30)
+        assert serve.stdout is not None
+        output = await serve.stdout.read()
     assert serve.returncode == 0, output.decode()
     assert f"corp {app.corp_id} (app late)" in output.decode()

@@ -26,7 +26,7 @@ import pytest
 
 from app.crypto.at_rest import generate_key
 from tests.conftest import Simulator, random_app
-from tests.process_helpers import answers_ok, free_port, wait_until
+from tests.process_helpers import answers_ok, free_port, stop, wait_until
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 VENV = Path(sys.executable).parent.parent
@@ -157,9 +157,9 @@ def run_demo(reader: Reader, command: str) -> None:
         assert tries, "".join(lines)
         run_cli(reader, tries[0])
     finally:
-        demo.send_signal(signal.SIGINT)
-        rest, _ = demo.communicate(timeout=BOUND)
-    output = "".join(lines) + rest
+        stop(demo, signal.SIGINT, BOUND)
+    assert demo.stdout is not None
+    output = "".join(lines) + demo.stdout.read()
     reader.ran.append(command)
     assert demo.returncode == 0, f"README command failed:\n{command}\n{output}"
     assert "answered 200 success" in output and "status=succeeded" in output, output
@@ -246,8 +246,7 @@ def serving(reader: Reader) -> Iterator[None]:
         assert ready and serve.poll() is None, log.read_text()
         yield
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=BOUND)
+        stop(serve, signal.SIGTERM, BOUND)
     assert serve.returncode == 0, log.read_text()
 
 

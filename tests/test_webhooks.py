@@ -4,7 +4,6 @@ simulator, and receivers that are real HTTP servers verifying every delivery wit
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from app.simulator.callbacks import add_external_contact
 from app.simulator.state import Fault
 from tests.api_helpers import key_header, problem
 from tests.conftest import RegisteredApp, Simulator
+from tests.process_helpers import free_port
 from tests.processing_helpers import deliver, wait_for
 from tests.test_automations import new_customer, rule, welcomes
 
@@ -76,13 +76,6 @@ class Receiver:
 
     def ids(self, type_: str | None = None) -> list[str]:
         return [r.id for r in self.received if type_ is None or r.body["type"] == type_]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def serve(receiver: Receiver, port: int) -> web.AppRunner:
