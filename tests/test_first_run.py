@@ -159,7 +159,8 @@ def _demo(env: dict[str, str], port: int, sim_port: int) -> Iterator[list[str]]:
     finally:
         stop(demo, signal.SIGINT, 30)
         assert demo.stdout is not None
-        rest = demo.stdout.read()
+        with demo.stdout:
+            rest = demo.stdout.read()
         lines.append(rest)
         lines.append(f"exit code {demo.returncode}")
 

@@ -159,7 +159,8 @@ def run_demo(reader: Reader, command: str) -> None:
     finally:
         stop(demo, signal.SIGINT, BOUND)
     assert demo.stdout is not None
-    output = "".join(lines) + demo.stdout.read()
+    with demo.stdout:
+        output = "".join(lines) + demo.stdout.read()
     reader.ran.append(command)
     assert demo.returncode == 0, f"README command failed:\n{command}\n{output}"
     assert "answered 200 success" in output and "status=succeeded" in output, output
@@ -180,6 +181,9 @@ def run_one(reader: Reader, written: str) -> None:
         if " apikeys create " in command and reader.key is None:
             reader.key = re.findall(r"^whk_\S+$", out, flags=re.MULTILINE)[0]
             reader.env["KEY"] = reader.key
+    elif first == "export":  # a setting the following commands need
+        name, _, value = command.split("#")[0].split(maxsplit=1)[1].strip().partition("=")
+        reader.env[name] = value
     elif first == "curl":
         body = run_curl(reader, command)
         if "/api/v1/media" in command:
@@ -268,7 +272,6 @@ async def test_readme_commands_work_as_written(
         WECOM_HUB_DATABASE_URL=database_url,
         WECOM_HUB_SECRET_KEY=generate_key(),
         WECOM_HUB_WECOM_API_BASE_URL=simulator.url,
-        WECOM_HUB_MEDIA_DIR=str(clone),
     )
     # What a reader fills in, README text → value.
     fill_in = {
@@ -277,6 +280,7 @@ async def test_readme_commands_work_as_written(
         "[--agent-id 1000002]": "--agent-id 1000002",  # optional options, given
         '[--label "Shop assistant"]': '--label "Shop assistant"',
         README_BASE_URL: base_url,  # port 8000 may be taken on a shared machine
+        "/srv/media": str(clone),  # the reader's media folder: here the clone, with the files
         DEMO: f"{DEMO} --port {free_port()} --sim-port {free_port()}",
     }
     reader = Reader(clone, env, base_url, fill_in)
