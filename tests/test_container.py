@@ -30,7 +30,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
-from app import cli
+from app.cli import process
 from app.config import Settings
 from app.crypto.at_rest import generate_key
 from app.db import asyncpg_dsn
@@ -43,7 +43,7 @@ SYSTEM_PATH = "/usr/bin:/bin"
 # The variables python:*-slim sets that matter to Python itself.
 BASE_IMAGE_ENV = {"LANG": "C.UTF-8"}
 NOBODY = 65534
-SERVE_PORT: int = inspect.signature(cli.serve).parameters["port"].default
+SERVE_PORT: int = inspect.signature(process.serve).parameters["port"].default
 HUB_SERVICES = ("migrate", "serve", "worker")
 SECRETS_DIR = "/run/secrets/"
 BUILD_TOOLS = {"build-essential", "gcc", "g++", "clang", "make"}
@@ -185,7 +185,7 @@ def test_build_context_is_what_the_build_copies(
 ) -> None:
     copied = [src for args in stages[0].args_of("COPY") for src in args.split()[:-1]]
     assert copied == ["pyproject.toml", "README.md", "app", "migrations"]
-    for path in [*copied, "app/cli.py", "migrations/versions/__init__.py"]:
+    for path in [*copied, "app/cli/__init__.py", "migrations/versions/__init__.py"]:
         assert not dockerignore_excludes(ignore_patterns, path), path
     for path in (
         ".env",
@@ -436,7 +436,7 @@ def image(stages: list[Stage], ignore_patterns: list[str]) -> Iterator[Image]:
 def test_the_venv_holds_an_ordinary_install(image: Image) -> None:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     packages = Path(image.env["VIRTUAL_ENV"]) / "lib" / version / "site-packages"
-    assert (packages / "app" / "cli.py").is_file() and (packages / "migrations").is_dir()
+    assert (packages / "app" / "cli" / "__init__.py").is_file() and (packages / "migrations").is_dir()
     assert not list(packages.glob("__editable__*")) and not list(packages.glob("*.egg-link"))
 
 

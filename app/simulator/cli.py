@@ -91,7 +91,7 @@ def serve(
     knows."""
     import uvicorn
 
-    from app import cli
+    from app.cli import common as cli
     from app.simulator.server import create_sim_app
     from app.simulator.state import SimState
 
@@ -119,7 +119,8 @@ def _keys(app: str, sim: str) -> WXBizMsgCrypt | None:
     database; None if neither knows the app."""
     import httpx
 
-    from app import cli, wecom_apps
+    from app import wecom_apps
+    from app.cli.common import in_transaction
     from app.crypto import WXBizMsgCrypt
 
     if sim:
@@ -140,7 +141,7 @@ def _keys(app: str, sim: str) -> WXBizMsgCrypt | None:
         found = await wecom_apps.find_app(session, app)
         return None if found is None else wecom_apps.open_keys(found, box).crypt
 
-    return cli.in_transaction(stored)
+    return in_transaction(stored)
 
 
 @sim_cli.command("send")
