@@ -27,6 +27,8 @@ from app.routers import (
     request_id,
     security_headers,
 )
+from app.wecom.client import WecomClient
+from app.wecom.factory import open_client
 from app.wecom_apps import AppDirectory
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ class Hub:
     replies: ReplyBook
     api_keys: ApiKeyVerifier
     box: SecretBox  # seals the secrets of apps added or changed over the API
+    # For the calls a request waits on (a channel's QR code, a broadcast's remind or
+    # cancel); the rest go through actions, run by the action runner's own client.
+    wecom: WecomClient
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
@@ -68,6 +73,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             max_queued=config.ingest_queue_max,
         )
         await writer.start()
+        background = contextlib.AsyncExitStack()
+        wecom = await background.enter_async_context(open_client(config, sessionmaker, box))
         app.state.hub = Hub(
             settings=config,
             engine=engine,
@@ -77,13 +84,14 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             replies=ReplyBook(sessionmaker, ttl=config.app_cache_seconds),
             api_keys=ApiKeyVerifier(sessionmaker),
             box=box,
+            wecom=wecom,
         )
         try:
-            async with contextlib.AsyncExitStack() as background:
+            async with background:
                 if config.process_in_serve:
                     await background.enter_async_context(workers.running(config, url, box))
                 yield
-        finally:  # background loops stop first, then ingest, then the pool
+        finally:  # background loops and the WeCom client stop first, then ingest, the pool
             await writer.stop()
             await engine.dispose()
 

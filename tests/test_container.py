@@ -436,7 +436,9 @@ def image(stages: list[Stage], ignore_patterns: list[str]) -> Iterator[Image]:
 def test_the_venv_holds_an_ordinary_install(image: Image) -> None:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     packages = Path(image.env["VIRTUAL_ENV"]) / "lib" / version / "site-packages"
-    assert (packages / "app" / "cli" / "__init__.py").is_file() and (packages / "migrations").is_dir()
+    assert (packages / "app" / "cli" / "__init__.py").is_file() and (
+        packages / "migrations"
+    ).is_dir()
     assert not list(packages.glob("__editable__*")) and not list(packages.glob("*.egg-link"))
 
 

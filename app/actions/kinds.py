@@ -22,6 +22,8 @@ class ActionKind(StrEnum):
     APP_MESSAGE = "app_message"  # message/send, asked for over the API
     CHURN_ALERT = "churn_alert"  # message/send to the member a customer deleted (流失提醒)
     WEBHOOK = "webhook"  # a signed POST to a subscribed internal system
+    BROADCAST_TASK = "broadcast_task"  # externalcontact/add_msg_template, one per member
+    BROADCAST_RESULTS = "broadcast_results"  # get_groupmsg_task/_send_result, until settled
 
 
 class ActionStatus(StrEnum):

@@ -7,6 +7,8 @@ from app.api import (
     actions,
     apikeys,
     apps,
+    broadcasts,
+    channels,
     customers,
     events,
     groups,
@@ -37,3 +39,5 @@ router.include_router(tags.router)
 router.include_router(messages.router)
 router.include_router(stats.router)
 router.include_router(webhooks.router)
+router.include_router(channels.router)
+router.include_router(broadcasts.router)

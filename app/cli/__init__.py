@@ -5,6 +5,8 @@ import typer
 from app.cli import process
 from app.cli.apikeys import apikeys_cli
 from app.cli.apps import apps_cli
+from app.cli.broadcasts import broadcasts_cli
+from app.cli.channels import channels_cli
 from app.cli.common import _migration_heads
 from app.cli.rules import rules_cli
 from app.simulator.cli import sim_cli
@@ -18,6 +20,8 @@ cli.command("secret-key")(process.secret_key)
 cli.add_typer(apps_cli, name="apps")
 cli.add_typer(rules_cli, name="rules")
 cli.add_typer(apikeys_cli, name="apikeys")
+cli.add_typer(channels_cli, name="channels")
+cli.add_typer(broadcasts_cli, name="broadcasts")
 cli.add_typer(sim_cli, name="sim")
 
 

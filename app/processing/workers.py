@@ -15,6 +15,7 @@ from app.actions.wecom import CredentialCache, WecomHandler, WecomHandlers
 from app.automations import churn, kf, uploads
 from app.automations.tagging import mark_tags
 from app.automations.welcome import send_welcome
+from app.broadcasts.actions import HANDLERS as BROADCAST_HANDLERS
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
@@ -56,6 +57,7 @@ WECOM_HANDLERS: dict[ActionKind, WecomHandler] = {
     ActionKind.UPLOAD_MEDIA: uploads.upload_media,
     ActionKind.APP_MESSAGE: deliver_app_message,
     ActionKind.CHURN_ALERT: churn.send_churn_alert,
+    **BROADCAST_HANDLERS,
 }
 
 

@@ -30,6 +30,7 @@ class WebhookEventType(StrEnum):
     GROUP_MEMBER_LEFT = "group.member_left"
     MESSAGE_RECEIVED = "message.received"
     WELCOME_SENT = "welcome.sent"
+    BROADCAST_COMPLETED = "broadcast.completed"  # every task settled, or the horizon passed
     ACTION_FAILED = "action.failed"
     ACTION_EXPIRED = "action.expired"
     WEBHOOK_TEST = "webhook.test"  # POST /api/v1/webhooks/{id}/test: sent to that one only

@@ -1,0 +1,5 @@
+"""/api/v1/broadcasts."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""/api/v1/channels."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
