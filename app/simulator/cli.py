@@ -1,10 +1,11 @@
-"""`wecom-hub sim`: run the simulated WeCom, and send it callbacks as WeCom would."""
+"""`wecom-hub sim`: run the simulated WeCom, send callbacks as WeCom would, scan 联系我
+codes and confirm 群发 mass messages as members and customers would."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -12,6 +13,7 @@ from rich.console import Console
 from app.simulator.sender import SCENARIOS
 
 if TYPE_CHECKING:
+    import httpx
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.config import Settings
@@ -188,3 +190,112 @@ def send(
     console.print(str(summary), markup=False, highlight=False, soft_wrap=True)
     if summary.failures:
         raise typer.Exit(1)
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _simulated_app(app: str, sim: str) -> dict[str, str]:
+    """The app's corp, Token and EncodingAESKey as the simulator knows them; exits 1 with a
+    line saying why when the simulator does not answer or does not know the app."""
+    import httpx
+
+    try:
+        answer = httpx.get(f"{sim}/sim/apps/{app}", timeout=5)
+    except httpx.TransportError as exc:
+        _fail(
+            f"the simulator at {sim} did not answer ({exc!r}): start it with "
+            "`wecom-hub sim serve`, or name it with --sim"
+        )
+    if answer.status_code != 200:
+        _fail(f"the simulator at {sim} knows no app {app!r} ({answer.status_code})")
+    keys: dict[str, str] = answer.json()
+    return keys
+
+
+def _refusal(answer: httpx.Response) -> str:
+    try:
+        detail = answer.json().get("detail", answer.text)
+    except ValueError:
+        detail = answer.text
+    return f"{answer.status_code} {detail}"
+
+
+SimOption = Annotated[str, typer.Option(help="The simulator's base URL.")]
+
+
+@sim_cli.command("scan")
+def scan(
+    config_id: Annotated[str, typer.Argument(help="The 联系我 way's config_id.")],
+    app: Annotated[str, typer.Option("--app", help="Slug of the wecom-hub app to call.")],
+    hub: Annotated[str, typer.Option(help="wecom-hub's base URL.")] = "http://127.0.0.1:8000",
+    sim: SimOption = "http://127.0.0.1:9000",
+    customer: Annotated[str, typer.Option(help="ExternalUserID; default: a new one.")] = "",
+) -> None:
+    """A WeChat user scans a 联系我 code: the simulator makes them a customer of one of the
+    way's members (in turn), then the add_external_contact callback, with the way's State
+    and a WelcomeCode, is posted to wecom-hub."""
+    import httpx
+
+    from app.crypto import WXBizMsgCrypt
+    from app.simulator.sender import Answer, Scanned, SendFailed, Target
+    from app.simulator.sender import scan as scan_code
+
+    sim = sim.rstrip("/")
+    keys = _simulated_app(app, sim)
+    crypt = WXBizMsgCrypt(
+        token=keys["token"], encoding_aes_key=keys["aes_key"], receive_id=keys["corp_id"]
+    )
+    target = Target(f"{hub.rstrip('/')}/callback/{app}", crypt, sim)
+
+    async def run() -> tuple[Scanned, Answer]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            return await scan_code(http, target, config_id, customer=customer)
+
+    try:
+        scanned, answer = asyncio.run(run())
+    except SendFailed as exc:
+        _fail(str(exc))
+    console.print(
+        f"{scanned.external_userid} scanned {config_id} and added {scanned.userid} "
+        f"(state {scanned.state!r}); wecom-hub answered {answer}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@sim_cli.command("confirm")
+def confirm(
+    msgid: Annotated[str, typer.Argument(help="The mass message (群发) msgid.")],
+    app: Annotated[str, typer.Option("--app", help="Slug of the wecom-hub app.")],
+    member: Annotated[str, typer.Option(help="The member (UserID) who sends; default: all.")] = "",
+    sim: SimOption = "http://127.0.0.1:9000",
+) -> None:
+    """Members confirm a mass message in their client, and it is sent: each recipient as
+    sent, not a friend any more, or over the corp's receive limit."""
+    import httpx
+
+    sim = sim.rstrip("/")
+    corp_id = _simulated_app(app, sim)["corp_id"]
+    url = f"{sim}/sim/corps/{corp_id}/msg_templates/{msgid}/confirm"
+    try:
+        answer = httpx.post(url, json={"userid": member or None}, timeout=10)
+    except httpx.TransportError as exc:
+        _fail(f"the simulator at {sim} did not answer ({exc!r})")
+    if answer.status_code != 200:
+        _fail(f"the simulator refused to confirm {msgid}: {_refusal(answer)}")
+    result = answer.json()
+    if result["cancelled"]:
+        line = f"{msgid} was cancelled: nothing sent"
+    elif not result["sent_by"]:
+        line = f"{msgid}: nothing left to send"
+    else:
+        statuses = [r["status"] for r in result["recipients"]]
+        line = (
+            f"{', '.join(result['sent_by'])} sent {msgid}: {statuses.count(1)} sent, "
+            f"{statuses.count(2)} not a friend, {statuses.count(3)} over the receive limit"
+        )
+    console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -1,5 +1,6 @@
 """`wecom-hub sim send`: one realistic encrypted callback per scenario, posted to wecom-hub,
-or a steady stream of them (--count/--rate).
+or a steady stream of them (--count/--rate); `wecom-hub sim scan`: a WeChat user scans a
+联系我 code, and the add_external_contact callback (with the way's State) follows.
 
 WeCom knows what a callback reports before it sends it: a new customer has a welcome_code, a
 group its new member, a 微信客服 account the message it announces. So before each callback
@@ -160,6 +161,11 @@ async def _tell_simulator(
             "left": [s.customer] if leaves else [],
         }
         await _post(http, f"{corp}/groups/{s.chat_id}", change, "chat_id")
+    if name in ("customer-deletes-member", "member-deletes-customer"):
+        # no longer friends: a mass message of that member's now reaches them with status 2
+        gone = await http.delete(f"{corp}/customers/{s.customer}/follows/{s.user_id}")
+        if gone.status_code != 200:
+            raise SendFailed(f"the simulator refused {gone.url}: {gone.status_code} {gone.text}")
     return ""
 
 
@@ -192,7 +198,14 @@ async def send_one(
                 f"the simulator at {target.sim_url} did not answer ({exc!r}): start it with "
                 "`wecom-hub sim serve`, or name it with --sim"
             ) from None
-    callback = build_callback(target.crypt, SCENARIOS[name](corp_id, scenario, issued))
+    return await deliver(http, target, SCENARIOS[name](corp_id, scenario, issued))
+
+
+async def deliver(http: httpx.AsyncClient, target: Target, message_xml: str) -> Answer:
+    """Seal `message_xml` with the app's keys and post it to wecom-hub, as WeCom does."""
+    import httpx
+
+    callback = build_callback(target.crypt, message_xml)
     try:
         response = await http.post(target.hub_url, params=callback.params, content=callback.body)
     except httpx.TransportError as exc:
@@ -203,6 +216,53 @@ async def send_one(
     if response.status_code != 200:
         raise SendFailed(f"wecom-hub answered {response.status_code}: {response.text}")
     return Answer(response.status_code, response.text)
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """Who scanned which member's code, with the way's state and the welcome_code issued."""
+
+    external_userid: str
+    userid: str
+    state: str
+    welcome_code: str
+
+
+async def scan(
+    http: httpx.AsyncClient, target: Target, config_id: str, *, customer: str = ""
+) -> tuple[Scanned, Answer]:
+    """A WeChat user scans contact way `config_id` in the simulator (which adds them to one
+    of its members), then the add_external_contact callback that WeCom sends for it."""
+    import httpx
+
+    if not target.sim_url:
+        raise SendFailed("a scan needs the simulator (--sim)")
+    corp_id = target.crypt.receive_id.decode()
+    url = f"{target.sim_url}/sim/corps/{corp_id}/contact_ways/{config_id}/scan"
+    try:
+        answer = await http.post(url, json={"external_userid": customer or None})
+    except httpx.TransportError as exc:
+        raise SendFailed(
+            f"the simulator at {target.sim_url} did not answer ({exc!r}): start it with "
+            "`wecom-hub sim serve`, or name it with --sim"
+        ) from None
+    if answer.status_code != 200:
+        raise SendFailed(f"the simulator refused the scan: {answer.status_code} {answer.text}")
+    said = answer.json()
+    scanned = Scanned(
+        external_userid=said["external_userid"],
+        userid=said["userid"],
+        state=said["state"],
+        welcome_code=said["welcome_code"],
+    )
+    message = add_external_contact(
+        corp_id=corp_id,
+        user_id=scanned.userid,
+        external_user_id=scanned.external_userid,
+        state=scanned.state,
+        welcome_code=scanned.welcome_code,
+    )
+    return scanned, await deliver(http, target, message)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The simulated WeCom server API, faithful to WeCom's errcodes (PROTOCOL.md §5), plus a
-/sim control API: seed corps, inject faults, read the record of calls.
+/sim control API: seed corps, set their limits, inject faults, read the record of calls.
+联系我/加入群聊 live in contact_ways.py, 群发 in group_messages.py, each with its own control.
 
 Run it with `wecom-hub sim serve`; point WECOM_HUB_WECOM_API_BASE_URL at it.
 """
@@ -10,28 +11,29 @@ import email.policy
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from app.simulator import contact_ways
+from app.simulator import group_messages as msgs
+from app.simulator.contact_ways import WaysApi
 from app.simulator.state import (
-    MEDIA_SECONDS,
     WELCOME_CODE_SECONDS,
+    ApiError,
     Call,
     Contact,
     Corp,
     Fault,
+    Limits,
     SimState,
 )
 
 Handler = Callable[[Corp, dict[str, Any], dict[str, str]], Awaitable[dict[str, Any]]]
 
-
-class ApiError(Exception):
-    def __init__(self, errcode: int, errmsg: str) -> None:
-        self.errcode, self.errmsg = errcode, errmsg
+__all__ = ["ApiError", "create_sim_app"]
 
 
 def create_sim_app(state: SimState | None = None) -> FastAPI:
@@ -39,6 +41,7 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
     app = FastAPI(title="wecom-hub simulator")
     app.state.sim = sim
     api = APIRouter(prefix="/cgi-bin")
+    ways = WaysApi(sim)
 
     async def answer(request: Request, name: str, handler: Handler | None) -> Response:
         """Common path of every API: faults, token check, rate limit, record."""
@@ -51,19 +54,14 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
             except ValueError:
                 body = {}
         query = dict(request.query_params)
+        sim.base_url = str(request.base_url).rstrip("/")
         corp_id: str | None = None
         status = 200
         result: dict[str, Any] = {"errcode": 0, "errmsg": "ok"}
+        fault = sim.fault_for(name)
         try:
-            fault = sim.fault_for(name)
-            if fault is not None:
-                if fault.delay:
-                    await asyncio.sleep(fault.delay)
-                if fault.http_status:
-                    status = fault.http_status
-                    raise ApiError(-1, f"injected HTTP {fault.http_status}")
-                if fault.errcode is not None:
-                    raise ApiError(fault.errcode, "injected fault")
+            if fault is not None and not fault.after:
+                await _inject(fault)
             if handler is None:  # gettoken
                 corp_id = query.get("corpid", "")
                 corp = await _known_corp(sim, corp_id, query.get("corpsecret", ""))
@@ -85,9 +83,19 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
                     raise ApiError(42001, "access_token expired")
                 if sim.over_rate_limit(corp_id, name):
                     raise ApiError(45009, "api freq out of limit")
-                result |= await handler(sim.corp(corp_id), body, query)
+                corp = sim.corp(corp_id)
+                if name.startswith("externalcontact/") and not (
+                    corp.limits.customer_contact_permission
+                ):
+                    raise ApiError(84074, "no external contact permission")
+                result |= await handler(corp, body, query)
         except ApiError as exc:
-            result = {"errcode": exc.errcode, "errmsg": exc.errmsg}
+            result, status = {"errcode": exc.errcode, "errmsg": exc.errmsg}, exc.http_status
+        if fault is not None and fault.after:  # WeCom acted; its answer is lost
+            try:
+                await _inject(fault)
+            except ApiError as exc:
+                result, status = {"errcode": exc.errcode, "errmsg": exc.errmsg}, exc.http_status
         shown = {k: v for k, v in query.items() if k not in ("access_token", "corpsecret")}
         sim.calls.append(
             Call(name, corp_id, body or shown, result.get("errcode"), status, time.time())
@@ -119,9 +127,36 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
     route("POST", "/kf/send_msg", kf_send_msg)
     route("POST", "/kf/send_msg_on_event", kf_send_msg_on_event)
     route("POST", "/message/send", message_send)
+    route("POST", "/externalcontact/add_contact_way", ways.add_contact_way)
+    route("POST", "/externalcontact/get_contact_way", ways.get_contact_way)
+    route("POST", "/externalcontact/list_contact_way", ways.list_contact_way)
+    route("POST", "/externalcontact/update_contact_way", ways.update_contact_way)
+    route("POST", "/externalcontact/del_contact_way", ways.del_contact_way)
+    route("POST", "/externalcontact/groupchat/add_join_way", ways.add_join_way)
+    route("POST", "/externalcontact/groupchat/get_join_way", ways.get_join_way)
+    route("POST", "/externalcontact/groupchat/update_join_way", ways.update_join_way)
+    route("POST", "/externalcontact/groupchat/del_join_way", ways.del_join_way)
+    route("POST", "/externalcontact/add_msg_template", msgs.add_msg_template)
+    route("POST", "/externalcontact/get_groupmsg_list_v2", msgs.get_groupmsg_list_v2)
+    route("POST", "/externalcontact/get_groupmsg_task", msgs.get_groupmsg_task)
+    route("POST", "/externalcontact/get_groupmsg_send_result", msgs.get_groupmsg_send_result)
+    route("POST", "/externalcontact/remind_groupmsg_send", msgs.remind_groupmsg_send)
+    route("POST", "/externalcontact/cancel_groupmsg_send", msgs.cancel_groupmsg_send)
     app.include_router(api)
     app.include_router(control_router(sim))
+    app.include_router(contact_ways.control_router(sim, ways))
+    app.include_router(msgs.control_router(sim))
     return app
+
+
+async def _inject(fault: Fault) -> None:
+    """The fault's delay, then its HTTP status or errcode (as an ApiError)."""
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    if fault.http_status:
+        raise ApiError(-1, f"injected HTTP {fault.http_status}", http_status=fault.http_status)
+    if fault.errcode is not None:
+        raise ApiError(fault.errcode, "injected fault")
 
 
 async def _known_corp(sim: SimState, corp_id: str, secret: str) -> Corp | None:
@@ -280,7 +315,7 @@ async def send_welcome_msg(
         raise ApiError(41049, "too many attachments")
     if code is None:
         raise ApiError(40098, "invalid welcome_code")
-    _known_media(corp, body)
+    corp.require_known_media(body)
     issued, used = code
     if used:
         raise ApiError(41051, "externaluser has started chatting")
@@ -336,25 +371,10 @@ def _form_files(content_type: str, raw: bytes) -> dict[str, Any]:
     return files
 
 
-def _known_media(corp: Corp, body: dict[str, Any]) -> None:
-    """Every media_id (or a miniprogram's pic_media_id) in the message, uploaded and not
-    older than 3 days."""
-    parts = [*body.values(), *(a.get(a.get("msgtype"), {}) for a in body.get("attachments", []))]
-    for part in parts:
-        if not isinstance(part, dict):
-            continue
-        for key in ("media_id", "pic_media_id"):
-            if key not in part:
-                continue
-            uploaded = corp.media.get(part[key])
-            if uploaded is None or time.time() - uploaded > MEDIA_SECONDS:
-                raise ApiError(40007, "invalid media_id")
-
-
 async def kf_send_msg(corp: Corp, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     if str(body.get("open_kfid", "")) not in corp.kf_messages:
         raise ApiError(95004, "open_kfid not exist")
-    _known_media(corp, body)
+    corp.require_known_media(body)
     return {"msgid": body.get("msgid") or f"sent{secrets.token_hex(8)}"}
 
 
@@ -412,6 +432,16 @@ class CustomerIn(BaseModel):
     state: str = ""
 
 
+class LimitsIn(BaseModel):
+    """Any of a corp's limits; those left out keep their value."""
+
+    contact_way_quota: Annotated[int, Field(ge=0)] | None = None
+    receive_limit: Annotated[int, Field(ge=0)] | None = None
+    receive_window_seconds: Annotated[int, Field(ge=1)] | None = None
+    distributing_seconds: Annotated[float, Field(ge=0)] | None = None
+    customer_contact_permission: bool | None = None
+
+
 def control_router(sim: SimState) -> APIRouter:
     router = APIRouter(prefix="/sim", tags=["simulator control"])
 
@@ -440,23 +470,30 @@ def control_router(sim: SimState) -> APIRouter:
     async def add_customer(corp_id: str, customer: CustomerIn) -> dict[str, str]:
         """A customer adds a member: the contact exists, and a fresh welcome_code is issued
         for the callback that the sender then delivers."""
-        corp = sim.corp(corp_id)
-        if customer.userid not in corp.members:
-            corp.members.append(customer.userid)
-        contact = corp.contacts.setdefault(
-            customer.external_userid, Contact(customer.external_userid, customer.name)
+        code = sim.add_customer(
+            corp_id,
+            userid=customer.userid,
+            external_userid=customer.external_userid,
+            name=customer.name,
+            state=customer.state,
         )
-        contact.follows[customer.userid] = {
-            "userid": customer.userid,
-            "remark": "",
-            "description": "",
-            "createtime": int(time.time()),
-            "tag_id": [],
-            "state": customer.state,
-            "add_way": 1,
-            "oper_userid": customer.external_userid,
-        }
-        return {"welcome_code": sim.issue_welcome_code(corp_id)}
+        return {"welcome_code": code}
+
+    @router.delete("/corps/{corp_id}/customers/{external_userid}/follows/{userid}")
+    async def remove_follow(corp_id: str, external_userid: str, userid: str) -> dict[str, Any]:
+        """The customer and the member are no longer friends (either deleted the other): a
+        mass message of that member's then reaches them with status 2."""
+        contact = sim.corp(corp_id).contacts.get(external_userid)
+        removed = contact is not None and contact.follows.pop(userid, None) is not None
+        return {"external_userid": external_userid, "userid": userid, "removed": removed}
+
+    @router.put("/corps/{corp_id}/limits")
+    async def set_limits(corp_id: str, limits: LimitsIn) -> Limits:
+        """A corp's quota of ways, receive limit, distributing delay, permission."""
+        current = sim.corp(corp_id).limits
+        for name, value in limits.model_dump(exclude_none=True).items():
+            setattr(current, name, value)
+        return current
 
     @router.post("/corps/{corp_id}/groups/{chat_id}")
     async def change_group(corp_id: str, chat_id: str, change: GroupChangeIn) -> dict[str, Any]:

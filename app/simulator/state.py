@@ -1,5 +1,6 @@
 """What the simulated WeCom knows: corps, their secrets, tokens, customers, groups, tags,
-welcome codes, injected faults, and every API call it received."""
+welcome codes, 联系我 and 加入群聊 ways, 群发 tasks, each corp's limits, injected faults, and
+every API call it received."""
 
 import itertools
 import random
@@ -14,10 +15,21 @@ WELCOME_CODE_SECONDS = 20
 MEDIA_SECONDS = 3 * 24 * 3600  # a temporary media_id lives 3 days
 
 
+class ApiError(Exception):
+    """An errcode the simulated WeCom answers; an http_status other than 200 is an injected
+    HTTP failure (the body is then not JSON)."""
+
+    def __init__(self, errcode: int, errmsg: str, *, http_status: int = 200) -> None:
+        super().__init__(errcode, errmsg)
+        self.errcode, self.errmsg, self.http_status = errcode, errmsg, http_status
+
+
 @dataclass
 class Fault:
     """Answer matching calls with an errcode or an HTTP status, after an optional delay.
-    `times` limits how many calls it hits (None: all); `probability` makes it random."""
+    `times` limits how many calls it hits (None: all); `probability` makes it random.
+    `after`: the call takes effect first and only its answer is replaced (a response lost
+    after WeCom acted, which a caller must not take as "nothing happened")."""
 
     api: str = "*"
     errcode: int | None = None
@@ -25,6 +37,7 @@ class Fault:
     delay: float = 0.0
     times: int | None = None
     probability: float = 1.0
+    after: bool = False
 
     def matches(self, api: str) -> bool:
         return self.api in ("*", api) and (self.times is None or self.times > 0)
@@ -55,6 +68,97 @@ class Group:
 
 
 @dataclass
+class Limits:
+    """A corp's settings that WeCom does not fix in its API: its admin (or Tencent) sets them,
+    and they have changed over the years, so callers must not hard-code them."""
+
+    contact_way_quota: int = 500_000  # API-made 联系我 and 加入群聊 ways, together
+    receive_limit: int = 1  # mass messages one customer (or group) receives per window
+    receive_window_seconds: int = 86_400
+    distributing_seconds: float = 2.0  # a new mass message's reads answer 41063 this long
+    customer_contact_permission: bool = True  # False: externalcontact/* answers 84074
+
+
+@dataclass
+class ContactWay:
+    """A 联系我 way (PROTOCOL.md §5.5, CHANNELS-WEBHOOKS.md §3.1)."""
+
+    config_id: str
+    type: int  # 1 single member, 2 several
+    scene: int  # 1 mini-program button, 2 QR code
+    created_at: int  # unix s
+    user: list[str]
+    party: list[int]
+    qr_code: str = ""  # scene 2 only
+    style: int | None = None
+    remark: str = ""
+    skip_verify: bool = True
+    state: str = ""
+    is_temp: bool = False
+    expires_in: int = 0
+    chat_expires_in: int = 0
+    unionid: str = ""
+    conclusions: dict[str, Any] = field(default_factory=dict)
+    by_api: bool = True  # made through add_contact_way (counts towards the quota)
+    scans: int = 0  # scans so far: the next one adds the member after the last (round-robin)
+
+
+@dataclass
+class JoinWay:
+    """A 加入群聊 way (CHANNELS-WEBHOOKS.md §3.5)."""
+
+    config_id: str
+    scene: int
+    chat_id_list: list[str]
+    created_at: int
+    qr_code: str = ""
+    remark: str = ""
+    auto_create_room: int = 1
+    room_base_name: str = ""
+    room_base_id: int = 0
+    state: str = ""
+
+
+@dataclass
+class Recipient:
+    """One customer (or group) of a member's mass-message task, and what happened to it:
+    0 not sent, 1 sent, 2 not a friend (any more), 3 had already received enough."""
+
+    external_userid: str = ""  # chat_type single
+    chat_id: str = ""  # chat_type group
+    status: int = 0
+    send_time: int = 0
+
+
+@dataclass
+class MemberTask:
+    """What one member has to send of a mass message: status 0 not sent, 2 sent."""
+
+    userid: str
+    recipients: list[Recipient] = field(default_factory=list)
+    status: int = 0
+    send_time: int = 0
+
+
+@dataclass
+class MsgTemplate:
+    """A 群发 task made by add_msg_template (CHANNELS-WEBHOOKS.md §4)."""
+
+    msgid: str
+    chat_type: str  # single | group
+    create_time: int  # unix s
+    created_monotonic: float  # for the distributing window
+    sender: str
+    text: dict[str, Any] | None
+    attachments: list[dict[str, Any]]
+    allow_select: bool
+    tasks: dict[str, MemberTask]
+    fail_list: list[str]
+    reminders: list[float] = field(default_factory=list)  # unix times of remind calls
+    cancelled: bool = False
+
+
+@dataclass
 class Corp:
     corp_id: str
     secrets: set[str] = field(default_factory=set)
@@ -68,6 +172,29 @@ class Corp:
     # 微信客服: open_kfid → messages from customers, in order (the sync_msg cursor is an index)
     kf_messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     media: dict[str, float] = field(default_factory=dict)  # media_id → uploaded at
+    limits: Limits = field(default_factory=Limits)
+    contact_ways: dict[str, ContactWay] = field(default_factory=dict)  # by config_id
+    join_ways: dict[str, JoinWay] = field(default_factory=dict)  # by config_id
+    msg_templates: dict[str, MsgTemplate] = field(default_factory=dict)  # by msgid, in order
+    # external_userid or chat_id → unix times it received a mass message (the receive limit)
+    received: dict[str, list[float]] = field(default_factory=dict)
+
+    def require_known_media(self, body: dict[str, Any]) -> None:
+        """Every media_id (or a miniprogram's pic_media_id) in a message, uploaded and not
+        older than 3 days; else 40007."""
+        parts = [
+            *body.values(),
+            *(a.get(a.get("msgtype"), {}) for a in body.get("attachments") or []),
+        ]
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            for key in ("media_id", "pic_media_id"):
+                if key not in part:
+                    continue
+                uploaded = self.media.get(part[key])
+                if uploaded is None or time.time() - uploaded > MEDIA_SECONDS:
+                    raise ApiError(40007, "invalid media_id")
 
 
 @dataclass(frozen=True)
@@ -106,6 +233,8 @@ class SimState:
         # Called when a corp, Secret or app is asked for that is not known: `sim serve` reads
         # wecom-hub's apps again, so apps added (or secrets rotated) after it started work.
         self.learn: Callable[[], Awaitable[None]] | None = None
+        # Where callers reach the simulator (from the last request): qr_code URLs point here.
+        self.base_url = ""
 
     def corp(self, corp_id: str) -> Corp:
         return self.corps.setdefault(corp_id, Corp(corp_id))
@@ -114,12 +243,42 @@ class SimState:
         self.apps[app.slug] = app
         self.corp(app.corp_id).secrets.add(app.secret)
 
+    def add_customer(
+        self, corp_id: str, *, userid: str, external_userid: str, name: str, state: str
+    ) -> str:
+        """A customer adds a member (by a 联系我 way whose `state` is given, or else): the
+        contact exists, follows the member, and a fresh welcome_code is issued for the
+        add_external_contact callback that says so."""
+        corp = self.corp(corp_id)
+        if userid not in corp.members:
+            corp.members.append(userid)
+        contact = corp.contacts.setdefault(external_userid, Contact(external_userid, name))
+        contact.follows[userid] = {
+            "userid": userid,
+            "remark": "",
+            "description": "",
+            "createtime": int(time.time()),
+            "tag_id": [],
+            "state": state,
+            "add_way": 1,
+            "oper_userid": external_userid,
+        }
+        return self.issue_welcome_code(corp_id)
+
     def change_group(
-        self, corp_id: str, chat_id: str, *, owner: str, joined: list[str], left: list[str]
+        self,
+        corp_id: str,
+        chat_id: str,
+        *,
+        owner: str,
+        joined: list[str],
+        left: list[str],
+        state: str = "",
     ) -> Group:
         """A group as WeCom knows it after a change that a callback reports: created if new
         (owned by `owner`), with `joined` in it and `left` gone, so that the groupchat/get
-        the callback causes finds what the callback said."""
+        the callback causes finds what the callback said. `state`: the joiners came through
+        a 加入群聊 way with that state."""
         corp = self.corp(corp_id)
         group = corp.groups.get(chat_id)
         if group is None:
@@ -138,6 +297,7 @@ class SimState:
                         "join_time": int(time.time()),
                         "join_scene": 3,  # by QR code
                         "invitor": {"userid": owner},
+                        **({"state": state} if state else {}),
                     }
                 )
         group.member_version = secrets.token_hex(16)
