@@ -8,10 +8,15 @@ words.
     ├── Unauthorized   401 unauthorized
     ├── Forbidden      403 forbidden
     ├── NotFound       404 not_found
-    └── Conflict       409 conflict
+    ├── Conflict       409 conflict
+    ├── BadGateway     502 bad_gateway       an upstream (WeCom, a QR code's URL) answered wrong
+    └── Unavailable    503 unavailable       try again later: Retry-After says when
 
 A subclass (or an instance, with code=…) narrows the code: `unknown_app`, `rule_invalid`,
-`action_not_retryable`. Codes are part of the API: once published, never renamed.
+`action_not_retryable`. Codes are part of the API: once published, never renamed. Besides
+ErrorCode's, one family is WeCom's own: `wecom.<errcode>` (`wecom.41045`) is a refusal WeCom
+gave to a call the request waited on (a channel's add_contact_way), passed on as it is, with
+`wecom_errcode` and `wecom_errmsg` members (app/channels/wecom.py).
 """
 
 from collections.abc import Mapping, Sequence
@@ -30,11 +35,15 @@ class ErrorCode(StrEnum):
     ACTION_NOT_CANCELLABLE = "action_not_cancellable"
     ACTION_NOT_FOUND = "action_not_found"
     ACTION_NOT_RETRYABLE = "action_not_retryable"
+    APP_IN_USE = "app_in_use"  # enabled rules use it: `--force` (?force=true) disables them
     API_KEY_NOT_FOUND = "api_key_not_found"
     APP_EXISTS = "app_exists"
     BAD_IDEMPOTENCY_KEY = "bad_idempotency_key"
     BAD_REQUEST = "bad_request"
     CONFLICT = "conflict"
+    BAD_GATEWAY = "bad_gateway"
+    CHANNEL_NOT_FOUND = "channel_not_found"
+    CHANNEL_PENDING = "channel_pending"
     CUSTOMER_NOT_FOUND = "customer_not_found"
     DATABASE_UNAVAILABLE = "database_unavailable"
     DEADLINE_PASSED = "deadline_passed"
@@ -56,16 +65,31 @@ class ErrorCode(StrEnum):
     NO_APP_FOR_CORP = "no_app_for_corp"
     NOT_A_FRIEND = "not_a_friend"
     NOT_FOUND = "not_found"
+    QR_CODE_UNAVAILABLE = "qr_code_unavailable"
     REVOKED_API_KEY = "revoked_api_key"
     RULE_NAME_TAKEN = "rule_name_taken"
     RULE_NOT_FOUND = "rule_not_found"
     UNAUTHORIZED = "unauthorized"
+    UNAVAILABLE = "unavailable"
     UNKNOWN_APP = "unknown_app"
     VALIDATION_FAILED = "validation_failed"
     DELIVERY_IN_PROGRESS = "delivery_in_progress"
     DELIVERY_NOT_FOUND = "delivery_not_found"
     WEBHOOK_DISABLED = "webhook_disabled"
     WEBHOOK_NOT_FOUND = "webhook_not_found"
+    WECOM_UNAVAILABLE = "wecom_unavailable"
+    # Broadcasts (群发)
+    BROADCAST_NOT_FOUND = "broadcast_not_found"
+    BROADCAST_EMPTY_AUDIENCE = "broadcast_empty_audience"
+    BROADCAST_FINISHED = "broadcast_finished"  # completed or cancelled: nothing to remind
+    BROADCAST_NOTHING_TO_REMIND = "broadcast_nothing_to_remind"
+    BROADCAST_REMIND_LIMIT = "broadcast_remind_limit"  # WeCom's 41094: 3 per 24 h
+    BROADCAST_WECOM_FAILED = "broadcast_wecom_failed"  # WeCom refused or did not answer
+
+
+def wecom_code(errcode: int) -> str:
+    """The code of a WeCom refusal passed on as it is: `wecom.41045`."""
+    return f"wecom.{errcode}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +169,32 @@ class Conflict(AppError):
     status = 409
     code = ErrorCode.CONFLICT
     title = "Conflict"
+
+
+class BadGateway(AppError):
+    status = 502
+    code = ErrorCode.BAD_GATEWAY
+    title = "Bad gateway"
+
+
+class Unavailable(AppError):
+    """Nothing went wrong that a retry cannot fix (WeCom busy, a timeout): the answer says
+    how many seconds to wait in Retry-After."""
+
+    status = 503
+    code = ErrorCode.UNAVAILABLE
+    title = "Service unavailable"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int = 5,
+        code: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail, code=code, extra=extra)
+        self.headers = {"Retry-After": str(retry_after)}  # type: ignore[misc]  # per instance
 
 
 def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:

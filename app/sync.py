@@ -2,12 +2,15 @@
 
 Tags, then every customer of every member with customer-contact permission
 (get_follow_user_list, then batch/get_by_user in pages of 100), then every customer group
-(groupchat/list, then groupchat/get). Each page is written in one transaction together with
+(groupchat/list, then groupchat/get), then every 「联系我」 way as a channel (list_contact_way
+over 90-day windows from 2021-07-10, the oldest it lists, then get_contact_way each; join
+ways cannot be listed). Each page is written in one transaction together with
 the position reached, so an interrupted sync resumes where it stopped, and a page done twice
 changes nothing (the same upserts as enrichment). Live events may arrive meanwhile: sync
 fills in details and relations that predate us, it never overrides what an event decided.
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,13 +18,20 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.channels import wecom as ways
+from app.channels.service import import_contact_ways
 from app.models import SyncRun
 from app.processing.enrichment import apply_contacts, apply_follows, apply_group, apply_tags
 from app.wecom.client import Credentials, WecomClient
+from app.wecom.errors import WecomApiError
 
 MEMBERS_PER_BATCH = 100  # batch/get_by_user takes at most 100 userids
 PAGE_LIMIT = 100  # and returns at most 100 per page
 GROUPS_PER_PAGE = 100
+# list_contact_way lists no way made before 2021-07-10 (Beijing time); a day earlier is safe.
+WAYS_SINCE = 1_625_760_000  # 2021-07-09 00:00 UTC
+WAYS_WINDOW_SECONDS = 90 * 86_400
+GONE = 41044  # a way deleted between its listing and its get
 
 Progress = Callable[[str, int], None]  # (phase, items done in this step)
 
@@ -81,6 +91,7 @@ class Sync:
                 await self._save(run.id, position, counts)
             await self._customers(run.id, position, counts)
             await self._groups(run.id, position, counts)
+            await self._contact_ways(run.id, position, counts)
         except Exception as exc:
             async with self._sessionmaker.begin() as session:
                 saved = await session.get(SyncRun, run.id)
@@ -205,3 +216,47 @@ class Sync:
                     await apply_group(session, self._corp_id, group)
                 await self._save(run_id, position, counts, session)
             self._progress("groups", len(details))
+
+    async def _contact_ways(
+        self, run_id: int, position: dict[str, Any], counts: dict[str, int]
+    ) -> None:
+        """Window by window, page by page, each page written with the position reached;
+        a way already known (by config_id) is brought up to date, so a repeat is harmless."""
+        assert self._credentials.app_id is not None
+        counts.setdefault("channels", 0)
+        now = int(time.time())
+        while not position.get("ways_done"):
+            start = int(position.get("ways_from", WAYS_SINCE))
+            end = min(start + WAYS_WINDOW_SECONDS - 1, now)
+            ids, cursor = await ways.list_contact_ways(
+                self._client,
+                self._credentials,
+                start=start,
+                end=end,
+                cursor=str(position.get("ways_cursor", "")),
+            )
+            found = []
+            for config_id in ids:
+                try:
+                    found.append(
+                        await ways.get_contact_way(self._client, self._credentials, config_id)
+                    )
+                except WecomApiError as exc:
+                    if exc.errcode != GONE:
+                        raise
+            if cursor:
+                position["ways_cursor"] = cursor
+            else:
+                position.pop("ways_cursor", None)
+                position["ways_from"] = end + 1
+                position["ways_done"] = end >= now
+            counts["channels"] += len(found)
+            self._progress("channels", len(found))
+            async with self._sessionmaker.begin() as session:
+                await import_contact_ways(
+                    session,
+                    app_id=self._credentials.app_id,
+                    corp_id=self._corp_id,
+                    ways=found,
+                )
+                await self._save(run_id, position, counts, session)

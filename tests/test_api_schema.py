@@ -27,7 +27,7 @@ from app.main import create_app
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, event_xml, text_message
 from tests.api_helpers import bearer, hub_state, problem
-from tests.conftest import RegisteredApp, random_app, register
+from tests.conftest import RegisteredApp, Simulator, random_app, register
 from tests.processing_helpers import deliver, drain
 
 # GET /openapi.json serves this app's openapi(); the schema needs no lifespan (no database).
@@ -114,10 +114,15 @@ async def admin(hub: FastAPI, seeded: None) -> Admin:
 
 
 @pytest.fixture
-def api(settings: Settings, seeded: None) -> FastAPI:
+def api(settings: Settings, seeded: None, shop: RegisteredApp, simulator: Simulator) -> FastAPI:
     """The app schemathesis calls: its lifespan runs on schemathesis's event loop, started by
-    the first call and ended with the test by schemathesis's pytest plugin."""
-    return create_app(settings, database_url=settings.database_url)
+    the first call and ended with the test by schemathesis's pytest plugin. WeCom is the
+    simulator, knowing the shop's corp and member: the calls a request waits on (a channel's
+    add_contact_way) answer as WeCom would, a refusal included, never as a network error."""
+    simulator.state.corp(shop.corp_id).secrets.add(shop.secret)
+    simulator.state.seed(shop.corp_id, members=1, customers_per_member=0, groups=1, tags=1)
+    configured = settings.model_copy(update={"wecom_api_base_url": simulator.url})
+    return create_app(configured, database_url=configured.database_url)
 
 
 @schema.parametrize()

@@ -4,6 +4,7 @@ an interruption resumes."""
 from collections.abc import AsyncIterator
 
 import asyncpg
+import httpx
 import pytest
 
 from app.config import Settings
@@ -55,7 +56,7 @@ async def test_imports_5_members_x_2000_customers_and_200_groups_and_twice_chang
     sync, _ = syncing
     simulator.state.seed(wecom_app.corp_id, members=5, customers_per_member=2000, groups=200)
     first = await sync.run()
-    assert first.counts == {"tags": 10, "follows": 10_000, "groups": 200}
+    assert first.counts == {"tags": 10, "follows": 10_000, "groups": 200, "channels": 0}
     before = await snapshot(db)
     assert [len(before[k]) for k in ("contacts", "follows", "groups", "members", "tags")] == [
         10_000,
@@ -125,3 +126,70 @@ async def test_a_second_sync_of_the_same_app_is_refused_while_one_runs(
     assert simulator.state.calls == []
     await db.execute(lock.format("pg_advisory_unlock"), str(app_id))  # it ended
     assert (await sync.run()).counts["follows"] == 10
+
+
+async def test_contact_ways_become_channels_once_and_a_pending_one_adopts_its_way(
+    syncing: tuple[Sync, WecomClient],
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    """Ways made in the console (or by another tool) are imported with their state, from
+    2021-07-10 on; twice imports nothing twice; a way whose add_contact_way answer was lost
+    (a channel still pending with its state) is adopted by that channel."""
+    sync, _ = syncing
+    simulator.state.seed(wecom_app.corp_id, members=2, customers_per_member=1, groups=0)
+    corp = f"/sim/corps/{wecom_app.corp_id}/contact_ways"
+    async with httpx.AsyncClient(base_url=simulator.url, timeout=5) as sim:
+        old = (
+            await sim.post(
+                corp,
+                json={
+                    "users": ["member000"],
+                    "state": "poster_1",
+                    "remark": "海报",
+                    "created_at": 1_650_000_000,
+                },
+            )
+        ).json()
+        new = (await sim.post(corp, json={"users": ["member000", "member001"]})).json()
+        too_old = (
+            await sim.post(corp, json={"users": ["member000"], "created_at": 1_600_000_000})
+        ).json()
+    ways = simulator.state.corp(wecom_app.corp_id).contact_ways
+    lost = ways[new["config_id"]]
+    lost.state = "ch_lostanswer00000"
+    app_id = await db.fetchval("SELECT id FROM apps")
+    pending = await db.fetchval(
+        "INSERT INTO channels (app_id, corp_id, kind, name, state, status, source)"
+        " VALUES ($1, $2, 'contact_way', '门店B', 'ch_lostanswer00000', 'pending', 'api')"
+        " RETURNING id",
+        app_id,
+        wecom_app.corp_id,
+    )
+
+    first = await sync.run()
+    assert first.counts["channels"] == 2
+    query = (
+        "SELECT id, name, state, status, source, config_id, qr_code, userids FROM channels"
+        " ORDER BY id"
+    )
+    rows = [dict(r) for r in await db.fetch(query)]
+    assert [(r["id"], r["status"], r["source"], r["config_id"]) for r in rows] == [
+        (pending, "active", "api", new["config_id"]),
+        (rows[1]["id"], "active", "imported", old["config_id"]),
+    ]
+    assert rows[0]["userids"] == ["member000", "member001"]
+    assert (rows[1]["name"], rows[1]["state"], rows[1]["qr_code"]) == (
+        "海报",
+        "poster_1",
+        old["qr_code"],
+    )
+    assert too_old["config_id"] not in {r["config_id"] for r in rows}
+
+    ways[old["config_id"]].user = ["member001"]  # changed in the console since
+    second = await sync.run()
+    assert second.counts["channels"] == 2
+    again = [dict(r) for r in await db.fetch(query)]
+    assert [r["id"] for r in again] == [r["id"] for r in rows]
+    assert again[1]["userids"] == ["member001"]

@@ -3,7 +3,7 @@ time range (whole hours, at most 366 days; by default the last 30 days), for an 
 or every corp, with days in a time zone."""
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,8 +19,10 @@ from app.api.schemas.stats import (
     WelcomeStatsOut,
     window_fields,
 )
+from app.errors import FieldError, Invalid
 from app.queries import app_scope
 from app.queries import stats as queries
+from app.queries.channels import channel_states, customers_by_channel
 from app.queries.stats import DEFAULT_TZ, CustomerKey, GroupKey, StatsWindow
 
 router = APIRouter(prefix="/stats", tags=["Statistics"])
@@ -37,6 +39,7 @@ Until = Annotated[
     Query(description="To this hour, not included (a whole UTC hour); default: now."),
 ]
 Tz = Annotated[str, Query(max_length=64, description="The IANA time zone the days are counted in.")]
+CustomerGrouping = CustomerKey | Literal["channel"]
 
 
 async def _window(
@@ -56,7 +59,7 @@ async def _window(
 async def customer_stats(
     _: ReadKey,
     hub: HubDep,
-    group_by: CustomerKey = "day",
+    group_by: CustomerGrouping = "day",
     app: AppSlug = None,
     since: Since = None,
     until: Until = None,
@@ -64,11 +67,20 @@ async def customer_stats(
 ) -> CustomerStatsOut:
     """New customers, churn (the customer deleted the member), customers deleted by the
     member and net growth, by day, by the channel `state` of the add that brought each
-    customer, or by member. Counted from wecom-hub's own event history, each WeCom event
-    once."""
+    customer, by channel (the key is the channel's id; '' for states that are no
+    channel's; needs `app`), or by member. Counted from wecom-hub's own event history,
+    each WeCom event once."""
     async with hub.sessionmaker() as session:
         window = await _window(session, app, since, until, tz)
-        counts = await queries.customer_stats(session, window, group_by)
+        if group_by != "channel":
+            counts = await queries.customer_stats(session, window, group_by)
+        elif window.corp_id is None:
+            raise Invalid([FieldError("app", "needed with group_by=channel")])
+        else:
+            counts = customers_by_channel(
+                await queries.customer_stats(session, window, "state"),
+                await channel_states(session, window.corp_id),
+            )
     return CustomerStatsOut(
         **window_fields(window), data=[CustomerCountsOut.of(row) for row in counts]
     )

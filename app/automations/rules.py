@@ -234,11 +234,36 @@ class File(MediaAttachment):
 Attachment = Annotated[Image | Link | Miniprogram | Video | File, Field(discriminator="msgtype")]
 
 
+State = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _state_condition(
+    state: str, pattern: str | None, mode: str, states: Collection[str] | None
+) -> bool | None:
+    """Whether `state` meets a rule's channel condition: `pattern` (in `mode`) or one of the
+    exact `states` (a channel's state linked to the rule, app/channels/). None: the rule has
+    no channel condition."""
+    if pattern is None and not states:
+        return None
+    return (states is not None and state in states) or (
+        pattern is not None and _state_matches(pattern, mode, state)
+    )
+
+
+def _state_score(pattern: str | None, mode: str, states: Collection[str] | None) -> int:
+    """An exact channel beats a prefix, which beats a pattern; `states` are exact."""
+    if states:
+        return 30
+    return {"exact": 30, "prefix": 20, "regex": 10}[mode] if pattern else 0
+
+
 class WelcomeMatch(_Strict):
-    """Every condition given must hold; none given: the default welcome."""
+    """Every condition given must hold; none given: the default welcome. `states` are exact
+    channel states OR-ed with `state` (a rule that channels are linked to)."""
 
     state: str | None = None
     state_mode: Literal["exact", "prefix", "regex"] = "exact"
+    states: list[State] | None = None  # unset: left out of the stored match
     members: list[str] = Field(default_factory=list)
     hours: tuple[time, time] | None = None  # e.g. ["18:00", "09:00"]: across midnight is fine
     weekdays: list[Annotated[int, Field(ge=1, le=7)]] = Field(default_factory=list)  # 1 = Mon
@@ -261,11 +286,11 @@ class WelcomeMatch(_Strict):
     def specificity(self) -> int:
         """The most specific matching rule wins: an exact channel beats a prefix, which beats
         a pattern; a member and a time window each add."""
-        score = {"exact": 30, "prefix": 20, "regex": 10}[self.state_mode] if self.state else 0
+        score = _state_score(self.state, self.state_mode, self.states)
         return score + (5 if self.members else 0) + (2 if self.hours or self.weekdays else 0)
 
     def matches(self, *, state: str, user_id: str, at: datetime) -> bool:
-        if self.state is not None and not _state_matches(self.state, self.state_mode, state):
+        if _state_condition(state, self.state, self.state_mode, self.states) is False:
             return False
         if self.members and user_id not in self.members:
             return False
@@ -336,6 +361,7 @@ class TagMatch(_Strict):
     on: Literal["channel", "group_join", "keyword"]
     state: str | None = None
     state_mode: Literal["exact", "prefix", "regex"] = "exact"
+    states: list[State] | None = None  # exact, OR-ed with `state`; unset: not stored
     chat_ids: list[str] = Field(default_factory=list)
     keywords: list[Keyword] = Field(default_factory=list)
     mode: KeywordMode = "contains"
@@ -343,8 +369,8 @@ class TagMatch(_Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> "TagMatch":
-        if self.on == "channel" and not self.state:
-            raise ValueError("a channel tag rule needs a state")
+        if self.on == "channel" and not self.state and not self.states:
+            raise ValueError("a channel tag rule needs a state (or states)")
         if self.on == "keyword" and not self.keywords:
             raise ValueError("a keyword tag rule needs keywords")
         if self.state is not None and self.state_mode == "regex":
@@ -357,8 +383,7 @@ class TagMatch(_Strict):
     def matches_channel(self, state: str) -> bool:
         return (
             self.on == "channel"
-            and self.state is not None
-            and _state_matches(self.state, self.state_mode, state)
+            and _state_condition(state, self.state, self.state_mode, self.states) is True
         )
 
     def matches_group(self, chat_id: str) -> bool:

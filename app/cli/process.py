@@ -168,7 +168,8 @@ def sync(
                     console=console,
                 ) as bar:
                     tasks = {
-                        phase: bar.add_task(phase) for phase in ("tags", "customers", "groups")
+                        phase: bar.add_task(phase)
+                        for phase in ("tags", "customers", "groups", "channels")
                     }
                     return await Sync(
                         sessionmaker,
@@ -200,10 +201,3 @@ def migrate() -> None:
     logs.configure(settings.log_level, settings.log_format)
     prepare_database(settings)
     console.print("database is at the latest migration")
-
-
-def secret_key() -> None:
-    """Print a new value for WECOM_HUB_SECRET_KEY."""
-    from app.crypto.at_rest import generate_key
-
-    print(generate_key())

@@ -4,6 +4,8 @@ from app.models.action import Action
 from app.models.action_attempt import ActionAttempt
 from app.models.api_key import ApiKey, IdempotentRequest
 from app.models.base import Base
+from app.models.broadcast import Broadcast, BroadcastRecipient, BroadcastTask
+from app.models.channel import Channel
 from app.models.customer import ExternalContact, Follow
 from app.models.event import Event
 from app.models.group_chat import CustomerGroup, GroupMember
@@ -26,6 +28,10 @@ __all__ = [
     "ApiCall",
     "ApiKey",
     "Base",
+    "Broadcast",
+    "BroadcastRecipient",
+    "BroadcastTask",
+    "Channel",
     "CustomerGroup",
     "CustomerStat",
     "Department",

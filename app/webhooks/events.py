@@ -6,7 +6,7 @@ action's), so a WeCom event delivered three times is one message, and a retry of
 keeps its id: receivers deduplicate on it."""
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -19,7 +19,7 @@ from app.events.context import Context, event_time
 
 
 class WebhookEventType(StrEnum):
-    CUSTOMER_ADDED = "customer.added"
+    CUSTOMER_ADDED = "customer.added"  # with channel_id: the channel of its state, if any
     CUSTOMER_UPDATED = "customer.updated"
     CUSTOMER_DELETED_MEMBER = "customer.deleted_member"  # churn: the customer deleted the member
     MEMBER_DELETED_CUSTOMER = "member.deleted_customer"
@@ -137,6 +137,12 @@ def messages_of(event: ev.WecomEvent, context: Context) -> list[Message]:
             )
         ]
     return []
+
+
+def with_channel(message: Message, channel_id: int | None) -> Message:
+    """A `customer.added` naming the channel (app/channels/) whose state brought the
+    customer: null for a state that is no channel's, or none."""
+    return replace(message, data={**message.data, "channel_id": channel_id})
 
 
 def outcome_message(

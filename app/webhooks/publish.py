@@ -15,7 +15,13 @@ from app.actions.runner import ClaimedAction
 from app.events.context import Context
 from app.events.models import WecomEvent
 from app.notify import ACTIONS_CHANNEL
-from app.webhooks.events import Message, WebhookEventType, messages_of, outcome_message
+from app.webhooks.events import (
+    Message,
+    WebhookEventType,
+    messages_of,
+    outcome_message,
+    with_channel,
+)
 
 _SUBSCRIBED = text(
     "SELECT DISTINCT unnest(CASE WHEN cardinality(event_types) = 0 THEN ARRAY['*']"
@@ -45,14 +51,44 @@ _FAN_OUT = text(
 )
 
 
+_CHANNEL_OF_STATE = text("SELECT id FROM channels WHERE corp_id = :corp_id AND state = :state")
+
+
+class ChannelIds:
+    """The channel a state belongs to, per corp, for `ttl` seconds (a miss too): a
+    `customer.added` names its channel without a query per customer. At most MAX entries;
+    beyond that the cache starts over."""
+
+    MAX = 10_000
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._cached: dict[tuple[str, str], tuple[float, int | None]] = {}
+
+    async def of(self, session: AsyncSession, corp_id: str, state: str) -> int | None:
+        key = (corp_id, state)
+        hit = self._cached.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        found: int | None = await session.scalar(
+            _CHANNEL_OF_STATE, {"corp_id": corp_id, "state": state}
+        )
+        if len(self._cached) >= self.MAX:
+            self._cached.clear()
+        self._cached[key] = (time.monotonic() + self._ttl, found)
+        return found
+
+
 class Subscriptions:
     """Which event types any enabled subscription wants, for `ttl` seconds: a new
-    subscription receives events within that time."""
+    subscription receives events within that time. Also the channels of states, cached as
+    long (`channels`)."""
 
     def __init__(self, ttl: float = 5.0) -> None:
         self._ttl = ttl
         self._until = 0.0
         self._types: frozenset[str] = frozenset()
+        self.channels = ChannelIds(ttl)
 
     async def wanted(self, session: AsyncSession, type_: WebhookEventType) -> bool:
         if time.monotonic() >= self._until:
@@ -129,6 +165,14 @@ async def publish_event(
     """In the processor's transaction: the webhooks a stored WeCom event makes."""
     for message in messages_of(event, context):
         if await subscriptions.wanted(session, message.type):
+            if message.type == WebhookEventType.CUSTOMER_ADDED:
+                state = message.data.get("state")
+                channel_id = (
+                    await subscriptions.channels.of(session, context.corp_id, state)
+                    if state
+                    else None
+                )
+                message = with_channel(message, channel_id)
             await publish(
                 session,
                 message,

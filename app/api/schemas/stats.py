@@ -1,5 +1,5 @@
 """Statistics on the wire: the window that was counted (the defaults filled in), and a row
-per key (a day, a channel state, a member or a group)."""
+per key (a day, a channel state, a channel, a member or a group)."""
 
 from dataclasses import asdict
 from typing import Any
@@ -71,8 +71,8 @@ class CustomerCountsOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_CUSTOMERS_EXAMPLE]})
 
     key: str = Field(
-        description="The day (YYYY-MM-DD, in `tz`), the channel state ('' for none) or the "
-        "member's userid."
+        description="The day (YYYY-MM-DD, in `tz`), the channel state ('' for none), the "
+        "channel's id ('' for none) or the member's userid."
     )
     added: int = Field(description="add_external_contact events (half adds are not counted).")
     churned: int = Field(description="The customer deleted the member (del_follow_user).")
