@@ -184,7 +184,13 @@ class Settings(BaseSettings):
     previous_secret_keys: SecretStr | None = Field(
         default=None,
         description="During a key rotation, the keys replaced (comma-separated): what they "
-        "sealed still opens, while everything newly stored is sealed with the current key.",
+        "sealed still opens, while everything newly stored is sealed with the current key, "
+        "until `wecom-hub secret-key rotate` has sealed it all again.",
+    )
+    previous_secret_keys_file: Path | None = Field(
+        default=None,
+        description="A file holding previous_secret_keys instead (comma- or "
+        "newline-separated), e.g. /run/secrets/wecom_hub_previous_secret_keys.",
     )
     # The admin listener (issue 10 item 6).
     admin_port: int | None = Field(
@@ -212,6 +218,24 @@ class Settings(BaseSettings):
         gt=0,
         description="A callback whose whole body has not arrived within this time is refused "
         "(408 body_timeout) and its connection closed.",
+    )
+    # Broadcasts (群发, issue 12): how long and how often their results are read.
+    broadcast_horizon_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="A broadcast's results are read until every member has sent it, or "
+        "until this long after it was made: then it is `completed` as it stands.",
+    )
+    broadcast_poll_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="When a broadcast's results are first read after it is made; each later "
+        "read waits twice as long as the one before, up to broadcast_poll_max_seconds.",
+    )
+    broadcast_poll_max_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="The longest wait between two reads of a broadcast's results.",
     )
     log_level: str = "INFO"
 

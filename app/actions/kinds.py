@@ -94,3 +94,9 @@ POLICIES[ActionKind.WEBHOOK] = RetryPolicy(
     cap_seconds=86400,
     schedule=tuple(float(t) for t in _WEBHOOK_SCHEDULE),
 )
+# A broadcast task's retry first looks for the task the last attempt may have made, which
+# WeCom shows only once it has distributed it (41063 until then: seconds, at times
+# minutes): retried soon, and for long enough to outlast that.
+POLICIES[ActionKind.BROADCAST_TASK] = RetryPolicy(
+    max_attempts=10, first_seconds=1.0, cap_seconds=300.0
+)

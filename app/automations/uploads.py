@@ -20,10 +20,20 @@ _SAVE_UPLOAD = """
 
 async def upload_media(run: WecomRun) -> Outcome:
     """The action: upload the file as temporary media, keep the new media_id."""
-    sha256 = run.action.target
+    uploaded = await upload(run, run.action.target)
+    if uploaded is None:
+        return Outcome(ActionStatus.SKIPPED, "the file is no longer kept")
+    filename, media_id = uploaded
+    return Outcome(ActionStatus.SUCCEEDED, f"{filename} is {media_id}")
+
+
+async def upload(run: WecomRun, sha256: str) -> tuple[str, str] | None:
+    """Upload a kept file as the run's corp's temporary media and keep its media_id (the
+    upload_media action, and a broadcast task whose upload is missing or stale). The
+    file's name and the new media_id; None if the file is no longer kept."""
     kept = await run.db.fetchrow(_FILE, sha256)
     if kept is None:
-        return Outcome(ActionStatus.SKIPPED, "the file is no longer kept")
+        return None
     body = await run.client.call(
         run.credentials,
         "POST",
@@ -42,4 +52,4 @@ async def upload_media(run: WecomRun) -> Outcome:
         uploaded_at,
         uploaded_at + LIFETIME,
     )
-    return Outcome(ActionStatus.SUCCEEDED, f"{kept['filename']} is {body['media_id']}")
+    return str(kept["filename"]), str(body["media_id"])
