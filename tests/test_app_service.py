@@ -6,15 +6,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from typer.testing import CliRunner
 
-from app.config import Settings
+from app.cli import cli
+from app.config import Settings, get_settings
 from app.crypto import WXBizMsgCrypt
-from app.crypto.at_rest import SecretBox, parse_key
+from app.crypto.at_rest import SecretBox, SecretBoxError, parse_key
 from app.db import create_engine, create_sessionmaker
 from app.errors import Conflict, Invalid, NotFound
 from app.wecom_apps import (
+    SECRET_FIELDS,
     AppExists,
     AppSpec,
     AppView,
@@ -24,10 +29,13 @@ from app.wecom_apps import (
     app_view,
     get_app,
     load_credentials,
+    mask,
     open_keys,
+    open_secret,
     remove_app,
     update_app,
 )
+from tests.api_helpers import auth, problem
 from tests.conftest import RegisteredApp, random_app
 
 
@@ -214,3 +222,107 @@ async def test_a_removed_app_is_gone_and_its_slug_free(
         with pytest.raises(NotFound):
             await get_app(session, "shop")
     await added(sessions, box, random_app("shop"))
+
+
+async def test_a_secret_copied_into_another_apps_row_does_not_open(
+    sessions: async_sessionmaker[AsyncSession], box: SecretBox, db: asyncpg.Connection
+) -> None:
+    """Each app's secrets are sealed bound to it: someone who can write the database but
+    not read the key cannot make one app use another's Token, EncodingAESKey or Secret."""
+    shop, other = random_app("shop"), random_app("other")
+    await added(sessions, box, shop)
+    await added(sessions, box, other)
+    for column in ("token_sealed", "aes_key_sealed", "secret_sealed"):
+        await db.execute(
+            f"UPDATE apps SET {column} = (SELECT {column} FROM apps WHERE slug = 'shop')"  # noqa: S608
+            " WHERE slug = 'other'"
+        )
+    async with sessions.begin() as session:
+        stored = {app.slug: app for app in [await get_app(session, s) for s in ("shop", "other")]}
+        assert open_secret(box, stored["shop"], "secret") == shop.secret
+        for field in SECRET_FIELDS:
+            with pytest.raises(SecretBoxError):
+                open_secret(box, stored["other"], field)
+        with pytest.raises(SecretBoxError):
+            await load_credentials(session, box, stored["other"].id)
+
+
+@pytest.mark.parametrize("secret", ["short", "Your32CharTokenYour32CharTokenAB", "x" * 43])
+def test_mask_shows_the_length_and_no_character(secret: str) -> None:
+    assert mask(secret) == f"…({len(secret)} chars)"
+    assert secret[-1] not in mask(secret).replace("chars", "")
+
+
+async def _welcome_rule(client: httpx.AsyncClient, headers: dict[str, str], app: str) -> int:
+    answer = await client.post(
+        "/api/v1/rules",
+        json={
+            "kind": "welcome",
+            "name": "hi",
+            "app": app,
+            "match": {},
+            "content": {"text": "你好"},
+        },
+        headers=headers,
+    )
+    assert answer.status_code == 201, answer.text
+    rule_id: int = answer.json()["id"]
+    return rule_id
+
+
+async def test_the_api_refuses_to_remove_an_app_its_rules_are_for_unless_forced(
+    client: httpx.AsyncClient, hub: FastAPI, wecom_app: RegisteredApp
+) -> None:
+    headers = await auth(hub)
+    rule_id = await _welcome_rule(client, headers, wecom_app.slug)
+    body = problem(
+        await client.delete(f"/api/v1/apps/{wecom_app.slug}", headers=headers), 409, "app_in_use"
+    )
+    assert body["rules"] == [{"id": rule_id, "kind": "welcome", "name": "hi"}]
+    assert "--force" in body["detail"] and "force=true" in body["detail"]
+    assert (await client.get(f"/api/v1/apps/{wecom_app.slug}", headers=headers)).status_code == 200
+
+    removed = await client.delete(
+        f"/api/v1/apps/{wecom_app.slug}", params={"force": "true"}, headers=headers
+    )
+    assert removed.status_code == 204
+    rule = (await client.get(f"/api/v1/rules/{rule_id}", headers=headers)).json()
+    assert rule["enabled"] is False
+    enabled = await client.patch(
+        f"/api/v1/rules/{rule_id}", json={"enabled": True}, headers=headers
+    )
+    assert problem(enabled, 422, "validation_failed")["errors"][0]["field"] == "app"
+
+
+def test_the_cli_refuses_to_remove_an_app_its_rules_are_for_unless_forced(
+    settings: Settings, wecom_app: RegisteredApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert settings.database_url and settings.secret_key
+    monkeypatch.setenv("WECOM_HUB_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("WECOM_HUB_SECRET_KEY", settings.secret_key.get_secret_value())
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        added = runner.invoke(
+            cli,
+            [
+                *("rules", "add", "welcome", "--name", "hi", "--app", wecom_app.slug),
+                *("--match", "{}", "--content", '{"text": "你好"}'),
+            ],
+        )
+        assert added.exit_code == 0, added.output
+        refused = runner.invoke(cli, ["apps", "remove", wecom_app.slug])
+        assert refused.exit_code == 1, refused.output
+        assert "has enabled rules: welcome rule" in refused.output and "--force" in refused.output
+        assert runner.invoke(cli, ["apps", "show", wecom_app.slug]).exit_code == 0
+
+        forced = runner.invoke(cli, ["apps", "remove", wecom_app.slug, "--force"])
+        assert forced.exit_code == 0, forced.output
+        assert f"removed app {wecom_app.slug!r}" in forced.output
+        assert "disabled its rules" in forced.output
+        listed = runner.invoke(cli, ["rules", "list"])
+        assert listed.exit_code == 0 and "hi" in listed.output
+        enabled = runner.invoke(cli, ["rules", "enable", "1"])
+        assert enabled.exit_code == 2 and "was removed" in enabled.output, enabled.output
+    finally:
+        get_settings.cache_clear()

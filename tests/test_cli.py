@@ -15,6 +15,7 @@ from app.cli import cli
 from app.config import Settings, get_settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.runtime import ConfigurationError, asyncpg_url, secret_box
+from app.wecom_apps import secret_owner
 from tests.conftest import TRUNCATE_ALL, random_app
 
 runner = CliRunner()
@@ -70,7 +71,7 @@ def test_add_list_show_remove(env: None, database_url: str) -> None:
     assert shown.exit_code == 0
     for value in (secret, token, aes_key):
         assert value not in shown.output
-        assert f"…{value[-2:]} ({len(value)} chars)" in shown.output
+        assert f"…({len(value)} chars)" in shown.output
 
     [row] = asyncio.run(_sql(database_url, "SELECT * FROM apps"))
     for column, value in (
@@ -78,7 +79,7 @@ def test_add_list_show_remove(env: None, database_url: str) -> None:
         ("token_sealed", token),
         ("aes_key_sealed", aes_key),
     ):
-        assert value not in row[column] and row[column].startswith("v1:")
+        assert value not in row[column] and row[column].startswith("v2:")
 
     assert runner.invoke(cli, ["apps", "remove", "shop"]).exit_code == 0
     assert runner.invoke(cli, ["apps", "show", "shop"]).exit_code == 1
@@ -114,7 +115,11 @@ def _stored_secrets(database_url: str, secret_key: str) -> dict[str, str]:
     [row] = asyncio.run(_sql(database_url, "SELECT * FROM apps WHERE removed_at IS NULL"))
     box = SecretBox(parse_key(secret_key))
     return {
-        field: box.open(row[f"{field}_sealed"], purpose=f"app.{field}")
+        field: box.open(
+            row[f"{field}_sealed"],
+            purpose=f"app.{field}",
+            owner=secret_owner(row["id"], row["corp_id"]),
+        )
         for field in ("token", "aes_key", "secret")
     }
 

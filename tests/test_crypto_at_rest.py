@@ -1,5 +1,8 @@
-"""Key ids and rotation of the at-rest key: every stored value says which key sealed it, and
-values sealed before key ids, or with a replaced key, keep opening."""
+"""Key ids, rotation and owners of the at-rest key: every stored value says which key sealed
+it and is bound to its owner, and values sealed before key ids or owners, or with a replaced
+key, keep opening."""
+
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,10 @@ from app.runtime import ConfigurationError, secret_box
 LEGACY_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 LEGACY_SEALED = "v1:ZGVmZ2hpamtsbW5vK3SsFlSaM/1MByvFP+XORjBR1nuCu64Z65ouJLQlDQ=="
 LEGACY_PLAINTEXT = "corp-secret-値"
+# Sealed by the code of before owners (`v1:<key id>:`, associated data `<key id>:<purpose>`,
+# nonce 120…131) with LEGACY_KEY.
+KEYED_SEALED = "v1:698fb0a8:eHl6e3x9fn+AgYKDcjeDsv5HlvsEhCbb0H8ddAKknGUOFrc3cImjLsvc"
+KEYED_PLAINTEXT = "callback-token"
 
 
 def test_a_sealed_value_names_its_key_by_an_id_that_does_not_reveal_it() -> None:
@@ -19,7 +26,7 @@ def test_a_sealed_value_names_its_key_by_an_id_that_does_not_reveal_it() -> None
     box = SecretBox(key)
     sealed = box.seal("s3cret", purpose="app.secret")
     assert box.key_id == key_id(key) != key_id(parse_key(generate_key()))
-    assert sealed.startswith(f"v1:{box.key_id}:")
+    assert sealed.startswith(f"v2:{box.key_id}:")
     assert len(box.key_id) == 8 and box.key_id not in key.hex()
     assert box.open(sealed, purpose="app.secret") == "s3cret"
 
@@ -37,7 +44,7 @@ def test_after_a_rotation_old_values_open_and_new_ones_use_the_new_key() -> None
     rotated = SecretBox(new, previous=[old])
     assert rotated.open(LEGACY_SEALED, purpose="app.secret") == LEGACY_PLAINTEXT
     assert rotated.open(sealed_by_old, purpose="app.token") == "token"
-    assert rotated.seal("token", purpose="app.token").startswith(f"v1:{key_id(new)}:")
+    assert rotated.seal("token", purpose="app.token").startswith(f"v2:{key_id(new)}:")
 
     with pytest.raises(SecretBoxError, match=f"key {key_id(old)}, which is not configured"):
         SecretBox(new).open(sealed_by_old, purpose="app.token")
@@ -76,3 +83,52 @@ def test_previous_keys_are_read_from_the_settings() -> None:
     bad = Settings(_env_file=None, secret_key=new, previous_secret_keys=f"{old},nonsense")
     with pytest.raises(ConfigurationError, match=r"WECOM_HUB_PREVIOUS_SECRET_KEYS: .*32"):
         secret_box(bad)
+
+
+def test_values_sealed_before_owners_still_open_whatever_the_owner() -> None:
+    box = SecretBox(parse_key(generate_key()), previous=[parse_key(LEGACY_KEY)])
+    assert box.open(KEYED_SEALED, purpose="app.token", owner="apps/1/ww1") == KEYED_PLAINTEXT
+    assert box.open(KEYED_SEALED, purpose="app.token") == KEYED_PLAINTEXT
+    with pytest.raises(SecretBoxError):
+        box.open(KEYED_SEALED, purpose="app.secret")
+    assert box.needs_resealing(KEYED_SEALED) and box.needs_resealing(LEGACY_SEALED)
+
+
+def test_a_value_opens_only_for_the_owner_it_was_sealed_for() -> None:
+    """A secret copied from one app's row into another's does not open there."""
+    box = SecretBox(parse_key(generate_key()))
+    sealed = box.seal("corp secret", purpose="app.secret", owner="apps/1/wwA")
+    assert box.open(sealed, purpose="app.secret", owner="apps/1/wwA") == "corp secret"
+    for owner in ("apps/2/wwA", "apps/1/wwB", ""):
+        with pytest.raises(SecretBoxError, match="not this row's value"):
+            box.open(sealed, purpose="app.secret", owner=owner)
+    # The separator cannot be forged by moving text between purpose and owner.
+    with pytest.raises(SecretBoxError):
+        box.open(sealed, purpose="app.secret\0apps/1", owner="wwA")
+
+
+def test_only_values_of_the_current_key_and_format_need_no_resealing() -> None:
+    old, new = parse_key(generate_key()), parse_key(generate_key())
+    box = SecretBox(new, previous=[old])
+    assert not box.needs_resealing(box.seal("x", purpose="p", owner="o"))
+    assert box.needs_resealing(SecretBox(old).seal("x", purpose="p", owner="o"))
+    assert box.previous_key_ids == [key_id(old)]
+
+
+def test_previous_keys_may_come_from_a_file(tmp_path: Path) -> None:
+    old, older, new = generate_key(), generate_key(), generate_key()
+    path = tmp_path / "previous"
+    path.write_text(f"{old}\n{older}\n")
+    settings = Settings(_env_file=None, secret_key=new, previous_secret_keys_file=path)
+    box = secret_box(settings)
+    for key in (old, older):
+        assert box.open(SecretBox(parse_key(key)).seal("x", purpose="p"), purpose="p") == "x"
+
+    both = Settings(
+        _env_file=None, secret_key=new, previous_secret_keys=old, previous_secret_keys_file=path
+    )
+    with pytest.raises(ConfigurationError, match="keep one"):
+        secret_box(both)
+    path.write_text("nonsense\n")
+    with pytest.raises(ConfigurationError, match=f"PREVIOUS_SECRET_KEYS_FILE {path}: .*32"):
+        secret_box(settings)

@@ -1,17 +1,21 @@
 """A `wecom-hub worker` stops on SIGTERM while its calls to WeCom are in flight: promptly,
-cleanly, every time, with nothing left held (issue 10: once in four stops it used to hang)."""
+cleanly, every time, with nothing left held (issue 10: once in four stops it used to hang).
+A command killed with SIGKILL leaves no embedded Postgres running for ever."""
 
 import asyncio
 import os
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 
 from app.config import Settings
+from app.runtime import _alive
 from app.simulator.state import Fault
 from tests.conftest import RegisteredApp, Simulator
-from tests.process_helpers import WECOM_HUB
+from tests.process_helpers import WECOM_HUB, answers_ok, free_port, stop, wait_until
 from tests.processing_helpers import wait_for
 
 STOPS = 3
@@ -80,3 +84,59 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
         # Nothing is left held: another process may take over at once.
         assert await db.fetchval("SELECT count(*) FROM actions WHERE status = 'running'") == 0
     assert await db.fetchval("SELECT count(*) FROM actions WHERE status = 'failed'") == 0
+
+
+def _postmaster(pgdata: Path) -> int | None:
+    """The embedded server's pid while its postmaster.pid says one."""
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _stop_postgres(pgdata: Path) -> None:
+    """Whatever failed, no server is left behind (fast shutdown, then kill)."""
+    pid = _postmaster(pgdata)
+    if pid is None or not _alive(pid):
+        return
+    os.kill(pid, signal.SIGINT)
+    if not wait_until(lambda: not _alive(pid), 15):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_the_command_after_a_killed_one_stops_the_embedded_postgres_it_left(
+    tmp_path: Path,
+) -> None:
+    """`kill -9` (or the OOM killer) gives a process no chance to stop the embedded server,
+    and its pid stayed in the server's list of users for ever: no later command stopped it
+    either. Now the next command takes the orphaned server over and stops it when it ends."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
+    env |= {"WECOM_HUB_DATA_DIR": str(tmp_path / "d"), "WECOM_HUB_LOG_LEVEL": "WARNING"}
+    pgdata = tmp_path / "d" / "postgres"
+    port = free_port()
+    serve = subprocess.Popen(
+        [WECOM_HUB, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = wait_until(lambda: answers_ok(f"http://127.0.0.1:{port}/readyz"), 60)
+        assert ready, "serve did not become ready"
+        postmaster = _postmaster(pgdata)
+        assert postmaster is not None
+        serve.kill()
+        serve.wait(10)
+        assert _alive(postmaster)  # it outlived its owner
+
+        listed = subprocess.run(
+            [WECOM_HUB, "apps", "list"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert wait_until(lambda: not _alive(postmaster), 15), "the orphan was not stopped"
+        assert _postmaster(pgdata) is None
+        assert "ended without stopping it" in listed.stderr, listed.stderr  # and says so
+
+    finally:
+        stop(serve, signal.SIGKILL, 10)
+        _stop_postgres(pgdata)

@@ -8,6 +8,7 @@ says why in NOT_RUN. A command of a kind this test does not know fails it, so th
 cannot grow an example that is never tried.
 """
 
+import asyncio
 import os
 import re
 import shlex
@@ -23,8 +24,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from typer.testing import CliRunner
 
-from app.crypto.at_rest import generate_key
+from app.cli import cli
+from app.config import get_settings
+from app.crypto.at_rest import generate_key, parse_key
 from tests.conftest import Simulator, random_app
 from tests.process_helpers import answers_ok, free_port, stop, wait_until
 
@@ -295,3 +299,180 @@ async def test_readme_commands_work_as_written(
             run_one(reader, command)
 
     assert len(reader.ran) >= 20, reader.ran  # the README's 20-odd examples, not none found
+
+
+# The commands the README names in its prose (`wecom-hub worker`, `apps list | show SLUG | …`),
+# each run as the sentence says, its placeholders filled in.
+
+PROSE_FILL = {"SLUG": "shop", "SCENARIO": "message"}
+# Prose commands run by the sh blocks above (as those blocks write them), or not run here.
+PROSE_ELSEWHERE = {
+    ".venv/bin/wecom-hub serve": "`serving` starts it so for the sh blocks' curl examples",
+    "wecom-hub serve": "what the benchmarks start; run here as `serve --host 0.0.0.0 --port`",
+    "wecom-hub rules add": "the Automations sh block runs nine of them",
+    "wecom-hub apikeys create": "the API sh block runs it",
+}
+
+
+def prose_commands(markdown: str) -> list[str]:
+    """Every `wecom-hub …` code span outside the code blocks, one command per alternative:
+    `apps list | show SLUG` is `apps list` and `apps show SLUG`; `rules add|list` is
+    `rules add` and `rules list`."""
+    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.DOTALL | re.MULTILINE)
+    found: list[str] = []
+    for wrapped in re.findall(r"`((?:\.venv/bin/)?wecom-hub\s[^`]+)`", prose):
+        span = " ".join(wrapped.split())  # a span may wrap onto the next line
+        if " | " in span:
+            first, *others = span.split(" | ")
+            head = first.rsplit(" ", 1)[0]
+            found += [first, *(f"{head} {other}" for other in others)]
+        elif "|" in span:
+            head, _, choices = span.rpartition(" ")
+            found += [f"{head} {choice}" for choice in choices.split("|")]
+        else:
+            found.append(span)
+    return list(dict.fromkeys(found))
+
+
+def test_prose_commands_are_split_into_one_per_alternative() -> None:
+    text = "Run `wecom-hub a x | y SLUG` or `wecom-hub b\nc|d`.\n```sh\nwecom-hub z\n```\n"
+    assert prose_commands(text) == [
+        "wecom-hub a x",
+        "wecom-hub a y SLUG",
+        "wecom-hub b c",
+        "wecom-hub b d",
+    ]
+
+
+class ProseReader:
+    """Runs prose commands as a reader would type them (`wecom-hub` on the PATH), each one
+    recorded, so that the test can check every command the README names was run. The
+    long-running ones (`serve`, `worker`, `sim serve`) run in processes of their own."""
+
+    def __init__(self, clone: Path, env: dict[str, str], fill_in: dict[str, str]) -> None:
+        self.clone, self.env, self.fill_in = clone, env, fill_in
+        self.ran: set[str] = set()
+
+    def command(self, written: str, *extra: str) -> list[str]:
+        self.ran.add(written)
+        words = shlex.split(written)
+        filled = [self.fill_in.get(word, word) for word in words]
+        return [*filled, *extra]
+
+    async def run(self, written: str, *extra: str, stdin: str | None = None) -> str:
+        """A short command, run by the CLI's own entry point in this process (with the
+        reader's settings) rather than in a new one: a second or more saved per command,
+        the same arguments parsed the same way. In a thread: it runs its own event loop."""
+        args = self.command(written, *extra)
+        assert args[0] == "wecom-hub", args
+        settings = {k: v for k, v in self.env.items() if k.startswith("WECOM_HUB_")}
+        get_settings.cache_clear()
+        try:
+            done = await asyncio.to_thread(
+                CliRunner().invoke, cli, args[1:], input=stdin, env=settings
+            )
+        finally:
+            get_settings.cache_clear()
+        assert done.exit_code == 0, f"README command failed: {args}\n{done.output}"
+        return done.output
+
+    @contextmanager
+    def running(self, written: str, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+        """A long-running command, stopped with SIGTERM (as the README says `serve` and
+        `worker` stop) once the block is done; it must still run then, and exit 0."""
+        log = self.clone.parent / f"{written.split()[1]}-{len(self.ran)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                self.command(written, *extra),
+                cwd=self.clone,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            yield process
+            assert process.poll() is None, log.read_text()
+        finally:
+            stop(process, signal.SIGTERM, BOUND)
+        assert process.returncode == 0, log.read_text()
+
+
+def answering(process: subprocess.Popen[bytes], url: str) -> bool:
+    """The process answers 200 at url within BOUND, and has not ended."""
+    wait_until(lambda: process.poll() is not None or answers_ok(url), BOUND)
+    return process.poll() is None and answers_ok(url)
+
+
+async def test_readme_prose_commands_work_as_written(
+    tmp_path: Path, database_url: str, db: asyncpg.Connection
+) -> None:
+    written = prose_commands(README.read_text())
+    clone = a_clone(tmp_path)
+    app = random_app("shop")
+    hub_port, sim_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
+    env.update(
+        PATH=f"{VENV / 'bin'}:{env['PATH']}",
+        WECOM_HUB_DATABASE_URL=database_url,
+        WECOM_HUB_SECRET_KEY=generate_key(),
+        WECOM_HUB_WECOM_API_BASE_URL=f"http://127.0.0.1:{sim_port}",
+        WECOM_HUB_PROCESS_IN_SERVE="false",  # "run `wecom-hub worker` processes … and set"
+        # "or set WECOM_HUB_APP_TOKEN, WECOM_HUB_APP_AES_KEY, WECOM_HUB_APP_SECRET"
+        WECOM_HUB_APP_TOKEN=app.token,
+        WECOM_HUB_APP_AES_KEY=app.aes_key,
+        WECOM_HUB_APP_SECRET=app.secret,
+        WECOM_HUB_LOG_LEVEL="WARNING",
+    )
+    hub = f"http://127.0.0.1:{hub_port}"
+    reader = ProseReader(clone, env, PROSE_FILL | {"8000": str(hub_port)})
+
+    assert "latest migration" in await reader.run("wecom-hub migrate")
+    await reader.run("wecom-hub apps add", "--slug", "shop", "--corp-id", app.corp_id)
+    assert "/callback/shop" in await reader.run("wecom-hub apps list")
+    shown = await reader.run("wecom-hub apps show SLUG")
+    assert all(secret not in shown for secret in (app.token, app.aes_key, app.secret))
+    # "`apps update SLUG --secret -` rotates a secret"
+    await reader.run("wecom-hub apps update SLUG", "--secret", "-", stdin=f"{app.secret}\n")
+
+    sim = f"http://127.0.0.1:{sim_port}"
+    with (
+        reader.running("wecom-hub sim serve", "--port", str(sim_port)) as sim_serve,
+        reader.running("wecom-hub serve --host 0.0.0.0 --port 8000") as serve,
+        reader.running("wecom-hub worker"),
+    ):
+        for process, ready in ((sim_serve, f"{sim}/sim/calls"), (serve, f"{hub}/readyz")):
+            assert answering(process, ready), f"{process.args!r} did not start"
+        await reader.run("wecom-hub sim send SCENARIO --app SLUG", "--hub", hub, "--sim", sim)
+
+        async def processed() -> bool:  # by the worker: serve does not process here
+            done = await db.fetchval("SELECT count(*) FROM events WHERE status = 'processed'")
+            return bool(done) and not await db.fetchval(
+                "SELECT count(*) FROM events WHERE status = 'pending'"
+            )
+
+        deadline = time.monotonic() + BOUND
+        while not await processed():
+            assert time.monotonic() < deadline, "the worker processed nothing"
+            await asyncio.sleep(0.1)
+        # "resumable after an interruption, and running it twice changes nothing"
+        for _ in range(2):
+            assert "finished" in await reader.run("wecom-hub sync --app SLUG")
+
+    added = await reader.run(
+        "wecom-hub rules add", "welcome", "--name", "hi", "--app", "shop", "--match", "{}",
+        "--content", '{"text": "你好"}',
+    )  # fmt: skip
+    rule_id = re.findall(r"rule (\d+)", added)[0]
+    assert "hi" in await reader.run("wecom-hub rules list")
+    assert '"你好"' in await reader.run("wecom-hub rules show", rule_id)
+    await reader.run("wecom-hub rules update", rule_id, "--priority", "5")
+    await reader.run("wecom-hub rules disable", rule_id)
+    await reader.run("wecom-hub rules enable", rule_id)
+    await reader.run("wecom-hub rules remove", rule_id)
+    assert len(parse_key((await reader.run("wecom-hub secret-key")).strip())) == 32
+    assert "removed app 'shop'" in await reader.run("wecom-hub apps remove SLUG")
+
+    not_run = [c for c in written if c not in reader.ran and c not in PROSE_ELSEWHERE]
+    assert not not_run, f"README prose commands this test does not run: {not_run}"
+    unknown = [c for c in reader.ran if c not in written and c != "wecom-hub apps add"]
+    assert not unknown, f"run as README prose, but the README does not say them: {unknown}"

@@ -25,6 +25,7 @@ from app.automations.store import (
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import Conflict, Invalid, NotFound
+from app.wecom_apps import remove_app
 from tests.conftest import random_app, register
 
 WELCOME: dict[str, Any] = {"kind": "welcome", "match": {}, "content": {"text": "你好"}}
@@ -308,3 +309,67 @@ def test_an_unknown_time_zone_is_a_field_error_not_a_traceback() -> None:
     assert [str(e) for e in refused.value.errors] == [
         "match: unknown time zone 'Mars/Olympus'; an IANA name such as 'Asia/Shanghai'"
     ]
+
+
+async def test_an_app_that_enabled_rules_are_for_is_removed_only_with_force(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    db: asyncpg.Connection,
+    shop: str,
+) -> None:
+    """A rule names its app by id: once the app is removed it would apply to nothing, not
+    even to a new app given the same slug. Removal is refused, naming the rules, unless
+    forced, which disables them; they cannot be enabled again until they name an app."""
+    welcome = await create(sessions, name="stores", app=shop)
+    tag = await create(
+        sessions,
+        kind="tag",
+        name="vip",
+        app=shop,
+        match={"on": "group_join"},
+        content={"add_tags": ["etKNOWN"]},
+    )
+    await create(sessions, name="off", app=shop, enabled=False)
+    everywhere = await create(sessions, name="everywhere")
+
+    async with sessions.begin() as session:
+        with pytest.raises(Conflict) as in_use:
+            await remove_app(session, shop)
+    assert (in_use.value.code, in_use.value.status) == ("app_in_use", 409)
+    assert in_use.value.extra["rules"] == [
+        {"id": welcome.id, "kind": "welcome", "name": "stores"},
+        {"id": tag.id, "kind": "tag", "name": "vip"},
+    ]
+    assert f"welcome rule {welcome.id} (stores)" in in_use.value.detail
+    assert await db.fetchval("SELECT count(*) FROM apps WHERE removed_at IS NULL") == 1
+
+    async with sessions.begin() as session:
+        assert await remove_app(session, shop, force=True) == [welcome.id, tag.id]
+    async with sessions.begin() as session:
+        rules = {r.id: r.enabled for r in await list_rules(session)}
+    assert rules[welcome.id] is rules[tag.id] is False
+    assert rules[everywhere.id] is True  # a rule for every app is no app's
+
+    await register(settings, random_app("shop"))  # the slug, given to a new app
+    async with sessions.begin() as session:
+        with pytest.raises(Invalid) as removed:
+            await set_enabled(session, welcome.id, True)
+    assert removed.value.errors[0].field == "app"
+    assert "'shop' was removed" in removed.value.errors[0].message
+    with pytest.raises(Invalid):
+        await patch(sessions, welcome.id, enabled=True)
+    moved = await patch(sessions, welcome.id, app="shop", enabled=True)  # the new shop
+    assert (moved.app, moved.enabled) == ("shop", True)
+    assert await db.fetchval("SELECT app_id FROM rules WHERE id = $1", welcome.id) == (
+        await db.fetchval("SELECT id FROM apps WHERE slug = 'shop' AND removed_at IS NULL")
+    )
+
+
+async def test_an_app_without_enabled_rules_is_removed_at_once(
+    sessions: async_sessionmaker[AsyncSession], shop: str
+) -> None:
+    disabled = await create(sessions, name="off", app=shop, enabled=False)
+    async with sessions.begin() as session:
+        assert await remove_app(session, shop) == []
+    async with sessions.begin() as session:
+        assert not (await get_rule(session, disabled.id)).enabled

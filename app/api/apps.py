@@ -3,7 +3,7 @@ EncodingAESKey and Secret are write-only: no answer contains them, not even mask
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from app import wecom_apps
@@ -54,9 +54,18 @@ async def update(
         return await idem.remember(session, 200, view)
 
 
+ForceParam = Annotated[
+    bool,
+    Query(description="Remove it although enabled rules are for it, disabling them."),
+]
+
+
 @router.delete("/{slug}", status_code=204)
-async def remove(slug: SlugParam, _: AdminKey, hub: HubDep) -> Response:
-    """Callbacks to the slug stop verifying; its events and customers stay."""
+async def remove(slug: SlugParam, _: AdminKey, hub: HubDep, force: ForceParam = False) -> Response:
+    """Callbacks to the slug stop verifying; its events and customers stay. While enabled
+    rules are for the app: 409 `app_in_use` naming them (in `rules`), unless `force=true`,
+    which disables them (a rule names its app by id: it would never apply again, not even
+    to a new app given the same slug)."""
     async with hub.sessionmaker.begin() as session:
-        await wecom_apps.remove_app(session, slug)
+        await wecom_apps.remove_app(session, slug, force=force)
     return Response(status_code=204)

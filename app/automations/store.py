@@ -187,12 +187,38 @@ def validate(kind: str, match: dict[str, Any], content: dict[str, Any]) -> tuple
 
 
 async def _app_id(session: AsyncSession, slug: str | None) -> tuple[int | None, list[FieldError]]:
+    """The app's id, held until the transaction ends (remove_app waits, then sees the
+    rule), or the `app` field's problem."""
     if slug is None:
         return None, []
     try:
-        return (await app_by_slug(session, slug)).id, []
+        return (await app_by_slug(session, slug, lock=True)).id, []
     except Invalid as exc:
         return None, exc.errors
+
+
+async def _kept_app(
+    session: AsyncSession, app_id: int | None, slug: str | None
+) -> list[FieldError]:
+    """An enabled rule's app must still be there: a rule of a removed app would never
+    apply, not even once its slug is another app's (rules name apps by id). Held as
+    `_app_id` holds it."""
+    if app_id is None:
+        return []
+    query = (
+        select(WecomApp.id)
+        .where(WecomApp.id == app_id, WecomApp.removed_at.is_(None))
+        .with_for_update(read=True, key_share=True)
+    )
+    if (await session.execute(query)).scalar_one_or_none() is not None:
+        return []
+    return [
+        FieldError(
+            "app",
+            f"app {slug!r} was removed: name the app this rule is for "
+            "(--app SLUG; null: every app)",
+        )
+    ]
 
 
 def _named_tags(match: Any, content: Any) -> dict[str, list[str]]:
@@ -439,7 +465,8 @@ async def update_rule(
     if "app" in patch.model_fields_set:
         app_id, problems = await _app_id(session, spec.app)
     else:  # kept as it is, even if its app was removed and the slug is now another app's
-        app_id, problems = rule.app_id, []
+        app_id = rule.app_id
+        problems = await _kept_app(session, app_id, slug) if spec.enabled else []
     match, content = await _checked(
         session,
         spec,
@@ -457,6 +484,8 @@ async def set_enabled(session: AsyncSession, rule_id: int, enabled: bool) -> Rul
     """Enabling checks the name again: another rule may have taken it meanwhile."""
     rule, slug = await _load(session, rule_id)
     if enabled and not rule.enabled:
+        if problems := await _kept_app(session, rule.app_id, slug):
+            raise Invalid(problems)
         await _check_name_free(session, _spec(rule, slug), rule.app_id, rule_id)
     rule.enabled = enabled
     content = SCHEMAS[rule.kind][1].model_validate(rule.content)

@@ -100,9 +100,10 @@ def apps_show(slug: Annotated[str, typer.Argument()]) -> None:
             "agent_id": str(view.agent_id or ""),
             "label": view.label,
             "callback path": view.callback_path,
-            "token": wecom_apps.mask(box.open(app.token_sealed, purpose="app.token")),
-            "aes_key": wecom_apps.mask(box.open(app.aes_key_sealed, purpose="app.aes_key")),
-            "secret": wecom_apps.mask(box.open(app.secret_sealed, purpose="app.secret")),
+            **{
+                field: wecom_apps.mask(wecom_apps.open_secret(box, app, field))
+                for field in wecom_apps.SECRET_FIELDS
+            },
             "created": view.created_at.isoformat(),
         }
 
@@ -140,10 +141,24 @@ def apps_update(
 
 
 @apps_cli.command("remove")
-def apps_remove(slug: Annotated[str, typer.Argument()]) -> None:
-    """Stop accepting callbacks for an app; its stored events are kept."""
+def apps_remove(
+    slug: Annotated[str, typer.Argument()],
+    force: Annotated[
+        bool, typer.Option("--force", help="Disable the app's enabled rules too.")
+    ] = False,
+) -> None:
+    """Stop accepting callbacks for an app; its stored events are kept. Refused while
+    enabled rules are for it (they would never apply again), unless --force."""
     from app import wecom_apps
 
     with refusals():
-        in_transaction(lambda session, box: wecom_apps.remove_app(session, slug))
-    console.print(f"removed app {slug!r}")
+        disabled = in_transaction(
+            lambda session, box: wecom_apps.remove_app(session, slug, force=force)
+        )
+    console.print(f"removed app {slug!r}", highlight=False)
+    if disabled:
+        console.print(
+            f"disabled its rules {', '.join(map(str, disabled))}: point one at another app "
+            "with `rules update ID --app SLUG`, then `rules enable ID`",
+            highlight=False,
+        )

@@ -29,13 +29,14 @@ console = Console()
 def sim_app(app: WecomApp, box: SecretBox) -> SimApp:
     """An app registered in wecom-hub, as WeCom's console knows it."""
     from app.simulator.state import SimApp
+    from app.wecom_apps import open_secret
 
     return SimApp(
         slug=app.slug,
         corp_id=app.corp_id,
-        secret=box.open(app.secret_sealed, purpose="app.secret"),
-        token=box.open(app.token_sealed, purpose="app.token"),
-        aes_key=box.open(app.aes_key_sealed, purpose="app.aes_key"),
+        secret=open_secret(box, app, "secret"),
+        token=open_secret(box, app, "token"),
+        aes_key=open_secret(box, app, "aes_key"),
     )
 
 
