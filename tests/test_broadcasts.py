@@ -176,6 +176,34 @@ async def test_dry_run_counts_per_member_and_stores_nothing(
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table  # noqa: S608
 
 
+async def test_a_channel_stands_for_its_state_and_an_unknown_one_is_named(
+    client: httpx.AsyncClient, hub: FastAPI, follows: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    app_id = await db.fetchval("SELECT id FROM apps WHERE slug = $1", follows.slug)
+    store_a = await db.fetchval(
+        "INSERT INTO channels (app_id, corp_id, kind, name, state, status)"
+        " VALUES ($1, $2, 'contact_way', '门店A', 'store_a', 'active') RETURNING id",
+        app_id,
+        follows.corp_id,
+    )
+    headers = await auth(hub, Scope.WRITE)
+    request: dict[str, Any] = {
+        "app": follows.slug,
+        "audience": {"channels": [store_a]},
+        "content": {"text": "会员日"},
+        "dry_run": True,
+    }
+    answer = await client.post(URL, json=request, headers=headers)
+    assert answer.status_code == 200, answer.text
+    shares = {m["userid"]: m["recipients"] for m in answer.json()["members"]}
+    assert shares == {"zhangsan": 1, "wangwu": 1}  # as states=["store_a"]
+    request["audience"] = {"channels": [store_a, store_a + 1000]}
+    refused = await client.post(URL, json=request, headers=headers)
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["audience.channels"]
+    assert str(store_a + 1000) in refused.json()["errors"][0]["message"]
+
+
 async def test_a_broadcast_is_checked_before_anything_is_stored(
     client: httpx.AsyncClient, hub: FastAPI, follows: RegisteredApp, db: asyncpg.Connection
 ) -> None:

@@ -22,12 +22,12 @@ from app.automations.media import upload_kind
 from app.automations.rules import MediaAttachment
 from app.broadcasts import audience as audiences
 from app.broadcasts.results import poll_soon, schedule_poll, target
-from app.broadcasts.spec import BroadcastContent, BroadcastSpec
+from app.broadcasts.spec import AudienceSpec, BroadcastContent, BroadcastSpec
 from app.broadcasts.tasks import CANCELLED
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.errors import AppError, Conflict, ErrorCode, FieldError, Invalid, NotFound
-from app.models import Broadcast, BroadcastRecipient, MediaFile, Tag, WecomApp
+from app.models import Broadcast, BroadcastRecipient, Channel, MediaFile, Tag, WecomApp
 from app.notify import ACTIONS_CHANNEL
 from app.queries.broadcasts import BroadcastDetail, get_broadcast
 from app.wecom.client import WecomClient
@@ -125,11 +125,40 @@ class Cancelled:
     failed: tuple[MemberOutcome, ...]
 
 
-async def _checked(session: AsyncSession, spec: BroadcastSpec) -> WecomApp:
-    """The app, once the tags and files the broadcast names are known; else Invalid naming
-    each problem."""
+async def _checked(session: AsyncSession, spec: BroadcastSpec) -> tuple[WecomApp, AudienceSpec]:
+    """The app, and the audience with its channels as their states, once the tags, channels
+    and files the broadcast names are known; else Invalid naming each problem."""
     problems: list[FieldError] = []
     app = await app_by_slug(session, spec.app)
+    audience = spec.audience
+    if audience.channels:
+        found = await session.execute(
+            select(Channel.id, Channel.state).where(
+                Channel.corp_id == app.corp_id,
+                Channel.kind == "contact_way",
+                Channel.id.in_(audience.channels),
+            )
+        )
+        states = {channel_id: state for channel_id, state in found}
+        unknown = [str(c) for c in audience.channels if c not in states]
+        stateless = [str(c) for c, state in states.items() if not state]
+        if unknown:
+            problems.append(
+                FieldError(
+                    "audience.channels",
+                    f"no 联系我 channel {', '.join(unknown)} for app {spec.app!r}",
+                )
+            )
+        if stateless:
+            problems.append(
+                FieldError(
+                    "audience.channels",
+                    f"channel {', '.join(stateless)} has no state: its customers cannot be "
+                    "told from others",
+                )
+            )
+        chosen = [s for s in states.values() if s]
+        audience = audience.model_copy(update={"states": [*audience.states, *chosen]})
     if spec.audience.tags:
         known = set(
             (
@@ -153,7 +182,7 @@ async def _checked(session: AsyncSession, spec: BroadcastSpec) -> WecomApp:
     problems += await _file_problems(session, spec.content)
     if problems:
         raise Invalid(problems)
-    return app
+    return app, audience
 
 
 async def _file_problems(session: AsyncSession, content: BroadcastContent) -> list[FieldError]:
@@ -198,8 +227,8 @@ async def _file_problems(session: AsyncSession, content: BroadcastContent) -> li
 
 async def dry_run(session: AsyncSession, spec: BroadcastSpec) -> audiences.Resolved:
     """How many the broadcast would reach, per member; nothing is stored or sent."""
-    app = await _checked(session, spec)
-    return await audiences.resolve(session, app.corp_id, spec.audience)
+    app, audience = await _checked(session, spec)
+    return await audiences.resolve(session, app.corp_id, audience)
 
 
 async def create(
@@ -207,7 +236,7 @@ async def create(
 ) -> BroadcastDetail:
     """Store the broadcast and its audience, and enqueue its work (see the module's
     docstring). An audience that reaches nobody is refused (422 broadcast_empty_audience)."""
-    app = await _checked(session, spec)
+    app, audience = await _checked(session, spec)
     now = datetime.now(UTC)
     broadcast = Broadcast(
         app_id=app.id,
@@ -223,7 +252,7 @@ async def create(
     session.add(broadcast)
     await session.flush()
     chosen = audiences.recipients(
-        app.corp_id, spec.audience, per_task=audiences.per_task(spec.audience)
+        app.corp_id, audience, per_task=audiences.per_task(audience)
     ).subquery("chosen")
     stored = await session.execute(
         insert(BroadcastRecipient).from_select(

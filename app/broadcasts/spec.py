@@ -28,8 +28,9 @@ class AudienceSpec(BaseModel):
     within a list any value will do. Only active follows count: churned customers and
     those a member deleted are never sent to.
 
-    Customers (chat_type single): tags, states, userids, added_since/added_until, or an
-    explicit external_userids list (narrowed by the others when given together).
+    Customers (chat_type single): tags, states (or the channels that have them), userids,
+    added_since/added_until, or an explicit external_userids list (narrowed by the others
+    when given together).
     Customer groups (chat_type group): chat_ids and/or owners; dismissed groups are left out."""
 
     model_config = ConfigDict(extra="forbid")
@@ -37,6 +38,11 @@ class AudienceSpec(BaseModel):
     tags: list[Id] = Field(default_factory=list, max_length=1000, description="Any of these.")
     states: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
         default_factory=list, max_length=1000, description="Channel `state`s, any of these."
+    )
+    channels: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Channel ids (`GET /api/v1/channels`): their customers, as `states` would.",
     )
     userids: list[Id] = Field(
         default_factory=list, max_length=10_000, description="Only customers of these members."
@@ -56,6 +62,7 @@ class AudienceSpec(BaseModel):
         customers = bool(
             self.tags
             or self.states
+            or self.channels
             or self.userids
             or self.added_since
             or self.added_until
@@ -63,12 +70,12 @@ class AudienceSpec(BaseModel):
         )
         if customers and self.chat_type == "group":
             raise ValueError(
-                "customers (tags, states, userids, added_*, external_userids) or customer "
-                "groups (chat_ids, owners), not both: they are separate WeCom tasks"
+                "customers (tags, states, channels, userids, added_*, external_userids) or "
+                "customer groups (chat_ids, owners), not both: they are separate WeCom tasks"
             )
         if not customers and self.chat_type == "single":
             raise ValueError(
-                "choose the audience: tags, states, userids, added_since/added_until or "
+                "choose the audience: tags, states, channels, userids, added_since/added_until or "
                 "external_userids for customers; chat_ids or owners for customer groups"
             )
         if self.added_since and self.added_until and self.added_since >= self.added_until:

@@ -66,6 +66,10 @@ def broadcasts_send(
     state: Annotated[
         list[str] | None, typer.Option("--state", help="A channel state; any of those given.")
     ] = None,
+    channel: Annotated[
+        list[int] | None,
+        typer.Option("--channel", help="A channel id (`channels list`); any of those given."),
+    ] = None,
     member: Annotated[
         list[str] | None, typer.Option("--member", help="Only customers of this member (userid).")
     ] = None,
@@ -77,9 +81,9 @@ def broadcasts_send(
         bool, typer.Option("--dry-run", help="Only count, per member; send nothing.")
     ] = False,
 ) -> None:
-    """Broadcast to the customers with any of the tags (and of the channel states, and of the
-    members, when given): one WeCom task per member, which the member sends from the
-    client. Follow it with `broadcasts show`."""
+    """Broadcast to the customers with any of the tags (and of the channels or channel
+    states, and of the members, when given): one WeCom task per member, which the member
+    sends from the client. Follow it with `broadcasts show`."""
     from pydantic import ValidationError
 
     from app.broadcasts import service
@@ -89,7 +93,13 @@ def broadcasts_send(
     settings = current_settings()
     audience: dict[str, Any] = {
         key: value
-        for key, value in (("tags", tag), ("states", state), ("userids", member), ("owners", owner))
+        for key, value in (
+            ("tags", tag),
+            ("states", state),
+            ("channels", channel),
+            ("userids", member),
+            ("owners", owner),
+        )
         if value
     }
     with refusals():
