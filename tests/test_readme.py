@@ -9,6 +9,7 @@ cannot grow an example that is never tried.
 """
 
 import asyncio
+import json
 import os
 import re
 import shlex
@@ -16,10 +17,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -29,6 +31,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import get_settings
 from app.crypto.at_rest import generate_key, parse_key
+from app.simulator.state import SimApp
 from tests.conftest import Simulator, random_app
 from tests.process_helpers import answers_ok, free_port, stop, wait_until
 
@@ -74,6 +77,9 @@ class Reader:
     fill_in: dict[str, str]
     key: str | None = None
     ran: list[str] = field(default_factory=list)
+    # What happens in the world between two commands (a customer scans a code, a member
+    # sends a broadcast): called with each command run and what it printed.
+    meanwhile: list[Callable[["Reader", str, str], None]] = field(default_factory=list)
 
     def fill(self, command: str) -> str:
         for placeholder, value in self.fill_in.items():
@@ -178,6 +184,7 @@ def run_one(reader: Reader, written: str) -> None:
         written = written.removeprefix(INSTALL)  # the venv exists: this test runs in it
     command = reader.fill(written)
     first = command.split()[0]
+    out = ""
     if written == DEMO:
         run_demo(reader, command)
     elif first in ("wecom-hub", ".venv/bin/wecom-hub"):
@@ -189,12 +196,60 @@ def run_one(reader: Reader, written: str) -> None:
         name, _, value = command.split("#")[0].split(maxsplit=1)[1].strip().partition("=")
         reader.env[name] = value
     elif first == "curl":
-        body = run_curl(reader, command)
+        out = body = run_curl(reader, command)
         if "/api/v1/media" in command:
             media_id = httpx.Response(200, content=body).json()["id"]
             reader.fill_in["9f86d0…"] = media_id
     else:
         pytest.fail(f"README command of an unknown kind (run it or list it in NOT_RUN): {written}")
+    for happens in reader.meanwhile:
+        happens(reader, command, out)
+
+
+def api_get(reader: Reader, path: str) -> dict[str, Any]:
+    answer = httpx.get(
+        f"{reader.base_url}{path}", headers={"Authorization": f"Bearer {reader.key}"}, timeout=10
+    )
+    answer.raise_for_status()
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def the_loop_goes_on(simulator: Simulator) -> Callable[[Reader, str, str], None]:
+    """What the README's channel and broadcast examples assume happens between them: a
+    customer scans the new code (`sim scan`, the callback delivered and processed), and a
+    broadcast's tasks are made at WeCom before a member is reminded of them."""
+
+    def meanwhile(reader: Reader, command: str, out: str) -> None:
+        if command.startswith("curl -s -X POST") and "/api/v1/channels " in command:
+            channel = json.loads(out)
+            scanned = bash(
+                reader,
+                f"wecom-hub sim scan --app shop {channel['config_id']} "
+                f"--hub {reader.base_url} --sim {simulator.url}",
+            )
+            assert scanned.returncode == 0, scanned.stdout + scanned.stderr
+            reader.ran.pop()  # not the README's
+            added = wait_until(
+                lambda: api_get(reader, f"/api/v1/channels/{channel['id']}/stats")["added"] == 1,
+                BOUND,
+            )
+            assert added, "the scanned customer is not counted for the channel"
+        elif (
+            command.startswith("curl -s -X POST")
+            and '"dry_run"' not in command
+            and ("/api/v1/broadcasts " in command)
+        ):
+            broadcast = json.loads(out)
+            made = wait_until(
+                lambda: (
+                    api_get(reader, f"/api/v1/broadcasts/{broadcast['id']}")["funnel"]["tasks"] >= 1
+                ),
+                BOUND,
+            )
+            assert made, "the broadcast's WeCom task was not made"
+
+    return meanwhile
 
 
 async def seed(db: asyncpg.Connection) -> None:
@@ -287,8 +342,13 @@ async def test_readme_commands_work_as_written(
         "/srv/media": str(clone),  # the reader's media folder: here the clone, with the files
         DEMO: f"{DEMO} --port {free_port()} --sim-port {free_port()}",
     }
-    reader = Reader(clone, env, base_url, fill_in)
+    reader = Reader(clone, env, base_url, fill_in, meanwhile=[the_loop_goes_on(simulator)])
     written = [c for block in shell_blocks(README.read_text()) for c in commands(block)]
+    # WeCom's console knows the app the README adds, and its member zhangsan.
+    simulator.state.add_app(
+        SimApp("shop", CORP_ID, secret=app.secret, token="Your32CharToken", aes_key=app.aes_key)
+    )
+    simulator.state.corp(CORP_ID).members.append("zhangsan")
 
     with serving(reader):
         # the id of a key to revoke: one of its own, not the key the curl examples use
@@ -470,6 +530,10 @@ async def test_readme_prose_commands_work_as_written(
     await reader.run("wecom-hub rules enable", rule_id)
     await reader.run("wecom-hub rules remove", rule_id)
     assert len(parse_key((await reader.run("wecom-hub secret-key")).strip())) == 32
+    # No previous key: every value is already sealed under the current one; nothing to do.
+    assert "every stored secret is sealed with key" in await reader.run(
+        "wecom-hub secret-key rotate"
+    )
     assert "removed app 'shop'" in await reader.run("wecom-hub apps remove SLUG")
 
     not_run = [c for c in written if c not in reader.ran and c not in PROSE_ELSEWHERE]
