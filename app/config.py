@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         description="Reject callbacks whose timestamp is further than this many seconds from "
         "now, either way. 0 turns the check off.",
     )
+    api_max_body_bytes: int = Field(
+        default=16 << 20,
+        ge=1024,
+        description="A REST API request body larger than this is refused with 413 "
+        "payload_too_large (attachment uploads: the largest file WeCom takes).",
+    )
     callback_max_body_bytes: int = Field(
         default=64 * 1024,
         gt=0,

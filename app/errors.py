@@ -65,6 +65,7 @@ class ErrorCode(StrEnum):
     NO_APP_FOR_CORP = "no_app_for_corp"
     NOT_A_FRIEND = "not_a_friend"
     NOT_FOUND = "not_found"
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # a REST API body past API_MAX_BODY_BYTES
     QR_CODE_UNAVAILABLE = "qr_code_unavailable"
     REVOKED_API_KEY = "revoked_api_key"
     RULE_NAME_TAKEN = "rule_name_taken"

@@ -20,6 +20,7 @@ from app.db import asyncpg_dsn, create_engine, create_sessionmaker
 from app.processing import workers
 from app.routers import (
     admin_port,
+    body_limit,
     callback,
     docs,
     health,
@@ -96,6 +97,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             await engine.dispose()
 
     app = FastAPI(title="wecom-hub", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # Innermost first: a refused body still gets the request id and security headers.
+    body_limit.install(app, config.api_max_body_bytes)
     request_id.install(app)
     security_headers.install(app)
     admin_port.install(app, config.admin_port)
