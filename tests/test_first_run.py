@@ -5,6 +5,7 @@ stops quietly; `sim send` and `sim serve` that work with a hub started as the RE
 
 import asyncio
 import os
+import re
 import secrets
 import signal
 import socket
@@ -187,16 +188,41 @@ def _join_group_during_the_demo(env: dict[str, str], port: int, sim_port: int) -
     assert wait_until(lambda: _group_enriched(sim), 15), "the group was not enriched in time"
 
 
+def _stats(url: str, key: str) -> dict[str, int]:
+    answer = httpx.get(url, headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def _scan_the_demos_channel(env: dict[str, str], port: int, sim_port: int, lines: str) -> None:
+    """What the demo prints for its channel, used while it runs: the code's image with its
+    key, the `sim scan` it suggests, and the customer in the channel's numbers."""
+    [(key, qr)] = re.findall(r"its code: curl -H 'Authorization: Bearer (\S+)' (\S+) ", lines)
+    image = httpx.get(qr, headers={"Authorization": f"Bearer {key}"})
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), image.text
+    [scan] = re.findall(r" sim scan (.+?)  \(", lines)
+    scanned = _run("sim", "scan", *scan.split(), env=env)
+    assert scanned.returncode == 0, scanned.stdout + scanned.stderr
+    stats = qr.removesuffix("/qr.png") + "/stats"
+    assert wait_until(lambda: _stats(stats, key)["welcomed"] == 4, 15), _stats(stats, key)
+    assert _stats(stats, key)["added"] == 4
+
+
+def _try_what_the_demo_suggests(env: dict[str, str], port: int, sim_port: int, lines: str) -> None:
+    _join_group_during_the_demo(env, port, sim_port)
+    _scan_the_demos_channel(env, port, sim_port, lines)
+
+
 def test_the_demo_runs_again_apart_from_the_users_apps_and_stops_quietly(
     tmp_path: Path,
 ) -> None:
     env = _clean_env(data_dir=str(tmp_path / "data"))
     runs = []
-    for during in (None, _join_group_during_the_demo):
+    for during in (None, _try_what_the_demo_suggests):
         port, sim_port = free_port(), free_port()
         with _demo(env, port, sim_port) as lines:
             if during is not None:
-                during(env, port, sim_port)
+                during(env, port, sim_port, "".join(lines))
         output = "".join(lines)
         assert lines[-1] == "exit code 0", output
         assert "Traceback" not in output and "CancelledError" not in output, output
@@ -204,11 +230,23 @@ def test_the_demo_runs_again_apart_from_the_users_apps_and_stops_quietly(
         assert "type=change_external_contact/add_external_contact, status=processed" in output
         assert "kind=welcome, status=succeeded, reason=rule 'spring campaign'" in output
         assert "kind=enrich_contact, status=succeeded" in output
+        # The loop of issue 12: a channel, customers who scan it, a broadcast to them.
+        assert "name=门店A, status=active, state=ch_" in _shown(lines, "7. channel:"), output
+        assert "3 customers scanned it" in _shown(lines, "8."), output
+        # Only this run's customers: an earlier run's channel and customers are not counted.
+        assert "channel numbers: added=3, active=3, welcomed=3, tagged=3" in output, output
+        assert "dry run: audience=3 (member000=1, member001=1, member002=1)" in output, output
+        assert (
+            "status=completed, audience=3, tasks=3, confirmed=3, sent=3, not_friend=0, "
+            "over_limit=0, failed=0, pending=0"
+        ) in output, output
         runs.append(lines)
 
-    # Each run shows the event and customer it made itself, not the latest of an earlier run.
-    first, second = ([_shown(lines, title) for title in ("2.", "3.")] for lines in runs)
-    assert first[0] != second[0] and first[1] != second[1]
+    # Each run shows the event, customer, channel and broadcast it made itself, not the
+    # latest of an earlier run.
+    titles = ("2.", "3.", "7.", "   broadcast ")
+    first, second = ([_shown(lines, title) for title in titles] for lines in runs)
+    assert all(one != other for one, other in zip(first, second, strict=True))
     # The demo's database is its own: the user's data folder has none beside it.
     assert (tmp_path / "data" / "demo" / "postgres").is_dir()
     assert not (tmp_path / "data" / "postgres").exists()

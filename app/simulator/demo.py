@@ -7,40 +7,71 @@ serves beside it, in the same process, and stands in for qyapi.weixin.qq.com (it
 demo app as WeCom's console would, so `sim send --app demo` works meanwhile); a new customer
 is simulated (contact way state `spring_promo`); and what wecom-hub made of that customer is
 printed: the stored event, the customer, the relation, the welcome, the enrichment call.
+
+Then the private-domain loop of issue 12, through the same services the API uses: a channel
+「门店A」 (a 联系我 code of the seeded members, with a welcome and a tag), a few customers
+scanning it (their callbacks delivered over HTTP like the first), the channel's numbers, and
+a broadcast (群发) to the channel's customers that the members confirm in the (simulated)
+client, with its funnel. The simulated WeCom starts empty on each run, so the channel of an
+earlier run has no code any more: it is removed and a new 「门店A」 made. The demo's API key
+is made anew too (the earlier one revoked: only a key's hash is kept), for the curl lines.
 """
 
 import asyncio
+import dataclasses
 import secrets
 import signal
 import socket
 import string
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import contextmanager
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 from rich.console import Console
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import apikeys
 from app.automations.store import RuleSpec, create_rule
+from app.broadcasts import service as broadcasts
+from app.broadcasts.spec import BroadcastSpec
+from app.channels import service as channels
+from app.channels.service import ChannelSpec, ChannelView, WelcomeIn
 from app.config import Settings
 from app.crypto import WXBizMsgCrypt
 from app.crypto.at_rest import SecretBox
 from app.db import create_engine, create_sessionmaker
-from app.main import create_app
+from app.main import Hub, create_app
+from app.models import ApiKey
+from app.processing.enrichment import apply_tags
+from app.queries.broadcasts import get_broadcast
+from app.queries.channels import ChannelRef, channel_stats
+from app.queries.stats import DEFAULT_TZ, stats_window
 from app.simulator.cli import sim_app
-from app.simulator.sender import Scenario, Target, send_one
+from app.simulator.sender import Scenario, Target, scan, send_one
 from app.simulator.server import create_sim_app
 from app.simulator.state import SimApp, SimState
-from app.wecom_apps import AppSpec, add_app, find_app
+from app.wecom_apps import AppSpec, add_app, app_by_slug, find_app, load_credentials
 
 DEMO_SLUG = "demo"
 SETTLE_SECONDS = 30.0  # beyond a welcome's 20 s deadline: every action has ended by then
 START_SECONDS = 30.0
 STOP_SECONDS = 5  # open requests get this long after Ctrl-C
+CHANNEL = "门店A"
+SCANS = 3  # customers who scan the channel's code: one per seeded member
+BROADCAST_SECONDS = 20.0  # bound for a broadcast's tasks, then for its results
+KEY_NAME = "demo"
+# How quickly the demo's broadcast is settled: the hub reads its results soon and often (the
+# defaults wait a minute, then longer), and the simulated WeCom distributes a new mass
+# message for half a second rather than two (its reads answer 41063 meanwhile).
+POLL_SECONDS = 0.2
+POLL_MAX_SECONDS = 0.5
+DISTRIBUTING_SECONDS = 0.5
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -53,6 +84,8 @@ def demo_settings(settings: Settings) -> Settings:
             "secret_key_file": None,
             "database_password_file": None,
             "previous_secret_keys": None,
+            "broadcast_poll_seconds": POLL_SECONDS,
+            "broadcast_poll_max_seconds": POLL_MAX_SECONDS,
         }
     )
 
@@ -143,10 +176,12 @@ _SHOWN = {
 }
 
 
-async def _settled_event(connection: AsyncConnection, customer: str) -> int | None:
+async def _settled_event(
+    connection: AsyncConnection, customer: str, deadline: float | None = None
+) -> int | None:
     """The id of the customer's event once it is processed and its actions have ended (or
     the bound has passed: what is there is shown as it is)."""
-    deadline = time.monotonic() + SETTLE_SECONDS
+    deadline = time.monotonic() + SETTLE_SECONDS if deadline is None else deadline
     event = None
     while time.monotonic() < deadline:
         row = (await connection.execute(_SETTLED, {"customer": customer})).first()
@@ -158,6 +193,222 @@ async def _settled_event(connection: AsyncConnection, customer: str) -> int | No
     return event
 
 
+def _say(console: Console, line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+async def _first_customer(
+    engine: AsyncEngine, http: httpx.AsyncClient, target: Target, console: Console
+) -> None:
+    """Steps 1 to 6: a new customer, and what wecom-hub made of it."""
+    customer = f"wm{secrets.token_hex(12)}"
+    answer = await send_one(
+        http, target, "add-customer", Scenario(customer=customer, state="spring_promo")
+    )
+    _say(console, f"\n1. WeCom (simulated) → POST {target.hub_url}: answered {answer}")
+    async with engine.connect() as connection:
+        event = await _settled_event(connection, customer)
+        for title, query in _SHOWN.items():
+            params = {"customer": customer, "event": event}
+            row = (await connection.execute(text(query), params)).mappings().first()
+            shown = ", ".join(f"{k}={v}" for k, v in (row or {}).items())
+            _say(console, f"{title}: {shown}")
+
+
+# The private-domain loop: a channel, its customers, a broadcast to them ----------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """The demo's key, and its channel with the name of the tag the channel adds."""
+
+    key: str
+    channel: ChannelView
+    tag_name: str
+
+
+async def _demo_key(hub: Hub) -> str:
+    """A new write key named `demo` for the curl lines; the earlier runs' are revoked (a key
+    is shown only once, so an earlier one is of no use)."""
+    async with hub.sessionmaker.begin() as session:
+        earlier = await session.scalars(
+            select(ApiKey.id).where(ApiKey.name == KEY_NAME, ApiKey.revoked_at.is_(None))
+        )
+        for key_id in list(earlier):
+            await apikeys.revoke_key(session, key_id)
+        _, key = await apikeys.create_key(session, name=KEY_NAME, scope=apikeys.Scope.WRITE)
+    return key
+
+
+async def _first_tag(hub: Hub) -> tuple[str, str]:
+    """The corp's tags read as `sync` reads them (get_corp_tag_list; a channel's tag must be
+    one wecom-hub knows); the first one's id and name."""
+    async with hub.sessionmaker() as session:
+        app = await app_by_slug(session, DEMO_SLUG)
+        credentials = await load_credentials(session, hub.box, app.id)
+    body = await hub.wecom.call(credentials, "POST", "externalcontact/get_corp_tag_list", json={})
+    groups = body.get("tag_group", [])
+    async with hub.sessionmaker.begin() as session:
+        await apply_tags(session, app.corp_id, groups)
+    first = groups[0]["tag"][0]
+    return str(first["id"]), str(first["name"])
+
+
+async def _new_channel(hub: Hub, members: Sequence[str], tag: str) -> ChannelView:
+    """「门店A」 as `POST /api/v1/channels` makes it. An earlier run's is removed first: its
+    code was in that run's simulated WeCom, which is gone (WeCom answers 41044 for it)."""
+    wecom = channels.Wecom(hub.wecom, hub.box)
+    async with hub.sessionmaker.begin() as session:
+        for earlier in await channels.list_channels(session, app=DEMO_SLUG):
+            if earlier.name == CHANNEL:
+                await channels.delete_channel(session, wecom, earlier.id)
+    spec = ChannelSpec(
+        name=CHANNEL,
+        app=DEMO_SLUG,
+        userids=list(members),
+        welcome=WelcomeIn(text=f"你好 {{customer_name}}，欢迎光临{CHANNEL}！"),
+        add_tags=[tag],
+    )
+    return await channels.create_channel(hub.sessionmaker, wecom, spec)
+
+
+async def _prepare(hub: Hub, members: Sequence[str]) -> Prepared:
+    """The key and the channel, made before the first customer: wecom-hub reads its rules
+    when its first event needs them and keeps them for a few seconds (RuleCache), so a
+    channel made later would welcome and tag only the customers of a few seconds on."""
+    key = await _demo_key(hub)
+    tag, tag_name = await _first_tag(hub)
+    return Prepared(key, await _new_channel(hub, members, tag), tag_name)
+
+
+async def _scanned(
+    engine: AsyncEngine, http: httpx.AsyncClient, target: Target, config_id: str
+) -> tuple[list[str], set[str]]:
+    """SCANS customers scan the code; each callback is delivered, then (bounded) processed
+    with its actions ended. The members they were added to, and the hub's answers."""
+    members, answers, customers = [], set(), []
+    for _ in range(SCANS):
+        scanned, answer = await scan(http, target, config_id)
+        members.append(scanned.userid)
+        answers.add(str(answer))
+        customers.append(scanned.external_userid)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    async with engine.connect() as connection:
+        for customer in customers:
+            await _settled_event(connection, customer, deadline)
+    return members, answers
+
+
+async def _channel_numbers(hub: Hub, channel: ChannelView) -> str:
+    async with hub.sessionmaker() as session:
+        window = stats_window(
+            since=None, until=None, tz=DEFAULT_TZ, corp_id=channel.corp_id, now=datetime.now(UTC)
+        )
+        totals, _ = await channel_stats(
+            session, ChannelRef(channel.corp_id, channel.state, channel.tag_rule_id), window
+        )
+    shown = ("added", "active", "welcomed", "tagged")
+    return ", ".join(f"{name}={getattr(totals, name)}" for name in shown)
+
+
+_TASKS = text(
+    "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,"
+    " coalesce(array_agg(msgid) FILTER (WHERE msgid IS NOT NULL), '{}') AS msgids"
+    " FROM broadcast_tasks WHERE broadcast_id = :id"
+)
+_COMPLETED = text("SELECT completed_at IS NOT NULL FROM broadcasts WHERE id = :id")
+
+
+async def _tasks_made(connection: AsyncConnection, broadcast_id: int) -> list[str]:
+    """The msgids of the broadcast's WeCom tasks once none is still to be made (bounded)."""
+    deadline = time.monotonic() + BROADCAST_SECONDS
+    while True:
+        row = (await connection.execute(_TASKS, {"id": broadcast_id})).one()
+        if not row.pending or time.monotonic() > deadline:
+            return list(row.msgids)
+        await asyncio.sleep(0.05)
+
+
+async def _completed(connection: AsyncConnection, broadcast_id: int) -> None:
+    """Until the results read after the members sent it have settled the broadcast (bounded)."""
+    deadline = time.monotonic() + BROADCAST_SECONDS
+    while time.monotonic() < deadline:
+        if await connection.scalar(_COMPLETED, {"id": broadcast_id}):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _broadcast(
+    hub: Hub, engine: AsyncEngine, http: httpx.AsyncClient, target: Target, state: str
+) -> tuple[str, int, str]:
+    """A broadcast to the channel's customers: the dry run's sizes, then the real one, its
+    tasks confirmed by the members (as in their client), and its funnel once settled."""
+    spec = BroadcastSpec.model_validate(
+        {
+            "app": DEMO_SLUG,
+            "audience": {"states": [state]},
+            "content": {"text": f"{CHANNEL}新品到店，凭此消息享九折"},
+        }
+    )
+    async with hub.sessionmaker.begin() as session:
+        resolved = await broadcasts.dry_run(session, spec)
+    shares = ", ".join(f"{m.userid}={m.recipients}" for m in resolved.members)
+    dry = f"audience={resolved.audience} ({shares})"
+    async with hub.sessionmaker.begin() as session:
+        made = await broadcasts.create(session, spec, settings=hub.settings, by=KEY_NAME)
+    broadcast_id = made.broadcast.id
+    corp = target.crypt.receive_id.decode()
+    async with engine.connect() as connection:
+        for msgid in await _tasks_made(connection, broadcast_id):
+            url = f"{target.sim_url}/sim/corps/{corp}/msg_templates/{msgid}/confirm"
+            (await http.post(url)).raise_for_status()
+        await _completed(connection, broadcast_id)
+    async with hub.sessionmaker() as session:
+        detail = await get_broadcast(session, broadcast_id)
+    funnel = ", ".join(
+        f"{f.name}={getattr(detail.funnel, f.name)}" for f in dataclasses.fields(detail.funnel)
+    )
+    return dry, broadcast_id, f"status={detail.broadcast.status}, {funnel}"
+
+
+async def _channel_loop(
+    hub: Hub,
+    engine: AsyncEngine,
+    http: httpx.AsyncClient,
+    target: Target,
+    prepared: Prepared,
+    *,
+    hub_url: str,
+    console: Console,
+) -> int:
+    """Steps 7 to 9: the channel and its code, customers scanning it and its numbers, a
+    broadcast to its customers; the broadcast's id."""
+    channel, key = prepared.channel, prepared.key
+    _say(
+        console,
+        f"\n7. channel: id={channel.id}, name={channel.name}, status={channel.status}, "
+        f"state={channel.state}, config_id={channel.config_id}, "
+        f"members={','.join(channel.userids)}, tag={prepared.tag_name}\n"
+        f"   its code: curl -H 'Authorization: Bearer {key}' "
+        f"{hub_url}/api/v1/channels/{channel.id}/qr.png -o channel.png",
+    )
+    assert channel.config_id is not None and channel.state is not None  # an active channel's
+    added_to, answers = await _scanned(engine, http, target, channel.config_id)
+    _say(
+        console,
+        f"8. {SCANS} customers scanned it (added to {', '.join(added_to)}) → POST "
+        f"{target.hub_url}: answered {' / '.join(sorted(answers))}\n"
+        f"   channel numbers: {await _channel_numbers(hub, channel)}",
+    )
+    dry, broadcast_id, funnel = await _broadcast(hub, engine, http, target, channel.state)
+    _say(
+        console,
+        f"9. broadcast to its customers, dry run: {dry}\n"
+        f"   broadcast {broadcast_id}, sent and confirmed by the members: {funnel}",
+    )
+    return broadcast_id
+
+
 async def show_the_loop(
     engine: AsyncEngine,
     app: SimApp,
@@ -165,6 +416,8 @@ async def show_the_loop(
     hub: str,
     sim: str,
     started: Callable[[], bool],
+    hub_app: FastAPI,
+    members: Sequence[str],
     command: str,
     console: Console,
 ) -> None:
@@ -173,34 +426,29 @@ async def show_the_loop(
         if time.monotonic() > deadline:
             raise TimeoutError(f"wecom-hub or the simulator did not start in {START_SECONDS} s")
         await asyncio.sleep(0.05)
-    customer = f"wm{secrets.token_hex(12)}"
     crypt = WXBizMsgCrypt(token=app.token, encoding_aes_key=app.aes_key, receive_id=app.corp_id)
+    target = Target(f"{hub}/callback/{DEMO_SLUG}", crypt, sim)
+    hub_state = cast(Hub, hub_app.state.hub)  # set by its lifespan, which has run
+    prepared = await _prepare(hub_state, members)
+    channel = prepared.channel
     async with httpx.AsyncClient(timeout=10) as http:
-        target = Target(f"{hub}/callback/{DEMO_SLUG}", crypt, sim)
-        answer = await send_one(
-            http, target, "add-customer", Scenario(customer=customer, state="spring_promo")
+        await _first_customer(engine, http, target, console)
+        broadcast_id = await _channel_loop(
+            hub_state, engine, http, target, prepared, hub_url=hub, console=console
         )
-    console.print(
-        f"\n1. WeCom (simulated) → POST {hub}/callback/{DEMO_SLUG}: answered {answer}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    async with engine.connect() as connection:
-        event = await _settled_event(connection, customer)
-        for title, query in _SHOWN.items():
-            params = {"customer": customer, "event": event}
-            row = (await connection.execute(text(query), params)).mappings().first()
-            shown = ", ".join(f"{k}={v}" for k, v in (row or {}).items())
-            console.print(f"{title}: {shown}", highlight=False, soft_wrap=True)
-    console.print(
+    also = f"{hub}/api/v1/channels, /api/v1/broadcasts/{broadcast_id}"
+    _say(
+        console,
         f"\nwecom-hub: {hub}  (callback URL of an app: {hub}/callback/<slug>)\n"
         f"simulated WeCom: {sim}  (every API call it got: {sim}/sim/calls)\n"
         f"more: {command} sim send join-group --app {DEMO_SLUG} --hub {hub} --sim {sim}\n"
+        f"      {command} sim scan {channel.config_id} --app {DEMO_SLUG} --hub {hub} "
+        f"--sim {sim}  (one more customer for {CHANNEL})\n"
+        f"API (the demo's key): curl -H 'Authorization: Bearer {prepared.key}' "
+        f"{hub}/api/v1/channels/{channel.id}/stats  (also {also})\n"
         f"real WeCom: {command} apps add --slug S --corp-id C --token T --aes-key K --secret X,"
         f" then {command} serve (the demo's app and data stay in its own database)\n"
         "Ctrl-C stops.",
-        highlight=False,
-        soft_wrap=True,
     )
 
 
@@ -221,10 +469,14 @@ async def run_demo(
         state = SimState()
         state.seed(app.corp_id, members=3, customers_per_member=5, groups=2)
         state.add_app(app)
+        corp = state.corp(app.corp_id)
+        corp.limits.distributing_seconds = DISTRIBUTING_SECONDS
+        members = list(corp.members)  # the seeded ones: 门店A's
         hub, sim = _address(hub_socket), _address(sim_socket)
         configured = settings.model_copy(update={"wecom_api_base_url": sim})
+        hub_app = create_app(configured, database_url=url)
         servers = {
-            hub_socket: _server(create_app(configured, database_url=url)),
+            hub_socket: _server(hub_app),
             sim_socket: _server(create_sim_app(state)),
         }
         async with asyncio.TaskGroup() as group:
@@ -237,6 +489,8 @@ async def run_demo(
                     hub=hub,
                     sim=sim,
                     started=lambda: all(s.started for s in servers.values()),
+                    hub_app=hub_app,
+                    members=members,
                     command=command,
                     console=console,
                 )
