@@ -392,3 +392,80 @@ async def test_channels_need_a_write_key_to_change(hub: FastAPI) -> None:
         )
         problem(answer, 403, "insufficient_scope")
         assert (await client.get("/api/v1/channels", headers=headers)).status_code == 200
+
+
+async def test_a_delete_that_wecom_refuses_keeps_the_channel_and_a_way_it_lost_is_gone(
+    api: httpx.AsyncClient, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """WeCom busy: 503, the channel and its way both kept, so a retry deletes both. WeCom
+    no longer finding the way (41044, or the 41037 it answers del for a config_id it does
+    not know): deleted here, as there is nothing left at WeCom."""
+    channel = await create(api, userids=[M0])
+    url = f"/api/v1/channels/{channel['id']}"
+    simulator.state.faults = [Fault(api="externalcontact/del_contact_way", errcode=-1)]
+    answer = await api.delete(url)
+    problem(answer, 503, "wecom_unavailable")
+    assert answer.headers["Retry-After"]
+    simulator.state.faults = []
+    assert (await api.get(url)).status_code == 200
+    assert channel["config_id"] in corp_of(simulator, wecom_app).contact_ways
+    assert (await api.delete(url)).status_code == 204
+    assert corp_of(simulator, wecom_app).contact_ways == {}
+
+    other = await create(api, userids=[M0])
+    simulator.state.faults = [Fault(api="externalcontact/del_contact_way", errcode=41037)]
+    assert (await api.delete(f"/api/v1/channels/{other['id']}")).status_code == 204
+    assert await db.fetchval("SELECT count(*) FROM channels") == 0
+
+
+async def test_a_lookup_that_cannot_read_the_whole_list_keeps_the_channel_pending(
+    api: httpx.AsyncClient,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The made way is past the pages a lookup reads: "not found" would add a second way
+    (or forget the first), so the channel stays pending and the answer is 503."""
+    from app.channels import wecom
+
+    monkeypatch.setattr(wecom, "LIST_PAGE", 1)
+    monkeypatch.setattr(wecom, "LOOKUP_MAX_PAGES", 1)
+    async with httpx.AsyncClient(base_url=simulator.url) as sim:
+        for state in ("console_a", "console_b"):  # made in the admin console just before
+            made = await sim.post(
+                f"/sim/corps/{wecom_app.corp_id}/contact_ways", json={"users": [M0], "state": state}
+            )
+            assert made.status_code == 200, made.text
+    simulator.state.faults = [
+        Fault(api="externalcontact/add_contact_way", http_status=500, after=True, times=1)
+    ]
+    request = {"name": "门店E", "app": "demo", "userids": [M0]}
+    headers = {"Idempotency-Key": "create-e"}
+    problem(
+        await api.post("/api/v1/channels", json=request, headers=headers), 503, "wecom_unavailable"
+    )
+    assert await db.fetchval("SELECT status FROM channels") == "pending"
+    problem(
+        await api.post("/api/v1/channels", json=request, headers=headers), 503, "wecom_unavailable"
+    )
+    assert len(calls(simulator, "add_contact_way")) == 1
+    assert len(corp_of(simulator, wecom_app).contact_ways) == 3
+
+    monkeypatch.setattr(wecom, "LOOKUP_MAX_PAGES", 5)
+    retried = await api.post("/api/v1/channels", json=request, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert len(calls(simulator, "add_contact_way")) == 1
+    assert len(corp_of(simulator, wecom_app).contact_ways) == 3
+
+
+async def test_an_update_keeps_the_state_and_departments_are_bounded(
+    api: httpx.AsyncClient, simulator: Simulator
+) -> None:
+    channel = await create(api, userids=[M0])
+    answer = await api.patch(f"/api/v1/channels/{channel['id']}", json={"userids": [M1]})
+    assert answer.status_code == 200, answer.text
+    assert calls(simulator, "update_contact_way")[-1]["state"] == channel["state"]
+    parties = {"name": "x", "app": "demo", "party_ids": list(range(1, 102))}
+    body = problem(await api.post("/api/v1/channels", json=parties), 422, "validation_failed")
+    assert "party_ids" in [e["field"] for e in body["errors"]]

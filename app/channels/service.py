@@ -47,7 +47,6 @@ MAX_REMARK = 30  # characters
 MAX_CHATS = 5  # WeCom: 41091
 STATE_PREFIX = "ch_"
 STATE_RANDOM_BYTES = 10  # 16 base32 characters: 19 in all, WeCom allows 30
-GONE = 41044  # WeCom: invalid config_id (the way was deleted elsewhere)
 
 UserId = Annotated[str, Field(min_length=1, max_length=64)]
 ChatId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -121,7 +120,9 @@ class ChannelSpec(BaseModel):
         default_factory=list, description="contact_way: the members customers are added to."
     )
     party_ids: list[PartyId] = Field(
-        default_factory=list, description="contact_way: departments whose members take part."
+        default_factory=list,
+        max_length=MAX_MEMBERS,
+        description="contact_way: departments whose members take part.",
     )
     chat_ids: list[ChatId] = Field(
         default_factory=list, description="join_way: 1 to 5 customer groups."
@@ -158,7 +159,7 @@ class ChannelPatch(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     userids: list[UserId] | None = None
-    party_ids: list[PartyId] | None = None
+    party_ids: list[PartyId] | None = Field(default=None, max_length=MAX_MEMBERS)
     chat_ids: list[ChatId] | None = None
     skip_verify: StrictBool | None = None
     remark: str | None = None
@@ -577,7 +578,7 @@ async def _look_for(client: WecomClient, reserved: _Reserved) -> wecom.Way | Non
             since=reserved.created_at,
             now=datetime.now(UTC),
         )
-    except WecomApiError as exc:
+    except (WecomApiError, wecom.LookupIncomplete) as exc:
         raise Unavailable(
             f"WeCom's answer to add_contact_way was lost, and looking for the way failed "
             f"too ({exc}); channel {reserved.id} stays pending: retry with the same "
@@ -666,6 +667,7 @@ async def update_channel(
                     wecom_.client,
                     credentials,
                     config_id=config_id,
+                    state=channel.state,
                     userids=merged["userids"],
                     party_ids=merged["party_ids"],
                     remark=merged["remark"],
@@ -692,7 +694,7 @@ async def update_channel(
 
 
 async def delete_channel(session: AsyncSession, wecom_: Wecom, channel_id: int) -> None:
-    """The way at WeCom (one WeCom no longer knows, 41044, is gone already), then the
+    """The way at WeCom (one WeCom no longer knows, wecom.GONE, is gone already), then the
     channel and the rules it owns here. A pending channel has no way we know of: it is
     released here only (if WeCom made its way after all, `sync` imports it)."""
     channel, _ = await _load(session, channel_id, lock=True)
@@ -702,7 +704,7 @@ async def delete_channel(session: AsyncSession, wecom_: Wecom, channel_id: int) 
         try:
             await remove(wecom_.client, credentials, channel.config_id)
         except WecomApiError as exc:
-            if exc.errcode != GONE:
+            if exc.errcode not in wecom.GONE:
                 raise wecom.refusal(exc) from None
     await _release(session, channel)
 

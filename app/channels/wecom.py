@@ -35,6 +35,16 @@ LIST_PAGE = 100
 LOOKUP_MARGIN_SECONDS = 300  # clocks differ; a way made "before" its reservation is still ours
 LOOKUP_MAX_PAGES = 20
 RETRY_AFTER_SECONDS = 5
+# del_contact_way of a way WeCom no longer has: 41044 (invalid config_id), or the misleading
+# 41037 "missing type" WeCom answers for a config_id it cannot find (CHANNELS-WEBHOOKS.md
+# §3.2); del takes no type, so 41037 can mean nothing else there.
+GONE = frozenset({41044, 41037})
+
+
+class LookupIncomplete(Exception):
+    """The lookup of a way by its state read LOOKUP_MAX_PAGES pages without reaching the end
+    of the list: the way may be further on, so "not found" cannot be said."""
+
 
 # What each errcode means for a channel, and where in the request it points: (status class,
 # field or None, explanation).
@@ -156,24 +166,26 @@ async def update_contact_way(
     credentials: Credentials,
     *,
     config_id: str,
+    state: str | None,
     userids: list[str],
     party_ids: list[int],
     remark: str,
     skip_verify: bool,
 ) -> None:
-    """update_contact_way overwrites the member lists: both are always sent whole."""
-    await client.call(
-        credentials,
-        "POST",
-        "externalcontact/update_contact_way",
-        json={
-            "config_id": config_id,
-            "user": userids,
-            "party": party_ids,
-            "remark": remark,
-            "skip_verify": skip_verify,
-        },
-    )
+    """update_contact_way overwrites the member lists: both are always sent whole. The
+    state is sent as it is (what attributes customers to the channel must not depend on
+    whether WeCom keeps an omitted field); an imported way whose state is not ours here
+    (None) keeps WeCom's."""
+    body: dict[str, Any] = {
+        "config_id": config_id,
+        "user": userids,
+        "party": party_ids,
+        "remark": remark,
+        "skip_verify": skip_verify,
+    }
+    if state is not None:
+        body["state"] = state
+    await client.call(credentials, "POST", "externalcontact/update_contact_way", json=body)
 
 
 async def del_contact_way(client: WecomClient, credentials: Credentials, config_id: str) -> None:
@@ -213,7 +225,9 @@ async def find_contact_way(
     client: WecomClient, credentials: Credentials, *, state: str, since: datetime, now: datetime
 ) -> Way | None:
     """The way carrying `state` made since `since`, if WeCom has one: after an answer to
-    add_contact_way was lost, this is how we learn whether WeCom made it."""
+    add_contact_way was lost, this is how we learn whether WeCom made it. None only when
+    the whole list was read: LookupIncomplete past LOOKUP_MAX_PAGES, as a None there would
+    let the caller add a second way or forget the first."""
     start = int(since.timestamp()) - LOOKUP_MARGIN_SECONDS
     end = int(now.timestamp()) + LOOKUP_MARGIN_SECONDS
     cursor = ""
@@ -226,8 +240,8 @@ async def find_contact_way(
             if way.state == state:
                 return way
         if not cursor:
-            break
-    return None
+            return None
+    raise LookupIncomplete(f"more than {LOOKUP_MAX_PAGES} pages of ways to look through")
 
 
 async def add_join_way(

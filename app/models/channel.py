@@ -25,6 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.action import Action
 from app.models.base import Base
+from app.models.group_chat import GroupMember
 
 
 class Channel(Base):
@@ -92,4 +93,12 @@ ix_actions_welcome_state = Index(
     Action.created_at,
     postgresql_include=["status"],
     postgresql_where=text("kind = 'welcome'"),
+)
+
+# A join way's numbers read the group members who joined with its state: by corp and state.
+ix_group_members_state = Index(
+    "ix_group_members_state",
+    GroupMember.corp_id,
+    GroupMember.state,
+    postgresql_where=text("state IS NOT NULL"),
 )

@@ -9,7 +9,8 @@
 - welcomes: the welcome actions of the channel's state, by the day they were written:
   `welcomed` (sent), `welcome_skipped`, `welcome_expired`, `welcome_failed`. A skipped one
   may carry no state in its payload (no welcome_code, or no rule matched): its event says it.
-- `tagged`: tag actions the channel's own tag rule caused that succeeded.
+- `tagged`: tag actions the channel's own tag rule caused that succeeded (for customers
+  whose follow still carries the state).
 - join ways: members who joined a group with the way's state (groupchat/get's
   member_list[].state, kept by enrichment and sync), by the day they joined: `joined`, and of
   those, `quit` since.
@@ -69,9 +70,16 @@ _FOLLOWS = """
     GROUP BY 1
 """
 
-# Both halves read ix_actions_welcome_state: (corp, state, created_at), the second with the
-# state NULL, looking its events up by id.
-_WELCOMES = """
+# The channel's customers: follows by state (ix_follows_state), a few rows per customer.
+_CUSTOMERS = "SELECT external_userid FROM follows WHERE corp_id = :corp_id AND state = :state"
+
+# Welcomes that carry the state read ix_actions_welcome_state (corp, state, created_at).
+# Those that carry none (skipped: no welcome_code, or no rule matched) are read customer by
+# customer of the channel (ix_actions_target_id), their events saying the state: the corp's
+# stateless welcomes may be most of its welcomes, and Postgres, which cannot tell how many
+# lack a state, would otherwise read them all (OFFSET 0 keeps the lateral a per-customer
+# loop instead of a join it may turn around).
+_WELCOMES = f"""
     SELECT day, status, count(*) AS n FROM (
         SELECT width_bucket(created_at, CAST(:starts AS timestamptz[])) AS day, status
         FROM actions
@@ -79,23 +87,33 @@ _WELCOMES = """
           AND created_at >= :since AND created_at < :until
         UNION ALL
         SELECT width_bucket(a.created_at, CAST(:starts AS timestamptz[])), a.status
-        FROM actions a JOIN events e ON e.id = a.event_id
-        WHERE a.kind = 'welcome' AND a.corp_id = :corp_id AND a.payload ->> 'state' IS NULL
-          AND a.created_at >= :since AND a.created_at < :until
-          AND e.payload ->> 'State' = :state
+        FROM (SELECT DISTINCT external_userid FROM ({_CUSTOMERS}) AS f) AS customer
+        CROSS JOIN LATERAL (
+            SELECT created_at, status, event_id FROM actions
+            WHERE target = customer.external_userid
+              AND kind = 'welcome' AND corp_id = :corp_id AND payload ->> 'state' IS NULL
+              AND created_at >= :since AND created_at < :until
+            OFFSET 0
+        ) AS a
+        JOIN events e ON e.id = a.event_id
+        WHERE e.payload ->> 'State' = :state
     ) AS welcome
     GROUP BY 1, 2
-"""
+"""  # noqa: S608 - a constant
 
-_TAGGED = """
+# The channel's own tag rule fires only for its state's customers: read through them
+# (ix_actions_target_id), not through every mark_tag action of the corp.
+_TAGGED = f"""
     SELECT width_bucket(created_at, CAST(:starts AS timestamptz[])) AS day, count(*) AS tagged
     FROM actions
-    WHERE kind = 'mark_tag' AND status = 'succeeded' AND corp_id = :corp_id
+    WHERE target IN ({_CUSTOMERS})
+      AND kind = 'mark_tag' AND status = 'succeeded' AND corp_id = :corp_id
       AND payload -> 'rule_ids' @> jsonb_build_array(CAST(:rule_id AS bigint))
       AND created_at >= :since AND created_at < :until
     GROUP BY 1
-"""
+"""  # noqa: S608 - a constant
 
+# ix_group_members_state (app/models/channel.py).
 _JOINS = """
     SELECT width_bucket(joined_at, CAST(:starts AS timestamptz[])) AS day,
            count(*) AS joined, count(*) FILTER (WHERE quit_at IS NOT NULL) AS quit

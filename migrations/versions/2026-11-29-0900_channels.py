@@ -4,8 +4,9 @@ Revision ID: 0013
 Revises: 0012
 Create Date: 2026-11-29
 
-A new table, and an index on the welcome actions by corp and channel state (a channel's
-welcome numbers), built without blocking the action runner's inserts.
+A new table, and indexes on the welcome actions and the group members by corp and channel
+state (a channel's numbers), built without blocking the inserts of the action runner and
+the processor.
 """
 
 from collections.abc import Sequence
@@ -97,8 +98,22 @@ def upgrade() -> None:
             postgresql_where=sa.text("kind = 'welcome'"),
             postgresql_concurrently=True,
         )
+        op.drop_index(
+            "ix_group_members_state",
+            table_name="group_members",
+            postgresql_concurrently=True,
+            if_exists=True,
+        )
+        op.create_index(
+            "ix_group_members_state",
+            "group_members",
+            ["corp_id", "state"],
+            postgresql_where=sa.text("state IS NOT NULL"),
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_group_members_state", table_name="group_members")
     op.drop_index("ix_actions_welcome_state", table_name="actions")
     op.drop_table("channels")
