@@ -31,7 +31,6 @@ GROUPS_PER_PAGE = 100
 # list_contact_way lists no way made before 2021-07-10 (Beijing time); a day earlier is safe.
 WAYS_SINCE = 1_625_760_000  # 2021-07-09 00:00 UTC
 WAYS_WINDOW_SECONDS = 90 * 86_400
-GONE = 41044  # a way deleted between its listing and its get
 
 Progress = Callable[[str, int], None]  # (phase, items done in this step)
 
@@ -242,7 +241,7 @@ class Sync:
                         await ways.get_contact_way(self._client, self._credentials, config_id)
                     )
                 except WecomApiError as exc:
-                    if exc.errcode != GONE:
+                    if exc.errcode not in ways.GONE:  # deleted between listing and get
                         raise
             if cursor:
                 position["ways_cursor"] = cursor

@@ -234,7 +234,8 @@ class File(MediaAttachment):
 Attachment = Annotated[Image | Link | Miniprogram | Video | File, Field(discriminator="msgtype")]
 
 
-State = Annotated[str, Field(min_length=1, max_length=64)]
+State = Annotated[str, Field(min_length=1, max_length=30)]  # WeCom's state: 30 characters
+MAX_STATES = 10_000  # channels linked to one rule
 
 
 def _state_condition(
@@ -263,7 +264,7 @@ class WelcomeMatch(_Strict):
 
     state: str | None = None
     state_mode: Literal["exact", "prefix", "regex"] = "exact"
-    states: list[State] | None = None  # unset: left out of the stored match
+    states: list[State] | None = Field(default=None, max_length=MAX_STATES)  # unset: not stored
     members: list[str] = Field(default_factory=list)
     hours: tuple[time, time] | None = None  # e.g. ["18:00", "09:00"]: across midnight is fine
     weekdays: list[Annotated[int, Field(ge=1, le=7)]] = Field(default_factory=list)  # 1 = Mon
@@ -361,7 +362,8 @@ class TagMatch(_Strict):
     on: Literal["channel", "group_join", "keyword"]
     state: str | None = None
     state_mode: Literal["exact", "prefix", "regex"] = "exact"
-    states: list[State] | None = None  # exact, OR-ed with `state`; unset: not stored
+    # exact, OR-ed with `state`; unset: not stored
+    states: list[State] | None = Field(default=None, max_length=MAX_STATES)
     chat_ids: list[str] = Field(default_factory=list)
     keywords: list[Keyword] = Field(default_factory=list)
     mode: KeywordMode = "contains"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -15,13 +14,12 @@ from app.cli.common import (
     console,
     current_settings,
     in_transaction,
-    prepare_database,
     refusals,
-    secret_box,
+    with_wecom,
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from app.crypto.at_rest import SecretBox
     from app.queries.broadcasts import BroadcastDetail
@@ -36,24 +34,14 @@ FUNNEL = ("audience", "tasks", "confirmed", "sent", "not_friend", "over_limit", 
 
 def _with_wecom(work: Callable[[AsyncSession, WecomClient, SecretBox], Awaitable[T]]) -> T:
     """One transaction, with a WeCom client for the calls it waits on (remind, cancel)."""
-    from app.db import create_engine, create_sessionmaker
-    from app.wecom.factory import open_client
 
-    settings = current_settings()
-    url = prepare_database(settings)
-    box = secret_box(settings)
+    async def in_one(
+        sessions: async_sessionmaker[AsyncSession], client: WecomClient, box: SecretBox
+    ) -> T:
+        async with sessions.begin() as session:
+            return await work(session, client, box)
 
-    async def run() -> T:
-        engine = create_engine(url, settings, pool_size=2)
-        sessionmaker = create_sessionmaker(engine)
-        try:
-            async with open_client(settings, sessionmaker, box) as client:
-                async with sessionmaker.begin() as session:
-                    return await work(session, client, box)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return with_wecom(in_one)
 
 
 @broadcasts_cli.command("send")

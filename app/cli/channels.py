@@ -4,7 +4,6 @@ WeCom (WECOM_HUB_WECOM_API_BASE_URL) as the app, while the command waits."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -16,12 +15,10 @@ from app.cli.common import (
     add_row,
     complain,
     console,
-    current_settings,
     given,
     in_transaction,
-    prepare_database,
     refusals,
-    secret_box,
+    with_wecom,
 )
 
 if TYPE_CHECKING:
@@ -36,25 +33,10 @@ ChannelId = Annotated[int, typer.Argument(help="The channel's id (`channels list
 
 
 def _with_wecom(work: Callable[[async_sessionmaker[AsyncSession], Wecom], Awaitable[T]]) -> T:
-    """Run `work` with a sessionmaker and a WeCom client; it commits what it does."""
+    """Run `work` with a sessionmaker and the channels' WeCom; it commits what it does."""
     from app.channels.service import Wecom
-    from app.db import create_engine, create_sessionmaker
-    from app.wecom.factory import open_client
 
-    settings = current_settings()
-    url = prepare_database(settings)
-    box = secret_box(settings)
-
-    async def run() -> T:
-        engine = create_engine(url, settings, pool_size=2)
-        sessionmaker = create_sessionmaker(engine)
-        try:
-            async with open_client(settings, sessionmaker, box) as client:
-                return await work(sessionmaker, Wecom(client, box))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return with_wecom(lambda sessions, client, box: work(sessions, Wecom(client, box)))
 
 
 @channels_cli.command("add")

@@ -28,10 +28,11 @@ from rich.text import Text
 from app.errors import AppError, FieldError, Invalid
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from app.config import Settings
     from app.crypto.at_rest import SecretBox
+    from app.wecom.client import WecomClient
 
 console = Console()
 T = TypeVar("T")
@@ -238,6 +239,35 @@ def in_transaction(work: Callable[[AsyncSession, SecretBox], Awaitable[T]]) -> T
         try:
             async with create_sessionmaker(engine).begin() as session:
                 return await work(session, box)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:
+        if not _database_refused(exc):
+            raise
+        _no_database(url, settings, exc)  # lost since it was checked
+
+
+def with_wecom(
+    work: Callable[[async_sessionmaker[AsyncSession], WecomClient, SecretBox], Awaitable[T]],
+) -> T:
+    """Run `work` with a sessionmaker (it opens its own transactions: a WeCom call it waits on
+    is never made inside one) and a WeCom client, as `serve` has them."""
+    from app.db import create_engine, create_sessionmaker
+    from app.wecom.factory import open_client
+
+    settings = current_settings()
+    url = prepare_database(settings)
+    box = secret_box(settings)
+
+    async def run() -> T:
+        engine = create_engine(url, settings, pool_size=2)
+        sessionmaker = create_sessionmaker(engine)
+        try:
+            async with open_client(settings, sessionmaker, box) as client:
+                return await work(sessionmaker, client, box)
         finally:
             await engine.dispose()
 
