@@ -22,9 +22,11 @@ gave to a call the request waited on (a channel's add_contact_way), passed on as
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import ValidationError
+
+_T = TypeVar("_T")
 
 
 class ErrorCode(StrEnum):
@@ -207,3 +209,11 @@ def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
         message = str(error["msg"]).removeprefix("Value error, ")
         found.append(FieldError(path, message))
     return found
+
+
+def not_null(value: _T) -> _T:
+    """A patch's field validator (`field_validator(...)(not_null)`): a field given as null is
+    refused, since leaving it out is how to keep it."""
+    if value is None:
+        raise ValueError("cannot be null")
+    return value

@@ -31,11 +31,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import IllegalAesKeyError, WXBizMsgCrypt, decode_aes_key
 from app.crypto.at_rest import SecretBox
-from app.errors import Conflict, ErrorCode, FieldError, Invalid, NotFound, field_errors
+from app.errors import (
+    Conflict,
+    ErrorCode,
+    FieldError,
+    Invalid,
+    NotFound,
+    field_errors,
+    not_null,
+)
 from app.models import Rule, WecomApp
 from app.wecom.client import Credentials
 
-_T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -121,12 +128,7 @@ class AppPatch(BaseModel):
     aes_key: AesKey | None = None
     secret: AppSecret | None = None
 
-    @field_validator("label", "token", "aes_key", "secret")
-    @classmethod
-    def _not_null(cls, value: _T) -> _T:
-        if value is None:  # given as null: left out is how to keep it
-            raise ValueError("cannot be null")
-        return value
+    _not_null = field_validator("label", "token", "aes_key", "secret")(not_null)
 
 
 class AppView(BaseModel):

@@ -1,8 +1,10 @@
-"""Deliver callbacks over HTTP and drive the processor step by step."""
+"""Deliver callbacks over HTTP, drive the processor step by step, wait for what the running
+hub does (an action settled), and work the simulator's /sim controls."""
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import httpx
@@ -12,7 +14,7 @@ from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import build_callback
-from tests.conftest import RegisteredApp
+from tests.conftest import RegisteredApp, Simulator
 
 
 async def deliver(client: httpx.AsyncClient, app: RegisteredApp, message_xml: str) -> None:
@@ -52,3 +54,32 @@ async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 10) -> 
     while not await check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+async def status_of(db: asyncpg.Connection, kind: str, target: str) -> str | None:
+    found: str | None = await db.fetchval(
+        "SELECT status FROM actions WHERE kind = $1 AND target = $2", kind, target
+    )
+    return found
+
+
+async def settled(db: asyncpg.Connection, kind: str, target: str) -> str:
+    """Wait for the action of `kind` on `target` to exist and be done with (by a running hub's
+    action runner); the status it ended in."""
+
+    async def done() -> bool:
+        return await status_of(db, kind, target) not in (None, "pending", "running")
+
+    await wait_for(done)
+    status = await status_of(db, kind, target)
+    assert status is not None
+    return status
+
+
+async def sim(simulator: Simulator, method: str, path: str, **kwargs: Any) -> Any:
+    """A call to the simulator's /sim control (a scan, a confirm, a corp's limits…), which
+    must succeed; its JSON answer."""
+    async with httpx.AsyncClient(base_url=simulator.url, timeout=5) as client:
+        answer = await client.request(method, path, **kwargs)
+    assert answer.status_code == 200, answer.text
+    return answer.json()

@@ -34,7 +34,7 @@ from app.wecom.client import WecomClient
 from app.wecom.factory import open_client
 from app.wecom_apps import load_credentials
 from tests.conftest import RegisteredApp, Simulator
-from tests.processing_helpers import deliver, drain, sessionmaker_for, wait_for
+from tests.processing_helpers import deliver, drain, sessionmaker_for, settled, wait_for
 
 _rule_numbers = itertools.count(1)
 
@@ -111,14 +111,6 @@ async def two_known_tags(
     return tags[0]["id"], tags[1]["id"]
 
 
-async def finished(db: asyncpg.Connection, kind: str, target: str) -> None:
-    async def done() -> bool:
-        found = await action_of(db, kind, target)
-        return found is not None and found["status"] not in ("pending", "running")
-
-    await wait_for(done)
-
-
 async def test_channel_welcome_with_attachments_and_the_default_for_other_channels(
     live: httpx.AsyncClient,
     settings: Settings,
@@ -143,8 +135,8 @@ async def test_channel_welcome_with_attachments_and_the_default_for_other_channe
     welcomes_timed = REGISTRY.get_sample_value("wecom_hub_welcome_seconds_count") or 0
     spring = await new_customer(live, wecom_app, simulator, "spring_promo", name="王小明")
     other = await new_customer(live, wecom_app, simulator, "poster_7", name="李雷")
-    await finished(db, "welcome", spring)
-    await finished(db, "welcome", other)
+    await settled(db, "welcome", spring)
+    await settled(db, "welcome", other)
 
     sent = {w["welcome_code"]: w for w in welcomes(simulator)}
     assert len(sent) == 2
@@ -175,7 +167,7 @@ async def test_welcome_less_channel_is_skipped_with_the_reason(
             corp_id=wecom_app.corp_id, user_id="zhangsan", external_user_id="wmNOCODE"
         ),
     )
-    await finished(db, "welcome", "wmNOCODE")
+    await settled(db, "welcome", "wmNOCODE")
     skipped = await action_of(db, "welcome", "wmNOCODE")
     assert skipped is not None and skipped["status"] == "skipped"
     assert "no WelcomeCode" in skipped["reason"]
@@ -201,7 +193,7 @@ async def test_an_expired_welcome_code_ends_expired_and_is_never_sent(
             create_time=int(time.time()) - 30,
         ),
     )  # the window closed 10 s ago
-    await finished(db, "welcome", "wmLATE")
+    await settled(db, "welcome", "wmLATE")
     late = await action_of(db, "welcome", "wmLATE")
     assert late is not None and late["status"] == "expired" and late["attempts"] == 1
     assert "deadline" in late["reason"]
@@ -231,7 +223,7 @@ async def test_41096_until_the_deadline_ends_expired_like_any_other_deadline(
             create_time=int(time.time()) - 18,
         ),
     )  # about 2 s of the window left
-    await finished(db, "welcome", "wmBUSY")
+    await settled(db, "welcome", "wmBUSY")
     busy = await action_of(db, "welcome", "wmBUSY")
     assert busy is not None and busy["status"] == "expired", busy
     assert "41096" in busy["reason"]
@@ -257,7 +249,7 @@ async def test_already_delivered_welcome_is_skipped_41051(
             welcome_code=code,
         ),
     )
-    await finished(db, "welcome", "wmTAKEN")
+    await settled(db, "welcome", "wmTAKEN")
     taken = await action_of(db, "welcome", "wmTAKEN")
     assert taken is not None and taken["status"] == "skipped" and "41051" in taken["reason"]
 
@@ -319,7 +311,7 @@ async def test_duplicates_and_two_runners_still_send_one_welcome(
             )
             for _ in range(3):  # WeCom retrying, each time encrypted afresh
                 await deliver(live, wecom_app, message)
-            await finished(db, "welcome", "wmDUP")
+            await settled(db, "welcome", "wmDUP")
         finally:
             stop.set()
             await second
@@ -344,7 +336,7 @@ async def test_tags_by_channel_and_by_group_join(
     await rule(settings, "tag", {"on": "group_join"}, {"add_tags": [group_tag]})
 
     customer = await new_customer(live, wecom_app, simulator, "store_shanghai")
-    await finished(db, "mark_tag", customer)
+    await settled(db, "mark_tag", customer)
     await deliver(
         live,
         wecom_app,

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.simulator.state import Fault
 from tests.api_helpers import auth, hub_state, key_header, problem
 from tests.conftest import RegisteredApp, Simulator
-from tests.processing_helpers import wait_for
+from tests.processing_helpers import sim, wait_for
 from tests.test_webhooks import Receiver, receiver, subscribe, until
 
 __all__ = ["receiver"]  # a fixture, used by name
@@ -301,13 +301,6 @@ async def test_an_explicit_list_past_postgres_parameter_limit_is_one_array(
 
 
 # --- end to end, against the simulator ------------------------------------------------------
-
-
-async def sim(simulator: Simulator, method: str, path: str, **kwargs: Any) -> Any:
-    async with httpx.AsyncClient(base_url=simulator.url, timeout=5) as client:
-        answer = await client.request(method, path, **kwargs)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
 
 
 async def templates(simulator: Simulator, app: RegisteredApp) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ the channel. The same for a join way: a member who joins through it counts as it
 
 import json
 import time
-from typing import Any
 
 import asyncpg
 import httpx
@@ -15,34 +14,9 @@ from app.config import Settings
 from app.simulator.callbacks import add_external_contact, event_xml
 from tests.api_helpers import key_header
 from tests.conftest import RegisteredApp, Simulator
-from tests.processing_helpers import deliver, wait_for
+from tests.processing_helpers import deliver, settled, sim, wait_for
 
 MEMBER = "member000"  # the live fixture's one member
-
-
-async def status_of(db: asyncpg.Connection, kind: str, target: str) -> str | None:
-    found: str | None = await db.fetchval(
-        "SELECT status FROM actions WHERE kind = $1 AND target = $2", kind, target
-    )
-    return found
-
-
-async def settled(db: asyncpg.Connection, kind: str, target: str) -> str:
-    async def done() -> bool:
-        return await status_of(db, kind, target) not in (None, "pending", "running")
-
-    await wait_for(done)
-    status = await status_of(db, kind, target)
-    assert status is not None
-    return status
-
-
-async def sim_control(simulator: Simulator, path: str, **body: Any) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=simulator.url, timeout=5) as sim:
-        answer = await sim.post(path, json=body)
-        answer.raise_for_status()
-        result: dict[str, Any] = answer.json()
-        return result
 
 
 async def test_a_scanned_channel_welcomes_tags_and_counts_its_customer(
@@ -78,10 +52,11 @@ async def test_a_scanned_channel_welcomes_tags_and_counts_its_customer(
     assert created.status_code == 201, created.text
     channel = created.json()
 
-    scan = await sim_control(
+    scan = await sim(
         simulator,
+        "POST",
         f"/sim/corps/{wecom_app.corp_id}/contact_ways/{channel['config_id']}/scan",
-        name="王小明",
+        json={"name": "王小明"},
     )
     assert (scan["state"], scan["userid"]) == (channel["state"], MEMBER)
     customer = scan["external_userid"]
@@ -168,8 +143,8 @@ async def test_a_join_way_counts_who_joined_through_it(
     )
     assert created.status_code == 201, created.text
     channel = created.json()
-    joined = await sim_control(
-        simulator, f"/sim/corps/{wecom_app.corp_id}/join_ways/{channel['config_id']}/join"
+    joined = await sim(
+        simulator, "POST", f"/sim/corps/{wecom_app.corp_id}/join_ways/{channel['config_id']}/join"
     )
     await deliver(
         live,

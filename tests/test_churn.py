@@ -17,8 +17,8 @@ from app.config import Settings
 from app.errors import Invalid
 from app.simulator.callbacks import event_xml
 from tests.conftest import RegisteredApp, Simulator, random_app, register
-from tests.processing_helpers import deliver, wait_for
-from tests.test_automations import action_of, finished, new_customer, rule
+from tests.processing_helpers import deliver, settled, wait_for
+from tests.test_automations import action_of, new_customer, rule
 from tests.test_kf import sent
 
 AGENT_ID = 1000002
@@ -77,13 +77,13 @@ async def test_a_churn_alerts_the_member_and_the_notify_list_once(
         },
     )
     customer = await new_customer(live, wecom_app, simulator, "store_sh", name="王小明")
-    await finished(db, "enrich_contact", customer)  # the name is known before the churn
+    await settled(db, "enrich_contact", customer)  # the name is known before the churn
 
     churn = deletion(wecom_app, "del_follow_user", customer)
     for app in (wecom_app, wecom_app, second):
         await deliver(live, app, churn)
     await all_processed(db, 3)  # the add, and the churn once per app
-    await finished(db, "churn_alert", customer)
+    await settled(db, "churn_alert", customer)
 
     [action] = await churn_actions(db)
     assert action["status"] == "succeeded", action["reason"]

@@ -12,8 +12,8 @@ from app.config import Settings
 from app.main import create_app
 from app.simulator.callbacks import event_xml
 from tests.conftest import RegisteredApp, Simulator
-from tests.processing_helpers import deliver, wait_for
-from tests.test_automations import action_of, finished, new_customer, rule, two_known_tags
+from tests.processing_helpers import deliver, settled, wait_for
+from tests.test_automations import action_of, new_customer, rule, two_known_tags
 
 KF = "wkSHOPSERVICE"
 
@@ -153,14 +153,14 @@ async def test_keyword_tags_from_what_customers_write_to_kf(
         {"remove_tags": [price_tag]},
     )
     friend = await new_customer(live, wecom_app, simulator, "kf_channel")
-    await finished(db, "welcome", friend)  # skipped: no welcome rule; the follow is stored
+    await settled(db, "welcome", friend)  # skipped: no welcome rule; the follow is stored
     token = await customer_writes(simulator, wecom_app, "会员价格是多少？", customer=friend)
     await customer_writes(simulator, wecom_app, "价格", customer="wmSTRANGER")  # no friend
     await customer_writes(simulator, wecom_app, "你好", customer=friend)  # no keyword
     await deliver(live, wecom_app, kf_callback(wecom_app, token))
 
-    await finished(db, "mark_tag", friend)
-    await finished(db, "mark_tag", "wmSTRANGER")
+    await settled(db, "mark_tag", friend)
+    await settled(db, "mark_tag", "wmSTRANGER")
     [marked] = [
         c.body
         for c in simulator.state.calls

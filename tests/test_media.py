@@ -18,8 +18,8 @@ from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import Invalid
 from tests.conftest import RegisteredApp, Simulator, random_app, register
-from tests.processing_helpers import wait_for
-from tests.test_automations import action_of, finished, new_customer, welcomes
+from tests.processing_helpers import settled, wait_for
+from tests.test_automations import action_of, new_customer, welcomes
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
 
@@ -97,7 +97,7 @@ async def test_attachment_files_are_uploaded_ahead_and_refreshed_before_they_exp
     await wait_for(all_uploaded)  # before any customer: the rule's saving enqueued them
     first = await uploads(db)
     customer = await new_customer(live, wecom_app, simulator, "expo")
-    await finished(db, "welcome", customer)
+    await settled(db, "welcome", customer)
     [sent] = welcomes(simulator)  # the simulator refuses unknown or expired media (40007)
     wire = {a["msgtype"]: a[a["msgtype"]] for a in sent["attachments"]}
     assert wire["image"] == {"media_id": first["poster.png"]}
@@ -128,7 +128,7 @@ async def test_attachment_files_are_uploaded_ahead_and_refreshed_before_they_exp
     }
     assert len([c for c in simulator.state.calls if c.api == "media/upload"]) == 5
     second = await new_customer(live, wecom_app, simulator, "expo")
-    await finished(db, "welcome", second)
+    await settled(db, "welcome", second)
     images = [a["image"]["media_id"] for w in welcomes(simulator) for a in w["attachments"]
               if a["msgtype"] == "image"]  # fmt: skip
     assert images == [first["poster.png"], renewed["poster.png"]]
@@ -170,7 +170,7 @@ async def test_a_welcome_leaves_out_a_file_with_no_fresh_upload_and_says_so(
     await wait_for(uploaded)
     await db.execute("UPDATE media_uploads SET expires_at = now() + interval '1 minute'")
     customer = await new_customer(live, wecom_app, simulator, "any")
-    await finished(db, "welcome", customer)
+    await settled(db, "welcome", customer)
     [sent] = welcomes(simulator)
     assert [a["msgtype"] for a in sent["attachments"]] == ["link"]
     done = await action_of(db, "welcome", customer)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from app.crypto import WXBizMsgCrypt
 from app.simulator.cli import sim_cli
 from app.simulator.state import Contact, Corp, SimApp
-from tests.conftest import Simulator, random_app
+from tests.conftest import RegisteredApp, Simulator, random_app
 from tests.process_helpers import wait_until
 
 CORP, SECRET = "wwsimchannels00001", "secret-of-the-channels-corp"
@@ -548,13 +548,21 @@ def hub_inbox() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
     sock.close()
 
 
+@pytest.fixture
+def shop(simulator: Simulator) -> RegisteredApp:
+    """The simulated app `shop` of the corp, as `sim scan|confirm|send --app shop` find it;
+    its keys sign and encrypt the callbacks."""
+    keys = random_app("shop")
+    simulator.state.add_app(SimApp("shop", CORP, SECRET, keys.token, keys.aes_key))
+    return keys
+
+
 def test_sim_scan_delivers_the_callback_with_state_and_welcome_code(
     wecom: Wecom,
     simulator: Simulator,
+    shop: RegisteredApp,
     hub_inbox: tuple[str, list[tuple[dict[str, str], bytes]]],
 ) -> None:
-    keys = random_app("shop")
-    simulator.state.add_app(SimApp("shop", CORP, SECRET, keys.token, keys.aes_key))
     config_id = wecom.ok(
         "externalcontact/add_contact_way", type=1, scene=2, user=[M1], state="flyer"
     )["config_id"]
@@ -566,7 +574,7 @@ def test_sim_scan_delivers_the_callback_with_state_and_welcome_code(
     assert result.output.strip().startswith(f"wmSCANNER scanned {config_id} and added {M1}")
     assert result.output.count("\n") == 1
     [(params, body)] = received
-    crypt = WXBizMsgCrypt(token=keys.token, encoding_aes_key=keys.aes_key, receive_id=CORP)
+    crypt = WXBizMsgCrypt(token=shop.token, encoding_aes_key=shop.aes_key, receive_id=CORP)
     encrypted = ElementTree.fromstring(body).findtext("Encrypt")
     assert encrypted is not None
     plain = crypt.decrypt_message(
@@ -587,9 +595,9 @@ def test_sim_scan_delivers_the_callback_with_state_and_welcome_code(
     assert "did not answer" in nowhere.output and nowhere.output.count("\n") == 1
 
 
-def test_sim_confirm_sends_and_says_what_happened(wecom: Wecom, simulator: Simulator) -> None:
-    keys = random_app("shop")
-    simulator.state.add_app(SimApp("shop", CORP, SECRET, keys.token, keys.aes_key))
+def test_sim_confirm_sends_and_says_what_happened(
+    wecom: Wecom, simulator: Simulator, shop: RegisteredApp
+) -> None:
     add_contact(wecom.corp, "wmX", {M0: 1_700_000_000})
     add_contact(wecom.corp, "wmY", {M1: 1_700_000_000})
     msgid = wecom.ok(
@@ -611,10 +619,9 @@ def test_sim_confirm_sends_and_says_what_happened(wecom: Wecom, simulator: Simul
 def test_sim_send_of_a_deletion_ends_the_friendship_in_the_simulator(
     wecom: Wecom,
     simulator: Simulator,
+    shop: RegisteredApp,
     hub_inbox: tuple[str, list[tuple[dict[str, str], bytes]]],
 ) -> None:
-    keys = random_app("shop")
-    simulator.state.add_app(SimApp("shop", CORP, SECRET, keys.token, keys.aes_key))
     add_contact(wecom.corp, "wmLEAVER", {M0: 1_700_000_000})
     msgid = wecom.ok(
         "externalcontact/add_msg_template", external_userid=["wmLEAVER"], text={"content": "x"}

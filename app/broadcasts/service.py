@@ -26,7 +26,7 @@ from app.broadcasts.spec import AudienceSpec, BroadcastContent, BroadcastSpec
 from app.broadcasts.tasks import CANCELLED
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
-from app.errors import AppError, Conflict, ErrorCode, FieldError, Invalid, NotFound
+from app.errors import AppError, BadGateway, Conflict, ErrorCode, FieldError, Invalid, NotFound
 from app.models import Broadcast, BroadcastRecipient, Channel, MediaFile, Tag, WecomApp
 from app.notify import ACTIONS_CHANNEL
 from app.queries.broadcasts import BroadcastDetail, get_broadcast
@@ -88,12 +88,10 @@ class RemindLimit(AppError):
     title = "Too many requests"
 
 
-class WecomFailed(AppError):
+class WecomFailed(BadGateway):
     """WeCom refused, or did not answer, a call the request waited on."""
 
-    status = 502
     code = ErrorCode.BROADCAST_WECOM_FAILED
-    title = "Bad gateway"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from app.errors import (
     Invalid,
     NotFound,
     Unavailable,
+    not_null,
 )
 from app.models import Channel, Rule, WecomApp
 from app.wecom.client import Credentials, WecomClient
@@ -168,12 +169,9 @@ class ChannelPatch(BaseModel):
     _chats = field_validator("chat_ids")(_at_most_chats)
     _remark = field_validator("remark")(_short_remark)
 
-    @field_validator("name", "userids", "party_ids", "chat_ids", "skip_verify", "remark")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        if value is None:  # given as null: left out is how to keep it
-            raise ValueError("cannot be null")
-        return value
+    _not_null = field_validator(
+        "name", "userids", "party_ids", "chat_ids", "skip_verify", "remark"
+    )(not_null)
 
 
 class ChannelView(BaseModel):
@@ -325,42 +323,43 @@ async def _attach_rules(
 ) -> None:
     assert channel.state is not None
     if spec.welcome is not None:
-        try:
-            rule = await store.create_rule(
-                session,
-                RuleSpec(
-                    kind="welcome",
-                    name=_rule_name(channel),
-                    app=app,
-                    match={"state": channel.state},
-                    content=spec.welcome.model_dump(exclude_defaults=True),
-                ),
-                media_dir=None,
-                paths=False,
-            )
-        except Invalid as exc:
-            raise _renamed(exc, "welcome") from None
+        rule = await _own_rule(
+            session,
+            RuleSpec(
+                kind="welcome",
+                name=_rule_name(channel),
+                app=app,
+                match={"state": channel.state},
+                content=spec.welcome.model_dump(exclude_defaults=True),
+            ),
+            field="welcome",
+        )
         channel.welcome_rule_id, channel.welcome_rule_owned = rule.id, True
     elif linked is not None:
         await _link(session, linked, channel.state)
         channel.welcome_rule_id, channel.welcome_rule_owned = linked.id, False
     if spec.add_tags:
-        try:
-            rule = await store.create_rule(
-                session,
-                RuleSpec(
-                    kind="tag",
-                    name=_rule_name(channel),
-                    app=app,
-                    match={"on": "channel", "state": channel.state},
-                    content={"add_tags": spec.add_tags},
-                ),
-                media_dir=None,
-                paths=False,
-            )
-        except Invalid as exc:
-            raise _renamed(exc, "add_tags") from None
+        rule = await _own_rule(
+            session,
+            RuleSpec(
+                kind="tag",
+                name=_rule_name(channel),
+                app=app,
+                match={"on": "channel", "state": channel.state},
+                content={"add_tags": spec.add_tags},
+            ),
+            field="add_tags",
+        )
         channel.tag_rule_id = rule.id
+
+
+async def _own_rule(session: AsyncSession, spec: RuleSpec, *, field: str) -> store.RuleView:
+    """A rule the channel owns, made as any rule is; its refusal in the channel request's
+    terms (`field` is what the request called its content)."""
+    try:
+        return await store.create_rule(session, spec, media_dir=None, paths=False)
+    except Invalid as exc:
+        raise _renamed(exc, field) from None
 
 
 def _has_channel_condition(match: dict[str, Any]) -> bool:

@@ -14,6 +14,7 @@ from app.cli.common import (
     console,
     current_settings,
     in_transaction,
+    print_page,
     refusals,
     with_wecom,
 )
@@ -148,9 +149,7 @@ def broadcasts_list(
             row.created_at.isoformat(timespec="seconds"),
             str(row.content.get("text", ""))[:60],
         )
-    console.print(table)
-    if len(rows) == limit:
-        console.print(f"more: the same with --after {rows[-1].id}", highlight=False)
+    print_page(table, rows, limit)
 
 
 def _print(detail: BroadcastDetail) -> None:

@@ -17,6 +17,7 @@ from app.cli.common import (
     console,
     given,
     in_transaction,
+    print_page,
     refusals,
     with_wecom,
 )
@@ -135,9 +136,7 @@ def channels_list(
             view.source,
             ", ".join([*view.userids, *map(str, view.party_ids), *view.chat_ids]),
         )
-    console.print(table)
-    if len(views) == limit:
-        console.print(f"more: the same with --after {views[-1].id}", highlight=False)
+    print_page(table, views, limit)
 
 
 @channels_cli.command("show")

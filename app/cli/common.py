@@ -15,10 +15,10 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import typer
 from rich.console import Console
@@ -228,26 +228,14 @@ def secret_box(settings: Settings) -> SecretBox:
 
 def in_transaction(work: Callable[[AsyncSession, SecretBox], Awaitable[T]]) -> T:
     """Run one unit of work in one transaction, committed when `work` returns."""
-    from app.db import create_engine, create_sessionmaker
 
-    settings = current_settings()
-    url = prepare_database(settings)
-    box = secret_box(settings)
+    async def run(
+        sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, box: SecretBox
+    ) -> T:
+        async with sessionmaker.begin() as session:
+            return await work(session, box)
 
-    async def run() -> T:
-        engine = create_engine(url, settings, pool_size=1)
-        try:
-            async with create_sessionmaker(engine).begin() as session:
-                return await work(session, box)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except Exception as exc:
-        if not _database_refused(exc):
-            raise
-        _no_database(url, settings, exc)  # lost since it was checked
+    return _on_database(run, pool_size=1)
 
 
 def with_wecom(
@@ -255,19 +243,34 @@ def with_wecom(
 ) -> T:
     """Run `work` with a sessionmaker (it opens its own transactions: a WeCom call it waits on
     is never made inside one) and a WeCom client, as `serve` has them."""
-    from app.db import create_engine, create_sessionmaker
     from app.wecom.factory import open_client
+
+    async def run(
+        sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, box: SecretBox
+    ) -> T:
+        async with open_client(settings, sessionmaker, box) as client:
+            return await work(sessionmaker, client, box)
+
+    return _on_database(run, pool_size=2)
+
+
+def _on_database(
+    work: Callable[[async_sessionmaker[AsyncSession], Settings, SecretBox], Awaitable[T]],
+    *,
+    pool_size: int,
+) -> T:
+    """Run `work` on the database made ready (one line and exit 1 if it cannot be, or is
+    lost while `work` runs), with the at-rest keys; its engine is disposed of after."""
+    from app.db import create_engine, create_sessionmaker
 
     settings = current_settings()
     url = prepare_database(settings)
     box = secret_box(settings)
 
     async def run() -> T:
-        engine = create_engine(url, settings, pool_size=2)
-        sessionmaker = create_sessionmaker(engine)
+        engine = create_engine(url, settings, pool_size=pool_size)
         try:
-            async with open_client(settings, sessionmaker, box) as client:
-                return await work(sessionmaker, client, box)
+            return await work(create_sessionmaker(engine), settings, box)
         finally:
             await engine.dispose()
 
@@ -302,6 +305,19 @@ def refusals() -> Iterator[None]:
 def add_row(table: Table, *cells: str) -> None:
     """Cells as text: a table would read `[…]` in a label or a rule as rich markup."""
     table.add_row(*(Text(cell) for cell in cells))
+
+
+class _Listed(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+def print_page(table: Table, rows: Sequence[_Listed], limit: int) -> None:
+    """A page of a list (`--after ID --limit N`), and when it is full the command for the
+    next one."""
+    console.print(table)
+    if len(rows) == limit:
+        console.print(f"more: the same with --after {rows[-1].id}", highlight=False)
 
 
 def given(**options: object) -> dict[str, object]:

@@ -19,6 +19,7 @@ from app.cli.common import (
     current_settings,
     given,
     in_transaction,
+    print_page,
     refusals,
 )
 
@@ -120,9 +121,7 @@ def rules_list(
             _cut(view.match),
             _cut(view.content),
         )
-    console.print(table)
-    if len(views) == limit:
-        console.print(f"more: the same with --after {views[-1].id}", highlight=False)
+    print_page(table, views, limit)
 
 
 @rules_cli.command("show")

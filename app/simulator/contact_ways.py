@@ -14,12 +14,14 @@ import secrets
 import struct
 import time
 import zlib
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from app.simulator import fields
+from app.simulator.control import known_corp
 from app.simulator.state import ApiError, ContactWay, Corp, JoinWay, SimState
 
 MAX_MEMBERS = 100  # per way, departments expanded
@@ -32,6 +34,7 @@ ROOT_DEPARTMENT = 1
 LIST_SINCE = 1_625_846_400  # 2021-07-10: list_contact_way never returns older ways
 LIST_DEFAULT_SECONDS = 90 * 86_400
 STYLES = {1: {1, 2, 3}, 2: {1, 2}}  # by type (mini-program button styles)
+W = TypeVar("W", ContactWay, JoinWay)
 
 
 class WaysApi:
@@ -56,9 +59,9 @@ class WaysApi:
             raise ApiError(40058, "a temporary contact way has a single member")
         user, party = _members(corp, way_type, body.get("user"), body.get("party"))
         style = _style(way_type, scene, body)
-        remark = _text(body, "remark", MAX_REMARK, "")
-        state = _text(body, "state", MAX_STATE, "")
-        skip_verify = _flag(body, "skip_verify", True)
+        remark = fields.text(body, "remark", MAX_REMARK, "")
+        state = fields.text(body, "state", MAX_STATE, "")
+        skip_verify = fields.flag(body, "skip_verify", True)
         if not is_temp:
             _within_quota(corp)
         config_id = secrets.token_hex(16)
@@ -87,15 +90,15 @@ class WaysApi:
     async def get_contact_way(
         self, corp: Corp, body: dict[str, Any], query: dict[str, str]
     ) -> dict[str, Any]:
-        return {"contact_way": contact_way_json(_contact_way(corp, body))}
+        return {"contact_way": contact_way_json(_way(corp.contact_ways, body))}
 
     async def list_contact_way(
         self, corp: Corp, body: dict[str, Any], query: dict[str, str]
     ) -> dict[str, Any]:
         now = int(time.time())
-        end = _int(body, "end_time", now)
-        start = _int(body, "start_time", end - LIST_DEFAULT_SECONDS)
-        limit = _int(body, "limit", 100)
+        end = fields.integer(body, "end_time", now)
+        start = fields.integer(body, "start_time", end - LIST_DEFAULT_SECONDS)
+        limit = fields.integer(body, "limit", 100)
         if not 1 <= limit <= 1000:
             raise ApiError(40058, "limit must be 1..1000")
         order = {config_id: index for index, config_id in enumerate(corp.contact_ways)}
@@ -123,7 +126,7 @@ class WaysApi:
     async def update_contact_way(
         self, corp: Corp, body: dict[str, Any], query: dict[str, str]
     ) -> dict[str, Any]:
-        way = _contact_way(corp, body)
+        way = _way(corp.contact_ways, body)
         if way.is_temp and time.time() > way.created_at + way.expires_in:
             raise ApiError(40058, "an expired temporary contact way cannot be changed")
         # Everything is checked before anything changes: a refused update changes nothing.
@@ -136,9 +139,9 @@ class WaysApi:
                 body["party"] if "party" in body else way.party,
             )
         style = _style(way.type, way.scene, body) if "style" in body else way.style
-        remark = _text(body, "remark", MAX_REMARK, way.remark)
-        state = _text(body, "state", MAX_STATE, way.state)
-        skip_verify = _flag(body, "skip_verify", way.skip_verify)
+        remark = fields.text(body, "remark", MAX_REMARK, way.remark)
+        state = fields.text(body, "state", MAX_STATE, way.state)
+        skip_verify = fields.flag(body, "skip_verify", way.skip_verify)
         way.user, way.party, way.style = user, party, style
         way.remark, way.state, way.skip_verify = remark, state, skip_verify
         if way.is_temp:
@@ -151,7 +154,7 @@ class WaysApi:
     async def del_contact_way(
         self, corp: Corp, body: dict[str, Any], query: dict[str, str]
     ) -> dict[str, Any]:
-        del corp.contact_ways[_contact_way(corp, body).config_id]
+        del corp.contact_ways[_way(corp.contact_ways, body).config_id]
         return {}
 
     # 加入群聊 ---------------------------------------------------------------------------
@@ -161,7 +164,7 @@ class WaysApi:
     ) -> dict[str, Any]:
         scene = _choice(body, "scene", missing=41038, invalid=41040, what="scene")
         chats = _chats(corp, body.get("chat_id_list"))
-        fields = _join_fields(body, JoinWay("", scene, chats, 0))
+        optional = _join_fields(body, JoinWay("", scene, chats, 0))
         _within_quota(corp)
         config_id = secrets.token_hex(16)
         way = JoinWay(
@@ -170,7 +173,7 @@ class WaysApi:
             chat_id_list=chats,
             created_at=int(time.time()),
             qr_code=self.qr_url(config_id) if scene == 2 else "",
-            **fields,
+            **optional,
         )
         corp.join_ways[config_id] = way
         return {"config_id": config_id}
@@ -178,7 +181,7 @@ class WaysApi:
     async def get_join_way(
         self, corp: Corp, body: dict[str, Any], query: dict[str, str]
     ) -> dict[str, Any]:
-        way = _join_way(corp, body)
+        way = _way(corp.join_ways, body)
         return {
             "join_way": {
                 "config_id": way.config_id,
@@ -196,22 +199,22 @@ class WaysApi:
     async def update_join_way(
         self, corp: Corp, body: dict[str, Any], query: dict[str, str]
     ) -> dict[str, Any]:
-        way = _join_way(corp, body)
+        way = _way(corp.join_ways, body)
         scene = way.scene
         if "scene" in body:
             scene = _choice(body, "scene", missing=41038, invalid=41040, what="scene")
         chats = _chats(corp, body["chat_id_list"]) if "chat_id_list" in body else way.chat_id_list
-        fields = _join_fields(body, way)
+        optional = _join_fields(body, way)
         way.scene, way.chat_id_list = scene, chats
         way.qr_code = (way.qr_code or self.qr_url(way.config_id)) if scene == 2 else ""
-        for name, value in fields.items():
+        for name, value in optional.items():
             setattr(way, name, value)
         return {}
 
     async def del_join_way(
         self, corp: Corp, body: dict[str, Any], query: dict[str, str]
     ) -> dict[str, Any]:
-        del corp.join_ways[_join_way(corp, body).config_id]
+        del corp.join_ways[_way(corp.join_ways, body).config_id]
         return {}
 
 
@@ -265,8 +268,8 @@ def _members(corp: Corp, way_type: int, user: object, party: object) -> tuple[li
     """A way's user and party lists, checked: type 1 has exactly one user (party is ignored,
     as WeCom does), type 2 some; ≤100 members with departments expanded (41041); everyone
     within the app's visible range (60011)."""
-    users = _list(user, str, "user")
-    parties = _list(party, int, "party") if way_type == 2 else []
+    users = fields.items(user, str, "user")
+    parties = fields.items(party, int, "party") if way_type == 2 else []
     if way_type == 1 and len(users) != 1:
         raise ApiError(40058, "a single-member contact way has exactly one user")
     if way_type == 2 and not users and not parties:
@@ -277,14 +280,6 @@ def _members(corp: Corp, way_type: int, user: object, party: object) -> tuple[li
     if any(u not in corp.members for u in users) or any(p != ROOT_DEPARTMENT for p in parties):
         raise ApiError(60011, "no privilege to access/modify contact/party/agent")
     return list(dict.fromkeys(users)), list(dict.fromkeys(parties))
-
-
-def _list(value: object, kind: type, key: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or any(type(item) is not kind for item in value):
-        raise ApiError(40058, f"{key} must be a list of {kind.__name__}")
-    return value
 
 
 def _style(way_type: int, scene: int, body: dict[str, Any]) -> int | None:
@@ -298,35 +293,8 @@ def _style(way_type: int, scene: int, body: dict[str, Any]) -> int | None:
     return style
 
 
-def _text(body: dict[str, Any], key: str, limit: int, default: str) -> str:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, str) or len(value) > limit:
-        raise ApiError(40058, f"{key} must be a string of at most {limit} characters")
-    return value
-
-
-def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ApiError(40058, f"{key} must be true or false")
-    return value
-
-
-def _int(body: dict[str, Any], key: str, default: int) -> int:
-    value = body.get(key)
-    if value is None:
-        return default
-    if type(value) is not int:
-        raise ApiError(40058, f"{key} must be an integer")
-    return value
-
-
 def _seconds(body: dict[str, Any], key: str, default: int) -> int:
-    value = _int(body, key, default)
+    value = fields.integer(body, key, default)
     if not 0 < value <= MAX_TEMP_SECONDS:
         raise ApiError(40058, f"{key} must be 1..{MAX_TEMP_SECONDS} seconds")
     return value
@@ -346,28 +314,19 @@ def _within_quota(corp: Corp) -> None:
         raise ApiError(41045, "contact way count reached the limit")
 
 
-def _contact_way(corp: Corp, body: dict[str, Any]) -> ContactWay:
+def _way(ways: dict[str, W], body: dict[str, Any]) -> W:
+    """The way of `ways` (a corp's 联系我 or 加入群聊 ways) the body's config_id names."""
     config_id = body.get("config_id")
     if not config_id:
         raise ApiError(41043, "missing config_id")
-    way = corp.contact_ways.get(str(config_id))
-    if way is None:
-        raise ApiError(41044, "invalid config_id")
-    return way
-
-
-def _join_way(corp: Corp, body: dict[str, Any]) -> JoinWay:
-    config_id = body.get("config_id")
-    if not config_id:
-        raise ApiError(41043, "missing config_id")
-    way = corp.join_ways.get(str(config_id))
+    way = ways.get(str(config_id))
     if way is None:
         raise ApiError(41044, "invalid config_id")
     return way
 
 
 def _chats(corp: Corp, value: object) -> list[str]:
-    chats = list(dict.fromkeys(_list(value, str, "chat_id_list")))
+    chats = list(dict.fromkeys(fields.items(value, str, "chat_id_list")))
     if not chats:
         raise ApiError(40058, "chat_id_list cannot be empty")
     if len(chats) > MAX_JOIN_CHATS:
@@ -383,18 +342,20 @@ def _join_fields(body: dict[str, Any], current: JoinWay) -> dict[str, Any]:
     remark = body.get("remark")
     if remark is not None and not isinstance(remark, str):
         raise ApiError(40058, "remark must be a string")
-    auto_create_room = _int(body, "auto_create_room", current.auto_create_room)
+    auto_create_room = fields.integer(body, "auto_create_room", current.auto_create_room)
     if auto_create_room not in (0, 1):
         raise ApiError(40058, "auto_create_room must be 0 or 1")
-    room_base_id = _int(body, "room_base_id", current.room_base_id)
+    room_base_id = fields.integer(body, "room_base_id", current.room_base_id)
     if room_base_id < 0:
         raise ApiError(40058, "room_base_id must not be negative")
     return {
         "remark": current.remark if remark is None else remark[:MAX_REMARK],
         "auto_create_room": auto_create_room,
-        "room_base_name": _text(body, "room_base_name", MAX_ROOM_BASE_NAME, current.room_base_name),
+        "room_base_name": fields.text(
+            body, "room_base_name", MAX_ROOM_BASE_NAME, current.room_base_name
+        ),
         "room_base_id": room_base_id,
-        "state": _text(body, "state", MAX_STATE, current.state),
+        "state": fields.text(body, "state", MAX_STATE, current.state),
     }
 
 
@@ -470,12 +431,6 @@ class JoinIn(BaseModel):
 def control_router(sim: SimState, api: WaysApi) -> APIRouter:
     router = APIRouter(prefix="/sim", tags=["simulator control"])
 
-    def known_corp(corp_id: str) -> Corp:
-        corp = sim.corps.get(corp_id)
-        if corp is None:
-            raise HTTPException(404, f"no corp {corp_id!r}")
-        return corp
-
     @router.post("/corps/{corp_id}/contact_ways")
     async def console_way(corp_id: str, way: ConsoleWayIn, request: Request) -> dict[str, str]:
         if not way.users or way.scene not in (1, 2):
@@ -506,7 +461,7 @@ def control_router(sim: SimState, api: WaysApi) -> APIRouter:
         """A WeChat user scans the way's code: they become a customer of the way's next
         member (round-robin) with the way's state, and a welcome_code is issued."""
         scan = scan or ScanIn()
-        corp = known_corp(corp_id)
+        corp = known_corp(sim, corp_id)
         way = corp.contact_ways.get(config_id)
         if way is None:
             raise HTTPException(404, f"no contact way {config_id!r}")
@@ -531,7 +486,7 @@ def control_router(sim: SimState, api: WaysApi) -> APIRouter:
         """A customer scans a 加入群聊 code and joins the way's first group: groupchat/get
         then shows them with join_scene 3 and the way's state."""
         joiner = joiner or JoinIn()
-        corp = known_corp(corp_id)
+        corp = known_corp(sim, corp_id)
         way = corp.join_ways.get(config_id)
         if way is None:
             raise HTTPException(404, f"no join way {config_id!r}")

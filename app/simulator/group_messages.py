@@ -17,6 +17,8 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
+from app.simulator import fields
+from app.simulator.control import known_corp
 from app.simulator.state import ApiError, Corp, MemberTask, MsgTemplate, Recipient, SimState
 
 ATTACHMENT_TYPES = {"image", "link", "miniprogram", "video", "file"}
@@ -77,7 +79,7 @@ async def get_groupmsg_list_v2(
         raise ApiError(40058, "start_time and end_time are required")
     if not 0 <= end - start <= LIST_MAX_SECONDS:
         raise ApiError(40058, "the time range must be within one month")
-    filter_type = _int(body, "filter_type", 2)
+    filter_type = fields.integer(body, "filter_type", 2)
     if filter_type not in (0, 1, 2):
         raise ApiError(40058, "filter_type must be 0, 1 or 2")
     limit = _limit(body, default=50, most=100)
@@ -258,7 +260,7 @@ def _single(
     """Each customer to the member who follows them (the sender, if one is named; else the
     most recent follow); those nobody (or not the sender) follows fail. Customers whose
     follow misses the tag_filter are left out without failing."""
-    ids = _strings(body.get("external_userid"), "external_userid")
+    ids = fields.items(body.get("external_userid"), str, "external_userid")
     if len(ids) > MAX_CUSTOMERS:
         raise ApiError(40058, "at most 10000 external_userid")
     if not ids and not sender:
@@ -297,7 +299,7 @@ def _groups(
     someone else fail."""
     if not sender:
         raise ApiError(40058, "sender is required for chat_type group")
-    chats = _strings(body.get("chat_id_list"), "chat_id_list")
+    chats = fields.items(body.get("chat_id_list"), str, "chat_id_list")
     if len(chats) > MAX_CHATS:
         raise ApiError(40058, "at most 2000 chat_id_list")
     if not chats:
@@ -322,32 +324,17 @@ def _tag_filter(value: object) -> list[set[str]]:
         raise ApiError(40058, "tag_filter.group_list must be a list")
     groups = []
     for group in group_list:
-        tags = _strings(group.get("tag_list") if isinstance(group, dict) else None, "tag_list")
+        tags = fields.items(
+            group.get("tag_list") if isinstance(group, dict) else None, str, "tag_list"
+        )
         if len(tags) > MAX_TAGS_PER_GROUP:
             raise ApiError(40058, "at most 100 tags per tag group")
         groups.append(set(tags))
     return groups
 
 
-def _strings(value: object, key: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or any(not isinstance(item, str) for item in value):
-        raise ApiError(40058, f"{key} must be a list of strings")
-    return value
-
-
-def _int(body: dict[str, Any], key: str, default: int) -> int:
-    value = body.get(key)
-    if value is None:
-        return default
-    if type(value) is not int:
-        raise ApiError(40058, f"{key} must be an integer")
-    return value
-
-
 def _limit(body: dict[str, Any], *, default: int, most: int) -> int:
-    limit = _int(body, "limit", default)
+    limit = fields.integer(body, "limit", default)
     if not 1 <= limit <= most:
         raise ApiError(40058, f"limit must be 1..{most}")
     return limit
@@ -392,15 +379,9 @@ class ConfirmIn(BaseModel):
 def control_router(sim: SimState) -> APIRouter:
     router = APIRouter(prefix="/sim", tags=["simulator control"])
 
-    def known(corp_id: str) -> Corp:
-        corp = sim.corps.get(corp_id)
-        if corp is None:
-            raise HTTPException(404, f"no corp {corp_id!r}")
-        return corp
-
     @router.get("/corps/{corp_id}/msg_templates")
     async def msg_templates(corp_id: str) -> list[dict[str, Any]]:
-        return [template_json(t) for t in known(corp_id).msg_templates.values()]
+        return [template_json(t) for t in known_corp(sim, corp_id).msg_templates.values()]
 
     @router.post("/corps/{corp_id}/msg_templates/{msgid}/confirm")
     async def confirm_template(
@@ -409,7 +390,7 @@ def control_router(sim: SimState) -> APIRouter:
         """Members confirm the mass message in their client, and it is sent (unless it was
         cancelled: then nothing is). No body: every member who has not sent yet."""
         member = member or ConfirmIn()
-        corp = known(corp_id)
+        corp = known_corp(sim, corp_id)
         template = corp.msg_templates.get(msgid)
         if template is None:
             raise HTTPException(404, f"no mass message {msgid!r}")

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.simulator.callbacks import add_external_contact, build_callback, event_xml, text_message
 
@@ -171,10 +171,22 @@ async def _tell_simulator(
 
 async def _post(http: httpx.AsyncClient, url: str, body: Mapping[str, object], key: str) -> str:
     """POST to the simulator; `key` of its answer."""
+    return str((await _answer(http, url, body))[key])
+
+
+async def _answer(http: httpx.AsyncClient, url: str, body: Mapping[str, object]) -> Any:
+    """POST to the simulator's control; its answer, or SendFailed if it refuses."""
     answer = await http.post(url, json=body)
     if answer.status_code != 200:
         raise SendFailed(f"the simulator refused {url}: {answer.status_code} {answer.text}")
-    return str(answer.json()[key])
+    return answer.json()
+
+
+def _unanswered(sim_url: str, exc: Exception) -> SendFailed:
+    return SendFailed(
+        f"the simulator at {sim_url} did not answer ({exc!r}): start it with "
+        "`wecom-hub sim serve`, or name it with --sim"
+    )
 
 
 async def send_one(
@@ -194,10 +206,7 @@ async def send_one(
         try:
             issued = await _tell_simulator(http, target.sim_url, corp_id, name, scenario)
         except httpx.TransportError as exc:
-            raise SendFailed(
-                f"the simulator at {target.sim_url} did not answer ({exc!r}): start it with "
-                "`wecom-hub sim serve`, or name it with --sim"
-            ) from None
+            raise _unanswered(target.sim_url, exc) from None
     return await deliver(http, target, SCENARIOS[name](corp_id, scenario, issued))
 
 
@@ -240,15 +249,9 @@ async def scan(
     corp_id = target.crypt.receive_id.decode()
     url = f"{target.sim_url}/sim/corps/{corp_id}/contact_ways/{config_id}/scan"
     try:
-        answer = await http.post(url, json={"external_userid": customer or None})
+        said = await _answer(http, url, {"external_userid": customer or None})
     except httpx.TransportError as exc:
-        raise SendFailed(
-            f"the simulator at {target.sim_url} did not answer ({exc!r}): start it with "
-            "`wecom-hub sim serve`, or name it with --sim"
-        ) from None
-    if answer.status_code != 200:
-        raise SendFailed(f"the simulator refused the scan: {answer.status_code} {answer.text}")
-    said = answer.json()
+        raise _unanswered(target.sim_url, exc) from None
     scanned = Scanned(
         external_userid=said["external_userid"],
         userid=said["userid"],
