@@ -10,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from app.callbacks import safexml
 from app.config import Settings
 from app.simulator.callbacks import (
     add_external_contact,
@@ -62,7 +63,12 @@ async def test_a_delivery_is_stored_with_everything_an_operator_needs(
     assert event["dedup_key"] == "msg:1456453720"
     assert event["create_time"].timestamp() == 1700000000
     assert event["raw_body"] == callback.body.decode()
-    assert event["xml"] == message
+    # The body as received is the evidence: with the app's key it gives back the message,
+    # which is not stored a second time (ADR 0008).
+    assert event["xml"] is None
+    encrypted = safexml.parse_envelope(event["raw_body"].encode())
+    assert encrypted is not None
+    assert wecom_app.crypt.decrypt(encrypted).decode() == message
     assert json.loads(event["payload"])["Content"] == "你好 😀"
     assert event["status"] == "pending"
 

@@ -137,7 +137,6 @@ def _event() -> NewEvent:
         msg_id=None,
         dedup_key=secrets.token_hex(8),
         raw_body="",
-        xml="<xml/>",
         payload_json="{}",
     )
 

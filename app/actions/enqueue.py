@@ -15,7 +15,7 @@ from app.notify import ACTIONS_CHANNEL
 # One round trip: insert unless the idempotency key exists, wake the action runners
 # (delivered on commit, folded into one per transaction) only when a row was written, and
 # answer the action's id either way.
-_ENQUEUE = text(
+ENQUEUE_SQL = text(
     """
     WITH inserted AS (
         INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key, event_id, payload,
@@ -64,7 +64,7 @@ async def enqueue(
     connection = await session.connection()
     row = (
         await connection.execute(
-            _ENQUEUE,
+            ENQUEUE_SQL,
             {
                 "kind": kind.value,
                 "app_id": app_id,

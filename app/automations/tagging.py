@@ -1,6 +1,8 @@
 """Apply the tags that tag rules chose, with externalcontact/mark_tag (PROTOCOL.md §5.3):
 one call per customer and event, however many rules fired."""
 
+from datetime import UTC, datetime
+
 from sqlalchemy import select, update
 
 from app.actions.kinds import ActionStatus
@@ -40,7 +42,9 @@ async def mark_tags(run: WecomRun) -> Outcome:
         )
         current = await session.scalar(select(Follow.tag_ids).where(*key)) or []
         tags = sorted((set(current) | set(payload["add_tag"])) - set(payload["remove_tag"]))
-        await session.execute(update(Follow).where(*key).values(tag_ids=tags))
+        await session.execute(
+            update(Follow).where(*key).values(tag_ids=tags, tags_marked_at=datetime.now(UTC))
+        )
     return Outcome(
         ActionStatus.SUCCEEDED, f"add {payload['add_tag']} remove {payload['remove_tag']}"
     )

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.actions.enqueue import enqueue
 from app.actions.kinds import ActionKind
 from app.automations.churn import alert_churn
 from app.automations.rules import WelcomeMatch
@@ -16,6 +15,7 @@ from app.automations.store import LoadedRule, RuleCache
 from app.events import models as ev
 from app.events.context import Context, event_time
 from app.models import Follow
+from app.processing.writes import defer_enqueue, flush
 
 KF_TOKEN_LIFETIME = timedelta(minutes=10)  # the callback's Token, for sync_msg
 WELCOME_CODE_SECONDS = 20  # PROTOCOL.md §5.2: valid 20 s, usable once
@@ -48,12 +48,16 @@ async def automate(
         await _welcome(session, event, context, rules)
         await _tag_by_channel(session, event, context, rules)
     elif isinstance(event, ev.DelFollowUser):  # the customer left; never DelExternalContact
-        await alert_churn(session, event, context, rules)
+        # Without a churn rule there is nothing to alert, and nothing to look up: the
+        # departure's lookup (and the flush it needs) was a round trip per churn.
+        if await rules.get(session, "churn", context.app_id):
+            await flush(session)  # the alert reads the follows the projection wrote
+            await alert_churn(session, event, context, rules)
     elif isinstance(event, ev.ChatUpdate) and event.update_detail == "add_member":
         await _tag_by_group(session, event, context, rules)
     elif isinstance(event, ev.KfMsgOrEvent) and event.open_kf_id:
         # The callback only says "something new": pull it (app/automations/kf.py).
-        await enqueue(
+        await defer_enqueue(
             session,
             kind=ActionKind.KF_SYNC,
             app_id=context.app_id,
@@ -77,7 +81,7 @@ async def _welcome(
         "event_id": context.event_id,
     }
     if not event.welcome_code:
-        await enqueue(
+        await defer_enqueue(
             session,
             **common,
             idempotency_key=f"{ActionKind.WELCOME}:event:{context.event_id}",
@@ -94,14 +98,14 @@ async def _welcome(
         at=at,
     )
     if chosen is None:
-        await enqueue(
+        await defer_enqueue(
             session,
             **common,
             idempotency_key=key,
             skipped=f"no enabled welcome rule matches state {event.state!r}",
         )
         return
-    await enqueue(
+    await defer_enqueue(
         session,
         **common,
         idempotency_key=key,
@@ -142,9 +146,9 @@ async def enqueue_mark_tags(
         "idempotency_key": key,
     }
     if not user_id:
-        await enqueue(session, **common, skipped="the customer is not a friend of any member")
+        await defer_enqueue(session, **common, skipped="the customer is not a friend of any member")
         return
-    await enqueue(
+    await defer_enqueue(
         session,
         **common,
         deadline=deadline,
@@ -211,6 +215,7 @@ async def _tag_by_group(
     ]
     if not matched:
         return
+    await flush(session)  # friend_of reads the follows the projection wrote
     for member in dict.fromkeys(event.mem_change_list):
         if not member.startswith(("wm", "wo")):  # corp members are not customers
             continue

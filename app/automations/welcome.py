@@ -7,6 +7,7 @@ welcome was delivered (or the customer started chatting), ends the action as `sk
 """
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,11 @@ RETRY_41096_SECONDS = 0.3
 WELCOME_BACKOFF_SECONDS = 0.03  # -1 / 45009: soon (30, 60, 120 ms…), the window is 20 s
 WELCOME_MAX_ATTEMPTS = 8  # the deadline stops it first
 NAME_LOOKUP_SECONDS = 1.0  # at most this much of the window is spent learning the name
+# A member's name, kept this long per process: a campaign welcomes hundreds of customers a
+# second on behalf of a few members, and the lookup was a round trip per welcome. A renamed
+# member shows in welcomes within this time.
+MEMBER_NAME_SECONDS = 10.0
+_member_names: dict[tuple[str, str], tuple[float, str | None]] = {}
 
 _NAMES = """
     SELECT (SELECT name FROM external_contacts WHERE corp_id = $1 AND external_userid = $2)
@@ -37,8 +43,14 @@ async def _names(run: WecomRun, content: WelcomeContent, user_id: str) -> dict[s
     fallback wording is used instead of delaying the welcome."""
     if "{" not in content.text:
         return {}
+    cached = _member_names.get((run.corp_id, user_id))
+    if "{customer_name}" not in content.text and cached and cached[0] > time.monotonic():
+        return {"customer_name": None, "member_name": cached[1]}
     known = await run.db.fetchrow(_NAMES, run.corp_id, run.action.target, user_id)
     customer, member = (known["customer"], known["member"]) if known else (None, None)
+    if len(_member_names) > 10_000:  # bounded: members of every corp served
+        _member_names.clear()
+    _member_names[(run.corp_id, user_id)] = (time.monotonic() + MEMBER_NAME_SECONDS, member)
     if customer is None and "{customer_name}" in content.text:
         loop = asyncio.get_running_loop()
         budget = loop.time() + NAME_LOOKUP_SECONDS

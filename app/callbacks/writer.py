@@ -18,6 +18,10 @@ The queue in front of the flushers is bounded (`max_queued`): when Postgres is s
 would otherwise pile up without end, each holding its body. A request that finds it full is
 refused with IngestBusy (503 `ingest_busy`), which WeCom retries.
 
+What is stored: the body exactly as received (the evidence, decryptable with the app's key)
+and the parsed fields as JSON (what processing and the API read). The decrypted XML is not
+stored a third time: it held nothing the two do not (ADR 0008).
+
 The writer has its own small asyncpg pool rather than SQLAlchemy sessions: this is the hot
 path, and the ORM layer cost a measurable share of ingest throughput (bench/ingest.py).
 """
@@ -41,11 +45,11 @@ log = logging.getLogger(__name__)
 _INSERT = """
     WITH inserted AS (
         INSERT INTO events (app_id, received_at, create_time, family, type, msg_id, dedup_key,
-                            raw_body, xml, payload)
-        SELECT a, r, c, f, t, m, d, b, x, p::jsonb
+                            raw_body, payload)
+        SELECT a, r, c, f, t, m, d, b, p::jsonb
         FROM unnest($1::integer[], $2::timestamptz[], $3::timestamptz[], $4::text[],
-                    $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-            AS u(a, r, c, f, t, m, d, b, x, p)
+                    $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+            AS u(a, r, c, f, t, m, d, b, p)
         ON CONFLICT (app_id, dedup_key) DO NOTHING
         RETURNING app_id, dedup_key
     )
@@ -64,7 +68,6 @@ class NewEvent:
     msg_id: str | None
     dedup_key: str
     raw_body: str
-    xml: str
     payload_json: str
 
     @classmethod
@@ -82,7 +85,6 @@ class NewEvent:
             dedup_key=identity.dedup_key,
             # Envelopes are ASCII in practice; never fail a verified callback over this.
             raw_body=body.decode("utf-8", errors="replace"),
-            xml=delivery.xml,
             payload_json=json.dumps(delivery.fields, ensure_ascii=False),
         )
 
@@ -224,6 +226,5 @@ def _columns(events: list[NewEvent]) -> list[list[object]]:
         [e.msg_id for e in events],
         [e.dedup_key for e in events],
         [e.raw_body for e in events],
-        [e.xml for e in events],
         [e.payload_json for e in events],
     ]

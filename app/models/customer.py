@@ -61,3 +61,6 @@ class Follow(Base):
     delete_source: Mapped[str | None] = mapped_column(String(64))
     changed_at: Mapped[datetime | None]
     enriched_at: Mapped[datetime | None]
+    # When a mark_tag action last changed tag_ids here: an enrichment whose answer WeCom
+    # gave before that keeps these tags instead of its older list (migration 0015).
+    tags_marked_at: Mapped[datetime | None]

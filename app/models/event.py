@@ -11,8 +11,10 @@ from app.models.base import Base
 class Event(Base):
     """One callback as WeCom delivered it, stored once however often it was delivered.
 
-    raw_body is the encrypted body exactly as received (evidence); xml is its decrypted
-    inner message; payload is the same as JSON for queries. (app_id, dedup_key) is unique:
+    raw_body is the encrypted body exactly as received (evidence); payload is its decrypted
+    inner message's fields as JSON, for processing and queries. xml, the decrypted message
+    itself, is no longer written (ADR 0008: a third copy of the same content on the hot
+    path); rows stored before migration 0015 keep theirs. (app_id, dedup_key) is unique:
     that constraint, not application code, is what makes a retried callback a no-op.
     """
 
@@ -27,7 +29,7 @@ class Event(Base):
     msg_id: Mapped[str | None] = mapped_column(String(128))
     dedup_key: Mapped[str] = mapped_column(String(160))
     raw_body: Mapped[str] = mapped_column(Text)
-    xml: Mapped[str] = mapped_column(Text)
+    xml: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     # Processing (app/processing/processor.py): pending → processed | failed. A claim is a
     # lease: locked_by holds it until locked_until, after which any processor may take over.

@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import Table, func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.actions.enqueue import enqueue
 from app.actions.kinds import ActionKind
 from app.events import models as ev
 from app.events.context import Context, event_time
@@ -32,6 +31,7 @@ from app.models import (
     Tag,
     TagGroup,
 )
+from app.processing.writes import Prepared, defer, defer_enqueue, flush, prepare
 from app.sql import insert_ignore, upsert
 
 # The Core tables behind the models (statements below are Core: no ORM work per row).
@@ -46,60 +46,97 @@ _FOLLOW_KEY = ("corp_id", "userid", "external_userid")
 _GROUP_KEY = ("corp_id", "chat_id")
 _MEMBER_KEY = ("corp_id", "chat_id", "member_id")
 
-_CONTACT_SEEN = upsert(
-    _contacts,
-    ("corp_id", "external_userid"),
-    ("first_seen_at",),
-    set_=lambda excluded: {
-        "first_seen_at": func.least(
-            func.coalesce(_contacts.c.first_seen_at, excluded.first_seen_at), excluded.first_seen_at
-        )
-    },
-)
-_FOLLOW_ADDED = upsert(
-    _follows, _FOLLOW_KEY, ("status", "added_at", "state", "changed_at"), not_older=True
-)
-_FOLLOW_DELETED_BY_MEMBER = upsert(
-    _follows,
-    _FOLLOW_KEY,
-    ("status", "deleted_by_member_at", "delete_source", "changed_at"),
-    not_older=True,
-)
-_FOLLOW_DELETED_BY_CUSTOMER = upsert(
-    _follows, _FOLLOW_KEY, ("status", "deleted_by_customer_at", "changed_at"), not_older=True
-)
-_GROUP_TOUCHED = upsert(_groups, _GROUP_KEY, ("changed_at",), not_older=True)
-_GROUP_CREATED = upsert(_groups, _GROUP_KEY, ("created_at", "changed_at"), not_older=True)
-_GROUP_DISMISSED = upsert(_groups, _GROUP_KEY, ("dismissed_at", "changed_at"), not_older=True)
-_MEMBER_JOINED = upsert(
-    _members,
-    _MEMBER_KEY,
-    ("joined_at", "join_scene", "quit_at", "quit_scene", "changed_at"),
-    not_older=True,
-)
-_MEMBER_QUIT = upsert(
-    _members, _MEMBER_KEY, ("quit_at", "quit_scene", "changed_at"), not_older=True
-)
-_MESSAGE = insert_ignore(
-    _messages,
-    (
-        "corp_id",
-        "app_id",
-        "event_id",
-        "source",
-        "msg_id",
-        "sender",
-        "msg_type",
-        "content",
-        "payload",
-        "sent_at",
+_CONTACT_SEEN = prepare(
+    upsert(
+        _contacts,
+        ("corp_id", "external_userid"),
+        ("first_seen_at",),
+        set_=lambda excluded: {
+            "first_seen_at": func.least(
+                func.coalesce(_contacts.c.first_seen_at, excluded.first_seen_at),
+                excluded.first_seen_at,
+            )
+        },
     ),
+    "external_contacts",
+    ("corp_id", "external_userid"),
+)
+_FOLLOW_ADDED = prepare(
+    upsert(_follows, _FOLLOW_KEY, ("status", "added_at", "state", "changed_at"), not_older=True),
+    "follows",
+    ("corp_id", "userid", "external_userid"),
+)
+_FOLLOW_DELETED_BY_MEMBER = prepare(
+    upsert(
+        _follows,
+        _FOLLOW_KEY,
+        ("status", "deleted_by_member_at", "delete_source", "changed_at"),
+        not_older=True,
+    ),
+    "follows",
+    ("corp_id", "userid", "external_userid"),
+)
+_FOLLOW_DELETED_BY_CUSTOMER = prepare(
+    upsert(
+        _follows, _FOLLOW_KEY, ("status", "deleted_by_customer_at", "changed_at"), not_older=True
+    ),
+    "follows",
+    ("corp_id", "userid", "external_userid"),
+)
+_GROUP_TOUCHED = prepare(
+    upsert(_groups, _GROUP_KEY, ("changed_at",), not_older=True),
+    "customer_groups",
+    ("corp_id", "chat_id"),
+)
+_GROUP_CREATED = prepare(
+    upsert(_groups, _GROUP_KEY, ("created_at", "changed_at"), not_older=True),
+    "customer_groups",
+    ("corp_id", "chat_id"),
+)
+_GROUP_DISMISSED = prepare(
+    upsert(_groups, _GROUP_KEY, ("dismissed_at", "changed_at"), not_older=True),
+    "customer_groups",
+    ("corp_id", "chat_id"),
+)
+_MEMBER_JOINED = prepare(
+    upsert(
+        _members,
+        _MEMBER_KEY,
+        ("joined_at", "join_scene", "quit_at", "quit_scene", "changed_at"),
+        not_older=True,
+    ),
+    "group_members",
+    ("corp_id", "chat_id", "member_id"),
+)
+_MEMBER_QUIT = prepare(
+    upsert(_members, _MEMBER_KEY, ("quit_at", "quit_scene", "changed_at"), not_older=True),
+    "group_members",
+    ("corp_id", "chat_id", "member_id"),
+)
+_MESSAGE = prepare(
+    insert_ignore(
+        _messages,
+        (
+            "corp_id",
+            "app_id",
+            "event_id",
+            "source",
+            "msg_id",
+            "sender",
+            "msg_type",
+            "content",
+            "payload",
+            "sent_at",
+        ),
+        ("corp_id", "source", "msg_id"),
+    ),
+    "messages",
     ("corp_id", "source", "msg_id"),
 )
 
 
 async def _enrich(session: AsyncSession, kind: ActionKind, target: str, context: Context) -> None:
-    await enqueue(
+    await defer_enqueue(
         session,
         kind=kind,
         app_id=context.app_id,
@@ -110,9 +147,8 @@ async def _enrich(session: AsyncSession, kind: ActionKind, target: str, context:
     )
 
 
-async def _run(session: AsyncSession, statement: Any, params: dict[str, Any]) -> None:
-    connection = await session.connection()
-    await connection.execute(statement, params)
+async def _run(session: AsyncSession, statement: Prepared, params: dict[str, Any]) -> None:
+    await defer(session, statement, params)
 
 
 # customers ------------------------------------------------------------------------------
@@ -236,20 +272,18 @@ async def group_updated(session: AsyncSession, event: ev.ChatUpdate, context: Co
             if joined
             else {"quit_at": at, "quit_scene": event.quit_scene}
         )
-        connection = await session.connection()
-        await connection.execute(
-            statement,
-            [
+        for member in dict.fromkeys(event.mem_change_list):
+            await _run(
+                session,
+                statement,
                 {
                     "corp_id": context.corp_id,
                     "chat_id": event.chat_id,
                     "member_id": member,
                     "changed_at": at,
                     **values,
-                }
-                for member in dict.fromkeys(event.mem_change_list)
-            ],
-        )
+                },
+            )
     await _enrich(session, ActionKind.ENRICH_GROUP, event.chat_id, context)
 
 
@@ -260,6 +294,7 @@ async def tag_changed(session: AsyncSession, event: ev.ExternalTagEvent, context
     """WeCom says only which tag or group changed; the list itself is re-read (sync_tags).
     A deletion is applied at once, so a deleted tag disappears without waiting for it."""
     if isinstance(event, ev.TagDelete) and event.id:
+        await flush(session)
         at = event_time(event, context)
         table = TagGroup if event.tag_type == "tag_group" else Tag
         key = TagGroup.group_id if table is TagGroup else Tag.tag_id
@@ -274,7 +309,7 @@ async def tag_changed(session: AsyncSession, event: ev.ExternalTagEvent, context
                 .where(Tag.corp_id == context.corp_id, Tag.group_id == event.id)
                 .values(deleted_at=at)
             )
-    await enqueue(
+    await defer_enqueue(
         session,
         kind=ActionKind.SYNC_TAGS,
         app_id=context.app_id,
@@ -320,19 +355,27 @@ def _keep_unless_given(table: Any, *names: str) -> Callable[[Any], dict[str, Any
     return updates
 
 
-_MEMBER = upsert(
-    _members_table,
+_MEMBER = prepare(
+    upsert(
+        _members_table,
+        ("corp_id", "userid"),
+        ("name", "department", "position", "deleted_at", "changed_at"),
+        set_=_keep_unless_given(_members_table, "name", "department", "position"),
+        not_older=True,
+    ),
+    "members",
     ("corp_id", "userid"),
-    ("name", "department", "position", "deleted_at", "changed_at"),
-    set_=_keep_unless_given(_members_table, "name", "department", "position"),
-    not_older=True,
 )
-_DEPARTMENT = upsert(
-    _departments,
+_DEPARTMENT = prepare(
+    upsert(
+        _departments,
+        ("corp_id", "id"),
+        ("name", "parent_id", "deleted_at", "changed_at"),
+        set_=_keep_unless_given(_departments, "name", "parent_id"),
+        not_older=True,
+    ),
+    "departments",
     ("corp_id", "id"),
-    ("name", "parent_id", "deleted_at", "changed_at"),
-    set_=_keep_unless_given(_departments, "name", "parent_id"),
-    not_older=True,
 )
 
 
@@ -352,6 +395,7 @@ async def member_changed(session: AsyncSession, event: ev.MemberChange, context:
         },
     )
     if event.new_user_id and event.new_user_id != event.user_id:
+        await flush(session)  # the upsert above first
         await session.execute(
             update(Member)
             .where(Member.corp_id == context.corp_id, Member.userid == event.user_id)
@@ -388,19 +432,24 @@ async def department_changed(
 
 _customer_stats: Table = CustomerStat.__table__  # type: ignore[assignment]
 _group_stats: Table = GroupStat.__table__  # type: ignore[assignment]
-_ADDED_COUNTED = upsert(
-    _customer_stats,
-    ("hour", "corp_id", "userid", "state"),
-    ("added",),
-    set_=lambda excluded: {"added": _customer_stats.c.added + excluded.added},
+_ADDED_COUNTED = prepare(
+    upsert(
+        _customer_stats,
+        ("hour", "corp_id", "userid", "state"),
+        ("added",),
+        set_=lambda excluded: {"added": _customer_stats.c.added + excluded.added},
+    ),
+    "customer_stats",
+    None,
 )
 # A churn or a deletion by the member counts under the channel of the add that brought that
 # customer to that member: the latest add (or half add) in the corp's event history at or
 # before it (by ix_events_external_userid), found in the same statement. The history rather
 # than the follow: a re-add processed before an older deletion has already replaced the
 # follow's state and added_at. With no add in the history (before wecom-hub): no channel.
-_LOST_COUNTED = text(
-    """
+_LOST_COUNTED = prepare(
+    text(
+        """
     INSERT INTO customer_stats AS s (hour, corp_id, userid, state, churned, deleted_by_member,
                                      churned_7d)
     SELECT CAST(:hour AS timestamptz), :corp_id, :userid, coalesce(brought.state, ''),
@@ -426,12 +475,19 @@ _LOST_COUNTED = text(
         deleted_by_member = s.deleted_by_member + excluded.deleted_by_member,
         churned_7d = s.churned_7d + excluded.churned_7d
     """
+    ),
+    "customer_stats",
+    None,
 )
-_GROUP_COUNTED = upsert(
-    _group_stats,
-    ("hour", "corp_id", "chat_id", "change", "scene"),
-    ("members",),
-    set_=lambda excluded: {"members": _group_stats.c.members + excluded.members},
+_GROUP_COUNTED = prepare(
+    upsert(
+        _group_stats,
+        ("hour", "corp_id", "chat_id", "change", "scene"),
+        ("members",),
+        set_=lambda excluded: {"members": _group_stats.c.members + excluded.members},
+    ),
+    "group_stats",
+    None,
 )
 
 

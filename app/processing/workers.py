@@ -27,7 +27,11 @@ from app.webhooks.publish import Announcer, Subscriptions
 from app.wecom.client import WecomClient
 from app.wecom.factory import open_client
 
-RUNNER_CONCURRENCY = 16  # actions in flight per process
+# Actions in flight per process. Most of an action's time is WeCom's answer (tens of ms):
+# at 16, 200 new customers a second (a welcome and an enrichment each) waited for slots
+# (ADR 0008). Connections are not per action: the pools below are shared by short statements.
+RUNNER_CONCURRENCY = 64
+RUNNER_CONNECTIONS = 12
 LOOPS = frozenset({"events", "actions"})
 
 
@@ -125,13 +129,13 @@ async def running(
     """Start the loops ("events": the processor, "actions": the runner); cancel them, and
     wait for them, on exit.
 
-    Each loop has its own connection pool: sixteen actions in flight must never make the
+    Each loop has its own connection pool: the actions in flight must never make the
     processor (or an HTTP request) wait for a connection."""
     dsn = asyncpg_dsn(url)
     processor_engine = create_engine(url, settings, pool_size=2, pre_ping=False)
-    runner_engine = create_engine(url, settings, pool_size=RUNNER_CONCURRENCY + 4, pre_ping=False)
+    runner_engine = create_engine(url, settings, pool_size=RUNNER_CONNECTIONS, pre_ping=False)
     runner_sessions = create_sessionmaker(runner_engine)
-    runner_db = create_pool(dsn, settings, max_size=RUNNER_CONCURRENCY + 2)
+    runner_db = create_pool(dsn, settings, max_size=RUNNER_CONNECTIONS)
     webhook_db = create_pool(dsn, settings, max_size=4)
     try:
         async with (

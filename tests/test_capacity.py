@@ -1,0 +1,131 @@
+"""What the capacity work (ADR 0008) changed in how work is written, and what must not have
+changed because of it: a batch's writes go out together yet apply in event order; outcomes
+recorded together are each recorded; an enrichment never undoes tags marked after WeCom
+answered it."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import asyncpg
+import httpx
+
+from app.actions.runner import ClaimedAction
+from app.actions.wecom import WecomRun
+from app.config import Settings
+from app.db import asyncpg_dsn, create_pool
+from app.processing.enrichment import _store_enriched
+from app.processing.processor import EventProcessor
+from tests.conftest import RegisteredApp, Simulator
+from tests.processing_helpers import deliver, sessionmaker_for
+from tests.test_automations import replica
+from tests.test_processing import T0, contact_event
+
+
+async def test_one_batch_applies_an_add_a_churn_and_a_comeback_in_event_order(
+    client: httpx.AsyncClient, settings: Settings, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """Processed one by one, the deletion at T0+10 is recorded and the comeback at T0+20
+    makes the follow active again. Written together at the end of the batch, the same must
+    hold: written by statement (every add, then every deletion), the deletion would be
+    older than the follow and be dropped."""
+    for change, at in (
+        ("add_external_contact", T0),
+        ("del_follow_user", T0 + 10),
+        ("add_external_contact", T0 + 20),
+    ):
+        await deliver(client, wecom_app, contact_event(wecom_app, change, "wmA", at))
+    await deliver(client, wecom_app, contact_event(wecom_app, "add_external_contact", "wmB", T0))
+    maker = sessionmaker_for(settings)
+    processor = EventProcessor(maker, worker="one-batch", batch_size=100)
+    assert await processor.run_once() == 4  # one batch, one transaction
+    await maker.kw["bind"].dispose()
+
+    follow = await db.fetchrow(
+        "SELECT status, deleted_by_customer_at, changed_at FROM follows"
+        " WHERE external_userid = 'wmA'"
+    )
+    assert follow is not None
+    assert follow["status"] == "active"
+    assert follow["deleted_by_customer_at"].timestamp() == T0 + 10
+    assert follow["changed_at"].timestamp() == T0 + 20
+    counted = await db.fetchrow(
+        "SELECT sum(added) AS added, sum(churned) AS churned FROM customer_stats"
+    )
+    assert counted is not None and (counted["added"], counted["churned"]) == (3, 1)
+    enrichments = await db.fetchval("SELECT count(*) FROM actions WHERE kind = 'enrich_contact'")
+    assert enrichments == 3  # one per add, none lost or doubled by the deferral
+    assert await db.fetchval("SELECT count(*) FROM events WHERE status <> 'processed'") == 0
+
+
+async def test_outcomes_that_finish_together_are_each_recorded(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        """
+        INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key)
+        SELECT 'from_the_future', a.id, a.corp_id, 'x' || i, 'k' || i
+        FROM apps a, generate_series(1, 20) AS i
+        """
+    )
+    async with replica(settings, simulator) as other:
+        assert await other.runner.run_once() == 20  # twenty outcomes at once
+    statuses = await db.fetch("SELECT DISTINCT status, error_code FROM actions")
+    assert [tuple(s) for s in statuses] == [("failed", "unknown_kind")]
+    attempts = await db.fetch(
+        "SELECT action_id, attempt, outcome FROM action_attempts ORDER BY action_id"
+    )
+    assert len(attempts) == 20
+    assert {(a["attempt"], a["outcome"]) for a in attempts} == {(1, "failed")}
+    assert len({a["action_id"] for a in attempts}) == 20
+
+
+async def test_an_enrichment_keeps_tags_marked_after_wecom_answered_it(
+    settings: Settings, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    marked_at = datetime.now(UTC)
+    await db.execute(
+        "INSERT INTO follows (corp_id, userid, external_userid, status, tag_ids, tags_marked_at)"
+        " VALUES ($1, 'zhangsan', 'wmA', 'active', '{etMARKED}', $2)",
+        wecom_app.corp_id,
+        marked_at,
+    )
+    answer = {
+        "external_contact": {"external_userid": "wmA", "name": "王小明"},
+        "follow_user": [{"userid": "zhangsan", "remark": "老客户", "tags": []}],
+    }
+    assert settings.database_url is not None
+    pool = create_pool(asyncpg_dsn(settings.database_url), settings, max_size=2)
+    async with pool:
+        action = ClaimedAction(
+            id=1,
+            kind="enrich_contact",
+            app_id=None,
+            corp_id=wecom_app.corp_id,
+            target="wmA",
+            event_id=None,
+            payload={},
+            attempts=1,
+            deadline=None,
+            created_at=marked_at,
+        )
+        run = WecomRun(
+            action,
+            cast(Any, None),
+            pool,
+            0,
+            wecom_app.corp_id,
+            cast(Any, None),
+            cast(Any, None),
+        )
+        # WeCom answered before the tag was marked: its (empty) list is older.
+        await _store_enriched(run, answer, marked_at - timedelta(seconds=1))
+        follow = await db.fetchrow("SELECT tag_ids, remark FROM follows")
+        assert follow is not None and (follow["tag_ids"], follow["remark"]) == (
+            ["etMARKED"],
+            "老客户",
+        )
+        # Asked after it: WeCom's list is the truth.
+        await _store_enriched(run, answer, marked_at + timedelta(seconds=1))
+        assert await db.fetchval("SELECT tag_ids FROM follows") == []
+    name = await db.fetchval("SELECT name FROM external_contacts WHERE external_userid = 'wmA'")
+    assert name == "王小明"
