@@ -13,6 +13,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "wecom_hub_events"  # ingest committed events (app/callbacks/writer.py)
 ACTIONS_CHANNEL = "wecom_hub_actions"  # the processor wrote actions (app/actions/enqueue.py)
+# A rule was added, changed or removed, by any path (a trigger on `rules`, migration 0016):
+# processors drop their cached rules (app/automations/store.py RuleCache).
+RULES_CHANNEL = "wecom_hub_rules"
 
 
 async def _connect(dsn: str) -> asyncpg.Connection:

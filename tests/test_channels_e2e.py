@@ -172,3 +172,60 @@ async def test_a_join_way_counts_who_joined_through_it(
         "SELECT state FROM group_members WHERE member_id = $1", joined["external_userid"]
     )
     assert state == channel["state"]
+
+
+async def test_a_channel_made_while_customers_arrive_welcomes_its_first_scan(
+    live: httpx.AsyncClient,
+    settings: Settings,
+    simulator: Simulator,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+) -> None:
+    """The processor caches each app's rules; a channel's new welcome rule must be in force
+    for the next event all the same (announced by the trigger on `rules`, migration 0016),
+    not once the cache has aged."""
+    corp = wecom_app.corp_id
+    earlier = await sim(
+        simulator,
+        "POST",
+        f"/sim/corps/{corp}/customers",
+        json={"userid": MEMBER, "external_userid": "wmEARLIER"},
+    )
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(
+            corp_id=corp,
+            user_id=MEMBER,
+            external_user_id="wmEARLIER",
+            state="",
+            welcome_code=earlier["welcome_code"],
+        ),
+    )
+    # No welcome rule yet: the app's (empty) rules are now what the processor has cached.
+    assert await settled(db, "welcome", "wmEARLIER") == "skipped"
+    created = await live.post(
+        "/api/v1/channels",
+        json={
+            "name": "直播间",
+            "app": wecom_app.slug,
+            "userids": [MEMBER],
+            "welcome": {"text": "欢迎"},
+        },
+        headers=await key_header(settings),
+    )
+    assert created.status_code == 201, created.text
+    path = f"/sim/corps/{corp}/contact_ways/{created.json()['config_id']}/scan"
+    scan = await sim(simulator, "POST", path, json={})
+    await deliver(
+        live,
+        wecom_app,
+        add_external_contact(
+            corp_id=corp,
+            user_id=MEMBER,
+            external_user_id=scan["external_userid"],
+            state=scan["state"],
+            welcome_code=scan["welcome_code"],
+        ),
+    )
+    assert await settled(db, "welcome", scan["external_userid"]) == "succeeded"

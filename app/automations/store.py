@@ -7,6 +7,7 @@ keep attachment files, and refuse with `Invalid` (each problem at its field path
 never commit: the caller owns the transaction.
 """
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -528,14 +529,21 @@ async def enabled_rules(session: AsyncSession, kind: str, app_id: int) -> list[L
 
 
 class RuleCache:
-    """Rules per (kind, app) for a few seconds: not one query per event, and a changed
-    rule is in force after at most `ttl` seconds."""
+    """Rules per (kind, app): not one query per event. A rule changed anywhere is in force
+    for the next event: `changed` is set by the processor's LISTEN on RULES_CHANNEL
+    (app/notify.py), and the cache is dropped. A channel made over the API and scanned a
+    second later is welcomed by its rule. `ttl` bounds the staleness when notifications are
+    lost (a dropped LISTEN connection: the listener sets `changed` again on reconnecting)."""
 
     def __init__(self, ttl: float = 5.0) -> None:
         self._ttl = ttl
         self._cached: dict[tuple[str, int], tuple[float, list[LoadedRule]]] = {}
+        self.changed = asyncio.Event()
 
     async def get(self, session: AsyncSession, kind: str, app_id: int) -> list[LoadedRule]:
+        if self.changed.is_set():
+            self.changed.clear()
+            self._cached.clear()
         key = (kind, app_id)
         hit = self._cached.get(key)
         if hit is not None and hit[0] > time.monotonic():

@@ -29,7 +29,7 @@ from app.events.context import Context
 from app.events.models import InvalidEvent, parse_event
 from app.metrics import EVENTS_PROCESSED
 from app.models import Event
-from app.notify import EVENTS_CHANNEL, listen, worker_id
+from app.notify import EVENTS_CHANNEL, RULES_CHANNEL, listen, worker_id
 from app.processing.projection import Projector, project
 from app.processing.writes import collecting, flush
 from app.webhooks.publish import Subscriptions, publish_event
@@ -131,13 +131,18 @@ class EventProcessor:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Process events until `stop` is set (the batch in hand is finished first)."""
         stop = stop or asyncio.Event()
-        listener = None
+        listeners = []
         if self._listen_dsn:
-            listener = asyncio.create_task(
-                listen(
-                    self._listen_dsn, EVENTS_CHANNEL, self._wake, retry_seconds=self._poll_seconds
+            # New events wake the loop; a changed rule drops the rules cached for automations.
+            for channel, wake in (
+                (EVENTS_CHANNEL, self._wake),
+                (RULES_CHANNEL, self._rules.changed),
+            ):
+                listeners.append(
+                    asyncio.create_task(
+                        listen(self._listen_dsn, channel, wake, retry_seconds=self._poll_seconds)
+                    )
                 )
-            )
         try:
             while not stop.is_set():
                 try:
@@ -158,9 +163,9 @@ class EventProcessor:
                         waiter.cancel()
         finally:
             await self._release_held()
-            if listener is not None:
+            for listener in listeners:
                 listener.cancel()
-                await asyncio.gather(listener, return_exceptions=True)
+            await asyncio.gather(*listeners, return_exceptions=True)
 
     async def _release_held(self) -> None:
         """Claims this processor still holds (a batch cut off at a stop) are given back at
