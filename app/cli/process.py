@@ -136,7 +136,8 @@ def worker(
 def sync(
     app: Annotated[str, typer.Option("--app", help="Slug of the app to import for.")],
 ) -> None:
-    """Import the corp's existing customers, groups and tags (resumable, idempotent)."""
+    """Import the corp's existing customers, members' names, groups, tags and 联系我 codes
+    (resumable, idempotent)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from app import logs, wecom_apps
@@ -169,7 +170,7 @@ def sync(
                 ) as bar:
                     tasks = {
                         phase: bar.add_task(phase)
-                        for phase in ("tags", "customers", "groups", "channels")
+                        for phase in ("tags", "members", "customers", "groups", "channels")
                     }
                     return await Sync(
                         sessionmaker,
@@ -191,6 +192,8 @@ def sync(
     verb = "resumed and finished" if summary.resumed else "finished"
     counts = ", ".join(f"{n:,} {what}" for what, n in summary.counts.items())
     console.print(f"sync {summary.run_id} {verb}: {counts}", highlight=False)
+    for note in summary.notes:  # what was skipped, and why (a permission WeCom refused)
+        console.print(note, style="yellow", markup=False, highlight=False)
 
 
 def migrate() -> None:

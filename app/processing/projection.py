@@ -379,20 +379,45 @@ _DEPARTMENT = prepare(
 )
 
 
-async def member_changed(session: AsyncSession, event: ev.MemberChange, context: Context) -> None:
-    at = event_time(event, context)
+async def upsert_member(
+    session: AsyncSession,
+    *,
+    corp_id: str,
+    userid: str,
+    name: str | None,
+    department: str | None,
+    position: str | None,
+    changed_at: datetime,
+    deleted_at: datetime | None = None,
+) -> None:
+    """The members row as change_contact or `sync` (user/get) reports it: a field given as
+    None keeps its value, and nothing applies over a row changed later than changed_at."""
     await _run(
         session,
         _MEMBER,
         {
-            "corp_id": context.corp_id,
-            "userid": event.user_id,
-            "name": event.name or None,
-            "department": event.department or None,
-            "position": event.position or None,
-            "deleted_at": at if isinstance(event, ev.DeleteUser) else None,
-            "changed_at": at,
+            "corp_id": corp_id,
+            "userid": userid,
+            "name": name,
+            "department": department,
+            "position": position,
+            "deleted_at": deleted_at,
+            "changed_at": changed_at,
         },
+    )
+
+
+async def member_changed(session: AsyncSession, event: ev.MemberChange, context: Context) -> None:
+    at = event_time(event, context)
+    await upsert_member(
+        session,
+        corp_id=context.corp_id,
+        userid=event.user_id,
+        name=event.name or None,
+        department=event.department or None,
+        position=event.position or None,
+        deleted_at=at if isinstance(event, ev.DeleteUser) else None,
+        changed_at=at,
     )
     if event.new_user_id and event.new_user_id != event.user_id:
         await flush(session)  # the upsert above first

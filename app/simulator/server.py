@@ -1,6 +1,7 @@
 """The simulated WeCom server API, faithful to WeCom's errcodes (PROTOCOL.md §5), plus a
 /sim control API: seed corps, set their limits, inject faults, read the record of calls.
-联系我/加入群聊 live in contact_ways.py, 群发 in group_messages.py, each with its own control.
+联系我/加入群聊 live in contact_ways.py, 群发 in group_messages.py, each with its own control;
+the member API (user/get) in members.py.
 
 Run it with `wecom-hub sim serve`; point WECOM_HUB_WECOM_API_BASE_URL at it.
 """
@@ -17,7 +18,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from app.simulator import contact_ways
+from app.simulator import contact_ways, members
 from app.simulator import group_messages as msgs
 from app.simulator.contact_ways import WaysApi
 from app.simulator.state import (
@@ -127,6 +128,7 @@ def create_sim_app(state: SimState | None = None) -> FastAPI:
     route("POST", "/kf/send_msg", kf_send_msg)
     route("POST", "/kf/send_msg_on_event", kf_send_msg_on_event)
     route("POST", "/message/send", message_send)
+    route("GET", "/user/get", members.user_get)
     route("POST", "/externalcontact/add_contact_way", ways.add_contact_way)
     route("POST", "/externalcontact/get_contact_way", ways.get_contact_way)
     route("POST", "/externalcontact/list_contact_way", ways.list_contact_way)

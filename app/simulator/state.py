@@ -1,4 +1,4 @@
-"""What the simulated WeCom knows: corps, their secrets, tokens, customers, groups, tags,
+"""What the simulated WeCom knows: corps, their secrets, tokens, members, customers, groups, tags,
 welcome codes, 联系我 and 加入群聊 ways, 群发 tasks, each corp's limits, injected faults, and
 every API call it received."""
 
@@ -163,6 +163,8 @@ class Corp:
     corp_id: str
     secrets: set[str] = field(default_factory=set)
     members: list[str] = field(default_factory=list)
+    # userid → the member's name (user/get); a member without one is named by their userid
+    member_names: dict[str, str] = field(default_factory=dict)
     contacts: dict[str, Contact] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
     # group_id → {"group_name", "order", "create_time", "tag": [{"id", "name", …}]}
@@ -332,7 +334,8 @@ class SimState:
     def seed(
         self, corp_id: str, *, members: int, customers_per_member: int, groups: int, tags: int = 10
     ) -> None:
-        """A corp as `wecom-hub sync` would find it: members, their customers, groups, tags."""
+        """A corp as `wecom-hub sync` would find it: members (named 成员0, 成员1…), their
+        customers, groups, tags."""
         corp = self.corp(corp_id)
         group_id = f"etGROUP{corp_id[-6:]}"
         corp.tag_groups[group_id] = {
@@ -353,6 +356,7 @@ class SimState:
         for m in range(members):
             userid = f"member{m:03d}"
             corp.members.append(userid)
+            corp.member_names[userid] = f"成员{m}"
             for c in range(customers_per_member):
                 external = f"wm{corp_id[-4:]}{m:03d}{c:05d}"
                 corp.contacts[external] = Contact(
