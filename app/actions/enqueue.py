@@ -44,6 +44,38 @@ class Enqueued:
     created: bool
 
 
+def enqueue_params(
+    *,
+    kind: ActionKind,
+    app_id: int | None,
+    corp_id: str | None,
+    target: str,
+    idempotency_key: str,
+    event_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+    deadline: datetime | None = None,
+    skipped: str | None = None,
+) -> dict[str, Any]:
+    """ENQUEUE_SQL's parameters: for `enqueue` here, and for the processor, which sends the
+    same statement deferred with its batch (app/processing/writes.py).
+
+    skipped: the action is recorded as already `skipped`, with this reason, so that "why
+    did this customer get no welcome?" has an answer in the actions table too."""
+    return {
+        "kind": kind.value,
+        "app_id": app_id,
+        "corp_id": corp_id,
+        "target": target,
+        "idempotency_key": idempotency_key,
+        "event_id": event_id,
+        "payload": json.dumps(payload or {}),
+        "channel": ACTIONS_CHANNEL,
+        "deadline": deadline,
+        "status": ActionStatus.SKIPPED if skipped else ActionStatus.PENDING,
+        "reason": skipped,
+    }
+
+
 async def enqueue(
     session: AsyncSession,
     *,
@@ -57,29 +89,21 @@ async def enqueue(
     deadline: datetime | None = None,
     skipped: str | None = None,
 ) -> Enqueued:
-    """A second call with the same idempotency_key writes nothing: exactly one action.
-
-    skipped: the action is recorded as already `skipped`, with this reason, so that "why
-    did this customer get no welcome?" has an answer in the actions table too."""
+    """A second call with the same idempotency_key writes nothing: exactly one action
+    (`skipped`: see enqueue_params)."""
     connection = await session.connection()
-    row = (
-        await connection.execute(
-            ENQUEUE_SQL,
-            {
-                "kind": kind.value,
-                "app_id": app_id,
-                "corp_id": corp_id,
-                "target": target,
-                "idempotency_key": idempotency_key,
-                "event_id": event_id,
-                "payload": json.dumps(payload or {}),
-                "channel": ACTIONS_CHANNEL,
-                "deadline": deadline,
-                "status": ActionStatus.SKIPPED if skipped else ActionStatus.PENDING,
-                "reason": skipped,
-            },
-        )
-    ).first()
+    params = enqueue_params(
+        kind=kind,
+        app_id=app_id,
+        corp_id=corp_id,
+        target=target,
+        idempotency_key=idempotency_key,
+        event_id=event_id,
+        payload=payload,
+        deadline=deadline,
+        skipped=skipped,
+    )
+    row = (await connection.execute(ENQUEUE_SQL, params)).first()
     if row is None:
         return Enqueued(None, False)
     return Enqueued(row.id, row.created)

@@ -20,7 +20,6 @@ Statements are compiled once, at import, to asyncpg's SQL: no compilation, cache
 parameter processing per row (ADR 0008).
 """
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,10 +30,9 @@ from sqlalchemy import Insert, TextClause
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.actions.enqueue import ENQUEUE_SQL
-from app.actions.kinds import ActionKind, ActionStatus
+from app.actions.enqueue import ENQUEUE_SQL, enqueue_params
+from app.actions.kinds import ActionKind
 from app.db import is_unavailable
-from app.notify import ACTIONS_CHANNEL
 
 _DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
 _INFO_KEY = "wecom_hub_writes"
@@ -158,17 +156,15 @@ async def defer_enqueue(
     await defer(
         session,
         _ENQUEUE,
-        {
-            "kind": kind.value,
-            "app_id": app_id,
-            "corp_id": corp_id,
-            "target": target,
-            "idempotency_key": idempotency_key,
-            "event_id": event_id,
-            "payload": json.dumps(payload or {}),
-            "channel": ACTIONS_CHANNEL,
-            "deadline": deadline,
-            "status": ActionStatus.SKIPPED if skipped else ActionStatus.PENDING,
-            "reason": skipped,
-        },
+        enqueue_params(
+            kind=kind,
+            app_id=app_id,
+            corp_id=corp_id,
+            target=target,
+            idempotency_key=idempotency_key,
+            event_id=event_id,
+            payload=payload,
+            deadline=deadline,
+            skipped=skipped,
+        ),
     )
