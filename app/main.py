@@ -6,9 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import Receive, Scope, Send
 
 from app import api, runtime
 from app.apikeys import ApiKeyVerifier
@@ -50,6 +52,21 @@ class Hub:
     # For the calls a request waits on (a channel's QR code, a broadcast's remind or
     # cancel); the rest go through actions, run by the action runner's own client.
     wecom: WecomClient
+
+
+class HubApp(FastAPI):
+    """The REST API's FastAPI application, with WeCom's callbacks answered before its
+    middleware stack and router (app/routers/callback.py says why; ADR 0013)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.callback = callback.CallbackEndpoint(lambda: self.state.hub)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (slug := callback.slug_of(scope["path"])) is not None:
+            await self.callback(scope, receive, send, slug)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
@@ -96,14 +113,13 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             await writer.stop()
             await engine.dispose()
 
-    app = FastAPI(title="wecom-hub", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = HubApp(title="wecom-hub", lifespan=lifespan, docs_url=None, redoc_url=None)
     # Innermost first: a refused body still gets the request id and security headers.
     body_limit.install(app, config.api_max_body_bytes)
     request_id.install(app)
     security_headers.install(app)
     admin_port.install(app, config.admin_port)
     problems.install(app)
-    callback.install(app)
     docs.install(app)
     app.include_router(health.router)
     app.include_router(api.router)

@@ -45,6 +45,11 @@ def body_timeout(seconds: float) -> CallbackRejected:
     return CallbackRejected(408, "body_timeout", f"body not received within {seconds:g} s")
 
 
+def client_gone() -> CallbackRejected:
+    """The client hung up before its body arrived: nothing is stored, nobody reads the answer."""
+    return CallbackRejected(400, "client_disconnected", "client left before its body arrived")
+
+
 def database_unavailable() -> CallbackRejected:
     return CallbackRejected(503, "database_unavailable", "database unreachable; retry later")
 

@@ -117,6 +117,21 @@ def problem_response(
 ) -> JSONResponse:
     """`errors` is a member whenever it is given, even empty. `extra` adds members of our own
     (`wecom_code`); a standard member's name there is a bug (Python refuses all but `type`)."""
+    body = problem_body(status, code, title, detail, instance=instance, errors=errors, **extra)
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def problem_body(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str,
+    errors: Sequence[FieldError] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A problem's members, for an answer rendered without a Response (the callback's)."""
     body: dict[str, Any] = {
         "type": problem_type(code),
         "title": title,
@@ -128,7 +143,7 @@ def problem_response(
     if errors is not None:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     body.update(extra)
-    return ProblemResponse(body, status_code=status, headers=headers)
+    return body
 
 
 def install(app: FastAPI) -> None:

@@ -12,14 +12,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import logs
 
 HEADER = "X-Request-ID"
+HEADER_BYTES = b"x-request-id"
 # Proxies' ids (nginx's $request_id, UUIDs, base64 trace ids) pass; anything else, whatever
 # it holds and however long, is replaced rather than written into our logs and answers.
 _ACCEPTED = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 
 
-def _incoming(scope: Scope) -> str | None:
+def incoming(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
+        if name == HEADER_BYTES:
             text = value.decode("latin-1")
             return text if _ACCEPTED.fullmatch(text) else None
     return None
@@ -33,7 +34,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming(scope) or uuid.uuid4().hex
+        request_id = incoming(scope) or uuid.uuid4().hex
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
