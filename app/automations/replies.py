@@ -50,8 +50,11 @@ class ReplyBook:
         self._cache = RuleCache(ttl)
 
     async def rules(self, app_id: int) -> list[LoadedRule]:
-        async with self._sessionmaker() as session:  # no connection unless the cache misses
-            return await self._cache.get(session, "reply", app_id)
+        rules = self._cache.cached("reply", app_id)
+        if rules is not None:
+            return rules
+        async with self._sessionmaker() as session:
+            return await self._cache.load(session, "reply", app_id)
 
     async def passive_reply(
         self,

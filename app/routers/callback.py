@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -67,7 +66,7 @@ class CallbackEndpoint:
         self._apps_seen: set[int] = set()  # see _log_first
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, slug: str) -> None:
-        rid = request_id.incoming(scope) or uuid.uuid4().hex
+        rid = request_id.incoming(scope) or request_id.new()
         token = logs.bind(request_id=rid)
         try:
             answer = await self._answer(scope, receive, slug)

@@ -2,8 +2,8 @@
 (a reverse proxy's, so its access log and ours join up), a new one otherwise. Echoed in the
 answer, and bound to every log line written while the request is handled."""
 
+import os
 import re
-import uuid
 
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
@@ -16,6 +16,12 @@ HEADER_BYTES = b"x-request-id"
 # Proxies' ids (nginx's $request_id, UUIDs, base64 trace ids) pass; anything else, whatever
 # it holds and however long, is replaced rather than written into our logs and answers.
 _ACCEPTED = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+
+
+def new() -> str:
+    """32 random hex digits, the shape of uuid4().hex at a third of its cost (no UUID
+    object): the callback path makes one per request."""
+    return os.urandom(16).hex()
 
 
 def incoming(scope: Scope) -> str | None:
@@ -34,7 +40,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = incoming(scope) or uuid.uuid4().hex
+        request_id = incoming(scope) or new()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
