@@ -8,6 +8,9 @@ records every attempt and the outcome. Every outcome is a status with its reason
 The runner knows nothing of WeCom: a handler reports failure by raising ActionError (code,
 message, retryable), and the kind's RetryPolicy decides when to try again. Any other
 exception is a bug in the handler: recorded as `crash` and retried like a transient error.
+It only counts, around each handler run, the HTTP requests the WeCom client sent on its
+behalf (app/wecom/calls.py): an attempt is one pass of the runner, and the client's own
+retries within it (a welcome's -1, 30 ms apart) show in the attempt's `wecom_calls`.
 
 Claims are leases like the processor's; a runner that died mid-call leaves its action
 `running` until the lease ends, then another runner takes it over. A handler must therefore
@@ -30,6 +33,7 @@ from app.actions.kinds import POLICIES, ActionKind, ActionStatus, RetryPolicy
 from app.db import is_unavailable
 from app.metrics import ACTION_ERRORS, ACTIONS_FINISHED, action_error_label
 from app.notify import ACTIONS_CHANNEL, listen, worker_id
+from app.wecom.calls import CallCount, counting
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,11 @@ _CLAIM = """
 # nothing. An outcome without an error keeps the last one seen (a welcome that succeeded
 # after a -1 says so). The attempt is logged in the same statement either way, numbered per
 # action in the log itself: a runner that lost its lease still made its call, and that is
-# logged as `lease_lost`.
+# logged as `lease_lost`. Its WeCom requests were sent all the same, so they are added to
+# the action's wecom_calls (`counted`, on exactly the rows `released` leaves alone: two
+# updates of one row in one statement would keep only one of them): the action's total is
+# the sum over its attempts log (short only of a lease taken over while this very statement
+# ran, which `released` then skips and `counted` did not select).
 #
 # Outcomes that finish together are recorded together: one statement, one round trip, for
 # every outcome queued while the previous one ran (at 200 new customers a second a round trip
@@ -70,9 +78,10 @@ _RELEASE = """
     WITH outcome AS (
         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::text[], $7::timestamptz[], $8::timestamptz[],
-                             $9::double precision[], $10::text[], $11::smallint[], $12::text[])
+                             $9::double precision[], $10::text[], $11::smallint[], $12::text[],
+                             $13::integer[])
             AS u(id, worker, status, reason, error_code, error_message, retry_at, started_at,
-                 duration_ms, outcome, http_status, response)
+                 duration_ms, outcome, http_status, response, wecom_calls)
     ), released AS (
         UPDATE actions AS a SET status = o.status, reason = o.reason,
             error_code = coalesce(o.error_code, a.error_code),
@@ -80,35 +89,43 @@ _RELEASE = """
                                  ELSE o.error_message END,
             next_attempt_at = coalesce(o.retry_at, a.next_attempt_at),
             finished_at = CASE WHEN o.retry_at IS NULL THEN now() END,  -- no retry: done
-            locked_by = NULL, locked_until = NULL
+            locked_by = NULL, locked_until = NULL,
+            wecom_calls = a.wecom_calls + o.wecom_calls
         FROM outcome AS o
         WHERE a.id = o.id AND a.locked_by = o.worker
         RETURNING a.id
+    ), counted AS (
+        UPDATE actions AS a SET wecom_calls = a.wecom_calls + o.wecom_calls
+        FROM outcome AS o
+        WHERE a.id = o.id AND a.locked_by IS DISTINCT FROM o.worker AND o.wecom_calls > 0
     )
     INSERT INTO action_attempts (action_id, attempt, worker, started_at, duration_ms, outcome,
-                                 error_code, message, http_status, response)
+                                 error_code, message, http_status, response, wecom_calls)
     SELECT o.id,
            (SELECT count(*) + 1 FROM action_attempts WHERE action_id = o.id),
            o.worker, o.started_at, o.duration_ms,
            CASE WHEN EXISTS (SELECT FROM released r WHERE r.id = o.id) THEN o.outcome
                 ELSE 'lease_lost' END,
-           o.error_code, coalesce(o.error_message, o.reason), o.http_status, o.response
+           o.error_code, coalesce(o.error_message, o.reason), o.http_status, o.response,
+           o.wecom_calls
     FROM outcome AS o
 """
 
+# One value per column of _RELEASE's unnest, in its order; built only in _release.
 _Outcome = tuple[
-    int,
-    str,
-    str,
-    str | None,
-    str | None,
-    str | None,
-    datetime | None,
-    datetime,
-    float,
-    str,
-    int | None,
-    str | None,
+    int,  # id
+    str,  # worker
+    str,  # status
+    str | None,  # reason
+    str | None,  # error_code
+    str | None,  # error_message
+    datetime | None,  # retry_at
+    datetime,  # started_at
+    float,  # duration_ms
+    str,  # outcome
+    int | None,  # http_status
+    str | None,  # response
+    int,  # wecom_calls
 ]
 
 
@@ -223,10 +240,11 @@ Finished = Callable[
 class _Attempt:
     started_at: datetime
     started: float  # perf_counter
+    calls: CallCount  # requests sent to WeCom while the handler ran
 
     @classmethod
     def begin(cls) -> "_Attempt":
-        return cls(datetime.now(UTC), time.perf_counter())
+        return cls(datetime.now(UTC), time.perf_counter(), CallCount())
 
     @property
     def duration_ms(self) -> float:
@@ -369,7 +387,8 @@ class ActionRunner:
                 )
                 return
             try:
-                outcome = await handler(Run(action, self._sessionmaker, self._db))
+                with counting(attempt.calls):
+                    outcome = await handler(Run(action, self._sessionmaker, self._db))
             except ActionError as exc:
                 await self._failed(action, attempt, exc)
                 return
@@ -459,5 +478,6 @@ class ActionRunner:
                 "retry" if retry_at is not None else status.value,
                 reply.http_status if reply else None,
                 reply.body if reply else None,
+                attempt.calls.sent,
             )
         )

@@ -6,7 +6,12 @@ from app.actions import control
 from app.actions.kinds import ActionKind, ActionStatus
 from app.api.deps import HubDep, ReadKey, WriteKey, who
 from app.api.pagination import CursorParam, Limit, PageRequest, RowId
-from app.api.schemas.actions import ActionDetailOut, ActionOut, ActionPage, AttemptOut
+from app.api.schemas.actions import (
+    ActionAttemptOut,
+    ActionDetailOut,
+    ActionOut,
+    ActionPage,
+)
 from app.queries import app_scope, before_id
 from app.queries.actions import ActionDetail, ActionFilters, get_action, list_actions
 
@@ -73,6 +78,6 @@ def _out(detail: ActionDetail) -> ActionDetailOut:
         {
             **ActionOut.of(detail.action).model_dump(),
             "payload": detail.payload,
-            "attempts_log": [AttemptOut.model_validate(a) for a in detail.attempts],
+            "attempts_log": [ActionAttemptOut.model_validate(a) for a in detail.attempts],
         }
     )

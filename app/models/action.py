@@ -31,6 +31,9 @@ class Action(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     status: Mapped[str] = mapped_column(String(16), server_default="pending")
     attempts: Mapped[int] = mapped_column(server_default="0")
+    # HTTP requests sent to WeCom by all its attempts (the sum over action_attempts), the
+    # WeCom client's retries within a pass included; attempts counts passes of the runner.
+    wecom_calls: Mapped[int] = mapped_column(server_default="0")
     next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
     deadline: Mapped[datetime | None]
     locked_by: Mapped[str | None] = mapped_column(String(64))

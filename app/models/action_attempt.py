@@ -29,3 +29,6 @@ class ActionAttempt(Base):
     # its status and the first KB of its body.
     http_status: Mapped[int | None] = mapped_column(SmallInteger)
     response: Mapped[str | None] = mapped_column(Text)
+    # HTTP requests this attempt's handler sent to WeCom (app/wecom/calls.py): every retry
+    # of the WeCom client within the pass, and a gettoken it had to make; 0 if none.
+    wecom_calls: Mapped[int] = mapped_column(Integer, server_default="0")

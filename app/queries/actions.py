@@ -33,6 +33,7 @@ class ActionSummary:
     error_code: str | None
     error_message: str | None
     attempts: int
+    wecom_calls: int
     deadline: datetime | None
     next_attempt_at: datetime
     created_at: datetime
@@ -50,6 +51,7 @@ class Attempt:
     message: str | None
     http_status: int | None
     response: str | None
+    wecom_calls: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,8 @@ class ActionDetail:
 
 _COLUMNS = """
     x.id, x.kind, a.slug AS app, x.target, x.event_id, x.status, x.reason, x.error_code,
-    x.error_message, x.attempts, x.deadline, x.next_attempt_at, x.created_at, x.finished_at
+    x.error_message, x.attempts, x.wecom_calls, x.deadline, x.next_attempt_at, x.created_at,
+    x.finished_at
 """
 _FROM = "actions x LEFT JOIN apps a ON a.id = x.app_id"
 _FILTERS = {
@@ -114,7 +117,7 @@ async def get_action(session: AsyncSession, action_id: int) -> ActionDetail:
     attempts = await session.execute(
         text(
             "SELECT attempt, started_at, finished_at, duration_ms, outcome, error_code, message,"
-            " http_status, response"
+            " http_status, response, wecom_calls"
             " FROM action_attempts WHERE action_id = :id ORDER BY id"
         ),
         {"id": action_id},

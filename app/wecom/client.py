@@ -5,7 +5,8 @@
 - transient failures (-1, 45009, 45033, 6000, HTTP 5xx, timeouts) are retried with
   exponential backoff and jitter, never past the caller's deadline;
 - anything else fails at once with WeCom's errcode and errmsg kept;
-- every HTTP exchange is rate limited beforehand and recorded afterwards;
+- every HTTP exchange is rate limited beforehand and recorded afterwards, and counted
+  towards the action attempt that caused it (app/wecom/calls.py), gettoken included;
 - redirects are not followed (a redirect would carry the access_token or corpsecret in its
   query to wherever it points), answers are read up to a bound (a 400 MB answer is refused,
   not read), and an access_token is checked before it is stored and sent back out.
@@ -28,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from app.metrics import WECOM_API_CALLS, WECOM_API_SECONDS, errcode_label
+from app.wecom import calls
 from app.wecom.errors import TOKEN_ERRCODES, WecomApiError, redact
 from app.wecom.ratelimit import NoSlotInTime, RateLimiter
 from app.wecom.tokens import TokenCache
@@ -201,9 +203,11 @@ class WecomClient:
             form.add_field("media", media[1], filename=media[0])
         started = time.perf_counter()
         try:
-            async with (
-                self._limiter.slot(credentials.corp_id, api, deadline=deadline),
-                self._http.request(
+            async with self._limiter.slot(credentials.corp_id, api, deadline=deadline):
+                # Counted once let through, whatever comes of it (a timeout, a refused
+                # connection, an error): a request the limiter refused was never sent.
+                calls.sent()
+                async with self._http.request(
                     method,
                     f"/cgi-bin/{api}",
                     params=query,
@@ -211,13 +215,12 @@ class WecomClient:
                     data=form,
                     allow_redirects=False,
                     timeout=self._timeout_until(deadline),
-                ) as response,
-            ):
-                status = response.status
-                if status >= 500:
-                    errmsg = f"HTTP {status}"
-                    raise WecomApiError(api, None, errmsg, http_status=status)
-                raw = await self._read_answer(response)
+                ) as response:
+                    status = response.status
+                    if status >= 500:
+                        errmsg = f"HTTP {status}"
+                        raise WecomApiError(api, None, errmsg, http_status=status)
+                    raw = await self._read_answer(response)
             try:
                 body = jsonlib.loads(raw)  # WeCom says text/plain: no content type check
             except (ValueError, RecursionError):  # RecursionError: nesting a mile deep

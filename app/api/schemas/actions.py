@@ -18,6 +18,7 @@ ACTION_EXAMPLE: dict[str, Any] = {
     "reason": "deadline passed while retrying",
     "error": {"code": "wecom.45009", "message": "api freq out of limit"},
     "attempts": 4,
+    "wecom_calls": 19,
     "deadline": "2026-11-29T06:01:20+00:00",
     "next_attempt_at": "2026-11-29T06:01:19.2+00:00",
     "created_at": "2026-11-29T06:01:00.04+00:00",
@@ -41,7 +42,13 @@ class ActionOut(BaseModel):
     status: ActionStatus
     reason: str | None = Field(description="Why it ended as it did, in words.")
     error: ActionError | None = Field(description="The last error seen, even if it then worked.")
-    attempts: int
+    attempts: int = Field(
+        description="Passes of the action runner, counted again from 0 after POST …/retry."
+    )
+    wecom_calls: int = Field(
+        description="HTTP requests sent to WeCom by all its attempts, the sum over "
+        "attempts_log: the WeCom client's own retries within a pass included."
+    )
     deadline: AwareDatetime | None = Field(description="Never tried after this.")
     next_attempt_at: AwareDatetime
     created_at: AwareDatetime
@@ -72,6 +79,16 @@ class AttemptOut(BaseModel):
     response: str | None = Field(description="The first KB of a webhook receiver's answer.")
 
 
+class ActionAttemptOut(AttemptOut):
+    """An action's attempt; a webhook delivery's attempts (AttemptOut) call no WeCom API."""
+
+    wecom_calls: int = Field(
+        description="HTTP requests this attempt sent to WeCom: each retry of a -1, 45009 or "
+        "timeout within the pass, and a gettoken it had to make (a token fetched for "
+        "others is theirs). 0 if it called none."
+    )
+
+
 class ActionDetailOut(ActionOut):
     model_config = ConfigDict(
         json_schema_extra={
@@ -88,6 +105,9 @@ class ActionDetailOut(ActionOut):
                             "outcome": "retry",
                             "error_code": "wecom.45009",
                             "message": "api freq out of limit",
+                            "http_status": None,
+                            "response": None,
+                            "wecom_calls": 4,
                         }
                     ],
                 }
@@ -96,7 +116,7 @@ class ActionDetailOut(ActionOut):
     )
 
     payload: dict[str, Any] = Field(description="What the handler works from.")
-    attempts_log: list[AttemptOut]
+    attempts_log: list[ActionAttemptOut]
 
 
 class ActionPage(Page[ActionOut]):
