@@ -18,7 +18,8 @@ For the healthy stream it also prints the CPU-seconds each process spent (bench/
 the processes' own accounting, Postgres whole) from the first callback until every welcome
 and every enrichment has ended, and that per customer (issue 11: ≤ 4 ms in wecom-hub's
 processes together, ≤ 2 ms in Postgres). `--workers 0` is the default deployment (one
-`serve`); BENCH_PROFILE=folder writes a py-spy profile of each wecom-hub process.
+`serve`); BENCH_PROFILE=folder writes a py-spy profile of each wecom-hub process, and
+BENCH_STATEMENTS=1 prints the statements Postgres ran per customer (pg_stat_statements).
 """
 
 import argparse
@@ -49,13 +50,26 @@ from app.simulator.callbacks import add_external_contact, build_callback  # noqa
 from bench.cpu import Meter, per_item_table, postmaster_pid  # noqa: E402
 from bench.ingest import Connection, free_port, server  # noqa: E402
 
-CORP, TOKEN = "wwwelcomebench0001", "welcomeBench1"
+TOKEN = "welcomeBench1"
 DUPLICATES = 0.1  # share of callbacks delivered twice
 AES_KEY = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(43))
+# WeCom allows one corp 10,000 calls of one API a minute (PROTOCOL.md §5.11), and wecom-hub
+# budgets 9,000 (WECOM_HUB_WECOM_API_CALLS_PER_MINUTE): one corp's welcomes top out near
+# 150 a second, whatever the service can do. Faster streams are spread over several corps,
+# each kept at 80% of that budget, as a hub serving several corps receives them.
+PER_CORP = 120
+
+
+def corp(n: int) -> str:
+    return f"wwwelcomebench{n:04d}"
+
+
+def corps_for(rate: float) -> int:
+    return max(1, -(-int(rate) // PER_CORP))
 
 
 async def stream(
-    hub_port: int, sim: str, rate: float, seconds: float, duplicates: float
+    hub_port: int, sim: str, rate: float, seconds: float, duplicates: float, corps: int
 ) -> dict[str, float]:
     """Send rate×seconds new customers on schedule; welcome_code → when its callback left.
     A `duplicates` share of the callbacks is delivered a second time, as WeCom retries one
@@ -63,24 +77,29 @@ async def stream(
 
     Callbacks go over bare keep-alive connections (bench/ingest.py's Connection): httpx
     saturates the client's core near 100 requests/s here and would delay the sends it times.
-    Welcome codes are fetched from the simulator once a second, for the second ahead."""
-    crypt = WXBizMsgCrypt(token=TOKEN, encoding_aes_key=AES_KEY, receive_id=CORP)
+    Welcome codes are fetched from the simulator once a second, for the second ahead.
+    Customer n goes to corp n % corps (app `bench<n % corps>`)."""
+    crypts = [
+        WXBizMsgCrypt(token=TOKEN, encoding_aes_key=AES_KEY, receive_id=corp(n))
+        for n in range(corps)
+    ]
     sent: dict[str, float] = {}
     idle = [Connection(hub_port) for _ in range(64)]
-    per_second = max(1, int(rate))
-    codes: list[str] = []
+    per_second = max(1, int(rate) // corps + 1)
+    codes: list[list[str]] = [[] for _ in range(corps)]
     async with httpx.AsyncClient(timeout=10) as http:
 
         async def one(index: int, code: str) -> None:
+            n = index % corps
             customer = f"wm{index:06d}{secrets.token_hex(6)}"
-            callback = build_callback(crypt, add_external_contact(
-                corp_id=CORP, user_id="zhangsan", external_user_id=customer,
+            callback = build_callback(crypts[n], add_external_contact(
+                corp_id=corp(n), user_id="zhangsan", external_user_id=customer,
                 state="bench", welcome_code=code))  # fmt: skip
             connection = idle.pop() if idle else Connection(hub_port)
             sent[code] = time.time()
-            answer = await connection.post("/callback/bench", callback)
+            answer = await connection.post(f"/callback/bench{n}", callback)
             if answer == b"success" and index % 100 < duplicates * 100:
-                answer = await connection.post("/callback/bench", callback)
+                answer = await connection.post(f"/callback/bench{n}", callback)
             idle.append(connection)
             if answer != b"success":
                 print(f"  callback answered {answer!r}")
@@ -88,14 +107,15 @@ async def stream(
         started = time.monotonic()
         tasks = []
         for index in range(int(rate * seconds)):
-            if not codes:
-                issued = await http.post(f"{sim}/sim/corps/{CORP}/welcome_codes",
+            n = index % corps
+            if not codes[n]:
+                issued = await http.post(f"{sim}/sim/corps/{corp(n)}/welcome_codes",
                                          params={"count": per_second})  # fmt: skip
-                codes = issued.json()
+                codes[n] = issued.json()
             delay = started + index / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(index, codes.pop())))
+            tasks.append(asyncio.create_task(one(index, codes[n].pop())))
         await asyncio.gather(*tasks)
     for connection in idle:
         connection.close()
@@ -124,6 +144,34 @@ async def settle(dsn: str, expected: int) -> dict[str, int]:
                 return statuses
             await asyncio.sleep(0.2)
         return statuses
+    finally:
+        await connection.close()
+
+
+async def statements(dsn: str, customers: int) -> None:
+    """Calls and execution time per customer of the statements that cost most; reset
+    before the stream (in settle's first call) so only the stream's are counted."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'),"
+            " 110) AS query FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
+        )
+    finally:
+        await connection.close()
+    print("  | calls per customer | ms per customer | rows per call | statement |")
+    for row in rows:
+        print(
+            f"  | {row['calls'] / customers:.2f} | {row['total_exec_time'] / customers:.3f} |"
+            f" {row['rows'] / max(row['calls'], 1):.1f} | {row['query']} |"
+        )
+
+
+async def reset_statements(dsn: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await connection.execute("SELECT pg_stat_statements_reset()")
     finally:
         await connection.close()
 
@@ -163,6 +211,7 @@ async def scenario(
     rate: float,
     seconds: float,
     fault: float,
+    corps: int,
     meter: Meter | None = None,
 ) -> str:
     async with httpx.AsyncClient() as http:
@@ -174,13 +223,17 @@ async def scenario(
         )
         await http.put(f"{sim}/sim/faults", json=faults)
     before = await settle(dsn, 0)  # the stream before this one has ended and been cleared
+    if meter is not None and os.environ.get("BENCH_STATEMENTS"):
+        await reset_statements(dsn)
     if meter is not None:
         meter.start()
     profilers = _profile(meter, name) if meter is not None else []
-    sent = await stream(hub_port, sim, rate, seconds, DUPLICATES)
+    sent = await stream(hub_port, sim, rate, seconds, DUPLICATES, corps)
     for profiler in profilers:
         profiler.send_signal(signal.SIGINT)
     statuses = await settle(dsn, sum(before.values()) + len(sent))
+    if meter is not None and os.environ.get("BENCH_STATEMENTS"):
+        await statements(dsn, len(sent))
     if meter is not None:
         spent = meter.stop()
         # Per customer stored and processed (one welcome action each): a callback refused
@@ -282,6 +335,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--faulty-rate", type=float, default=20)
     parser.add_argument(
+        "--corps",
+        type=int,
+        help=f"corps (apps) the customers are spread over; default: {PER_CORP}/s each at most",
+    )
+    parser.add_argument(
         "--split",
         action="store_true",
         help="one `worker --only events` and one `worker --only actions` instead",
@@ -293,6 +351,7 @@ def main() -> None:
         help="`wecom-hub worker` processes beside serve (0: process inside serve)",
     )
     args = parser.parse_args()
+    corps = args.corps or corps_for(max(args.rate, args.faulty_rate))
 
     data_dir = Path(tempfile.mkdtemp(prefix="wecom-hub-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_HUB_")}
@@ -304,34 +363,18 @@ def main() -> None:
     hub, sim = f"http://127.0.0.1:{hub_port}", f"http://127.0.0.1:{sim_port}"
     dsn = f"postgresql://postgres@/postgres?host={data_dir / 'postgres'}"
     try:
-        for command in (
-            [
-                "apps",
-                "add",
-                "--slug",
-                "bench",
-                "--corp-id",
-                CORP,
-                "--token",
-                TOKEN,
-                "--aes-key",
-                AES_KEY,
-                "--secret",
-                "welcome-bench-secret",
-            ],
-            [
-                "rules",
-                "add",
-                "welcome",
-                "--name",
-                "bench",
-                "--match",
-                "{}",
-                "--content",
-                json.dumps({"text": "欢迎 {member_name} 的客户"}),
-            ],
-        ):
+        apps = [
+            ["apps", "add", "--slug", f"bench{n}", "--corp-id", corp(n), "--token", TOKEN,
+             "--aes-key", AES_KEY, "--secret", f"welcome-bench-secret-{n}"]
+            for n in range(corps)
+        ]  # fmt: skip
+        welcome = json.dumps({"text": "欢迎 {member_name} 的客户"})
+        rule = ["rules", "add", "welcome", "--name", "bench", "--match", "{}", "--content", welcome]
+        for command in (*apps, rule):
             subprocess.run([wecom_hub, *command], env=env, check=True, capture_output=True)
+        if os.environ.get("BENCH_STATEMENTS"):  # read when the next command starts Postgres
+            with open(data_dir / "postgres" / "postgresql.conf", "a") as conf:
+                conf.write("\nshared_preload_libraries = 'pg_stat_statements'\n")
         hub_env = env | {
             "WECOM_HUB_WECOM_API_BASE_URL": sim,
             "WECOM_HUB_PROCESS_IN_SERVE": "false" if args.workers or args.split else "true",
@@ -372,6 +415,7 @@ def main() -> None:
                         args.rate,
                         args.seconds,
                         0.0,
+                        corps,
                         meter,
                     )
                 ),
@@ -387,6 +431,7 @@ def main() -> None:
                             args.faulty_rate,
                             args.seconds,
                             0.2,
+                            corps,
                         )
                     )
                 )
@@ -396,8 +441,8 @@ def main() -> None:
     if args.split:
         where = "`worker --only events` + `worker --only actions`"
     print(
-        f"\n{args.seconds:g} s per stream; processing {where}; latency: callback sent →"
-        " send_welcome_msg received\n"
+        f"\n{args.seconds:g} s per stream; {corps} corp(s); processing {where}; latency:"
+        " callback sent → send_welcome_msg received\n"
     )
     print(
         "| stream | customers | welcomed | p50 ms | p99 ms | max ms | duplicates | expired"
