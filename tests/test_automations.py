@@ -416,6 +416,35 @@ async def test_passive_reply_decrypts_with_wechatpy_to_the_configured_answer(
     assert await db.fetchval("SELECT count(*) FROM events") == 3
 
 
+async def test_regex_replies_are_matched_off_the_event_loop(
+    client: httpx.AsyncClient, settings: Settings, wecom_app: RegisteredApp
+) -> None:
+    """Forty patterns that each run out of time (50 ms) on this message: two seconds of
+    matching. On the event loop it would stall every other request for that long; in a
+    thread, /healthz keeps answering while the callback waits for its verdict."""
+    slow = [f"(a|aa)+b{{0,{i}}}$" for i in range(40)]
+    await rule(settings, "reply", {"keywords": slow, "mode": "regex"}, {"text": "never"})
+    callback = build_callback(
+        wecom_app.crypt,
+        text_message(
+            corp_id=wecom_app.corp_id, from_user="lisi", content="a" * 40 + "!", msg_id="m1"
+        ),
+    )
+    answered = asyncio.create_task(
+        client.post(f"/callback/{wecom_app.slug}", params=callback.params, content=callback.body)
+    )
+    gaps: list[float] = []
+    last = time.monotonic()
+    while not answered.done():
+        assert (await client.get("/healthz")).status_code == 200
+        await asyncio.sleep(0.01)  # a request that never waits would never let the loop on
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+    assert (await answered).text == "success"  # no pattern matched in time: no reply
+    assert len(gaps) > 10 and max(gaps) < 1.0
+
+
 @pytest.mark.parametrize(
     ("kind", "match", "content", "problem"),
     [

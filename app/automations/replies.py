@@ -6,6 +6,7 @@ A message WeCom delivers again (our first answer did not reach it) is answered a
 earlier reply was never delivered either.
 """
 
+import asyncio
 import time
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -71,7 +72,14 @@ class ReplyBook:
         text, sender = fields.get("Content"), fields.get("FromUserName")
         if not isinstance(text, str) or not isinstance(sender, str):
             return None
-        rule = choose_reply(await self.rules(app_id), text)
+        rules = await self.rules(app_id)
+        if any(isinstance(r.match, ReplyMatch) and r.match.mode == "regex" for r in rules):
+            # Each pattern may take up to REGEX_TIMEOUT_SECONDS, and a rule may hold many:
+            # in a thread (the regex module lets go of the GIL), the event loop meanwhile
+            # answers every other callback. Plain keywords take microseconds and stay here.
+            rule = await asyncio.to_thread(choose_reply, rules, text)
+        else:
+            rule = choose_reply(rules, text)
         if rule is None:
             return None
         assert isinstance(rule.content, ReplyContent)

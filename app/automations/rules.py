@@ -342,7 +342,10 @@ def _regex_found(pattern: str, text: str) -> bool:
     """A pattern that runs out of time does not match; it is one pattern's failure, so the
     caller goes on to the next keyword instead of giving up on the whole list."""
     try:
-        return regex.search(pattern, text, timeout=REGEX_TIMEOUT_SECONDS) is not None
+        # concurrent: the GIL is released while matching, so a pattern matched in a thread
+        # (app/automations/replies.py) leaves the event loop's thread free.
+        found = regex.search(pattern, text, timeout=REGEX_TIMEOUT_SECONDS, concurrent=True)
+        return found is not None
     except TimeoutError:
         return False
 
