@@ -90,6 +90,12 @@ class Subscriptions:
         self._types: frozenset[str] = frozenset()
         self.channels = ChannelIds(ttl)
 
+    def known(self, type_: WebhookEventType) -> bool | None:
+        """The answer while it is fresh, without a session; None when it must be asked."""
+        if time.monotonic() >= self._until:
+            return None
+        return "*" in self._types or type_ in self._types
+
     async def wanted(self, session: AsyncSession, type_: WebhookEventType) -> bool:
         if time.monotonic() >= self._until:
             rows = await session.execute(_SUBSCRIBED)
@@ -146,7 +152,8 @@ class Announcer:
         error: ActionError | None,
     ) -> None:
         message = outcome_message(action, status, reason, error)
-        if message is None:
+        # Most outcomes are news nobody subscribes to: known() spares them a session.
+        if message is None or self._subscriptions.known(message.type) is False:
             return
         async with self._sessionmaker.begin() as session:  # no connection unless it queries
             if await self._subscriptions.wanted(session, message.type):
