@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -69,8 +69,15 @@ class HubApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
-    """database_url overrides the settings (the CLI passes the one it has migrated)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    started: Callable[[], None] | None = None,
+) -> FastAPI:
+    """database_url overrides the settings (the CLI passes the one it has migrated);
+    `started` runs once everything long-lived exists, before the first request (the CLI
+    freezes those objects out of the garbage collector's reach)."""
     config = settings or get_settings()
 
     @asynccontextmanager
@@ -108,6 +115,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             async with background:
                 if config.process_in_serve:
                     await background.enter_async_context(workers.running(config, url, box))
+                if started is not None:
+                    started()
                 yield
         finally:  # background loops and the WeCom client stop first, then ingest, the pool
             await writer.stop()

@@ -50,9 +50,10 @@ def run_fast(main: Coroutine[Any, Any, None]) -> None:
 
 
 def freeze_startup_objects() -> None:
-    """Move everything alive now (modules, ORM mappers, settings) out of the garbage
-    collector's reach. They live for ever; without this each full collection walks all of
-    them mid-request, which showed as 40-60 ms stalls in bench/ingest.py."""
+    """Move everything alive now (modules, ORM mappers, settings; called again once the
+    pools, caches and loops exist) out of the garbage collector's reach. They live for
+    ever; without this each full collection walks all of them mid-request, which showed as
+    40-60 ms stalls in bench/ingest.py."""
     gc.collect()
     gc.freeze()
 

@@ -49,7 +49,7 @@ def serve(
     if not settings.database_url:
         lines.append(f"  embedded Postgres in {settings.data_dir.resolve() / 'postgres'}")
     console.print("\n".join(lines), soft_wrap=True, highlight=False)
-    app = create_app(settings, database_url=url)
+    app = create_app(settings, database_url=url, started=freeze_startup_objects)
     freeze_startup_objects()
     exit_cleanly_on_sigterm()
     config = uvicorn.Config(
@@ -123,6 +123,7 @@ def worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         async with workers.running(settings, url, box, loops=loops) as tasks:
+            freeze_startup_objects()  # the pools and caches now exist too
             console.print(f"wecom-hub worker running ({len(tasks)} loops)", highlight=False)
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
