@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, func, text, update
+from sqlalchemy import Table, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.kinds import ActionKind
@@ -31,7 +31,15 @@ from app.models import (
     Tag,
     TagGroup,
 )
-from app.processing.writes import Prepared, defer, defer_enqueue, flush, prepare
+from app.processing.writes import (
+    Prepared,
+    Repeats,
+    defer,
+    defer_enqueue,
+    flush,
+    prepare,
+    prepare_sql,
+)
 from app.sql import insert_ignore, upsert
 
 # The Core tables behind the models (statements below are Core: no ORM work per row).
@@ -60,11 +68,14 @@ _CONTACT_SEEN = prepare(
     ),
     "external_contacts",
     ("corp_id", "external_userid"),
+    repeats=Repeats.COMBINE,
+    combine={"first_seen_at": "min"},
 )
 _FOLLOW_ADDED = prepare(
     upsert(_follows, _FOLLOW_KEY, ("status", "added_at", "state", "changed_at"), not_older=True),
     "follows",
     ("corp_id", "userid", "external_userid"),
+    repeats=Repeats.NEWEST,
 )
 _FOLLOW_DELETED_BY_MEMBER = prepare(
     upsert(
@@ -75,6 +86,7 @@ _FOLLOW_DELETED_BY_MEMBER = prepare(
     ),
     "follows",
     ("corp_id", "userid", "external_userid"),
+    repeats=Repeats.NEWEST,
 )
 _FOLLOW_DELETED_BY_CUSTOMER = prepare(
     upsert(
@@ -82,21 +94,28 @@ _FOLLOW_DELETED_BY_CUSTOMER = prepare(
     ),
     "follows",
     ("corp_id", "userid", "external_userid"),
+    repeats=Repeats.NEWEST,
 )
 _GROUP_TOUCHED = prepare(
     upsert(_groups, _GROUP_KEY, ("changed_at",), not_older=True),
     "customer_groups",
     ("corp_id", "chat_id"),
+    repeats=Repeats.NEWEST,
+    last=True,  # a group's row: every join and quit touches it
 )
 _GROUP_CREATED = prepare(
     upsert(_groups, _GROUP_KEY, ("created_at", "changed_at"), not_older=True),
     "customer_groups",
     ("corp_id", "chat_id"),
+    repeats=Repeats.NEWEST,
+    last=True,  # a group's row: every join and quit touches it
 )
 _GROUP_DISMISSED = prepare(
     upsert(_groups, _GROUP_KEY, ("dismissed_at", "changed_at"), not_older=True),
     "customer_groups",
     ("corp_id", "chat_id"),
+    repeats=Repeats.NEWEST,
+    last=True,  # a group's row: every join and quit touches it
 )
 _MEMBER_JOINED = prepare(
     upsert(
@@ -107,11 +126,13 @@ _MEMBER_JOINED = prepare(
     ),
     "group_members",
     ("corp_id", "chat_id", "member_id"),
+    repeats=Repeats.NEWEST,
 )
 _MEMBER_QUIT = prepare(
     upsert(_members, _MEMBER_KEY, ("quit_at", "quit_scene", "changed_at"), not_older=True),
     "group_members",
     ("corp_id", "chat_id", "member_id"),
+    repeats=Repeats.NEWEST,
 )
 _MESSAGE = prepare(
     insert_ignore(
@@ -154,17 +175,17 @@ async def _run(session: AsyncSession, statement: Prepared, params: dict[str, Any
 # customers ------------------------------------------------------------------------------
 
 
-def _follow_key(event: ev.ExternalContactEvent, context: Context) -> dict[str, Any]:
+def _follow_key(event: ev.ExternalContactEvent, context: Context, at: datetime) -> dict[str, Any]:
     return {
         "corp_id": context.corp_id,
         "userid": event.user_id,
         "external_userid": event.external_user_id,
-        "changed_at": event_time(event, context),
+        "changed_at": at,
     }
 
 
 async def _contact_seen(
-    session: AsyncSession, event: ev.ExternalContactEvent, context: Context
+    session: AsyncSession, event: ev.ExternalContactEvent, context: Context, at: datetime
 ) -> None:
     await _run(
         session,
@@ -172,98 +193,91 @@ async def _contact_seen(
         {
             "corp_id": context.corp_id,
             "external_userid": event.external_user_id,
-            "first_seen_at": event_time(event, context),
+            "first_seen_at": at,
         },
     )
 
 
 async def added(session: AsyncSession, event: ev.AddExternalContact, context: Context) -> None:
     half = isinstance(event, ev.AddHalfExternalContact)
-    await _contact_seen(session, event, context)
+    at = event_time(event, context)
+    await _contact_seen(session, event, context, at)
     await _run(
         session,
         _FOLLOW_ADDED,
         {
-            **_follow_key(event, context),
+            **_follow_key(event, context, at),
             "status": "half" if half else "active",
-            "added_at": event_time(event, context),
+            "added_at": at,
             "state": event.state or None,
         },
     )
     if not half:
-        await _count_added(session, event, context)
+        await _count_added(session, event, context, at)
     await _enrich(session, ActionKind.ENRICH_CONTACT, event.external_user_id, context)
 
 
 async def edited(session: AsyncSession, event: ev.EditExternalContact, context: Context) -> None:
-    await _contact_seen(session, event, context)
+    await _contact_seen(session, event, context, event_time(event, context))
     await _enrich(session, ActionKind.ENRICH_CONTACT, event.external_user_id, context)
 
 
 async def deleted_by_member(
     session: AsyncSession, event: ev.DelExternalContact, context: Context
 ) -> None:
+    at = event_time(event, context)
     await _run(
         session,
         _FOLLOW_DELETED_BY_MEMBER,
         {
-            **_follow_key(event, context),
+            **_follow_key(event, context, at),
             "status": "deleted_by_member",
-            "deleted_by_member_at": event_time(event, context),
+            "deleted_by_member_at": at,
             "delete_source": event.source or None,
         },
     )
     if event.source != "DELETE_BY_TRANSFER":
-        await _count_lost(session, event, context, churn=False)
+        await _count_lost(session, event, context, at, churn=False)
 
 
 async def deleted_by_customer(
     session: AsyncSession, event: ev.DelFollowUser, context: Context
 ) -> None:
+    at = event_time(event, context)
     await _run(
         session,
         _FOLLOW_DELETED_BY_CUSTOMER,
         {
-            **_follow_key(event, context),
+            **_follow_key(event, context, at),
             "status": "deleted_by_customer",
-            "deleted_by_customer_at": event_time(event, context),
+            "deleted_by_customer_at": at,
         },
     )
-    await _count_lost(session, event, context, churn=True)
+    await _count_lost(session, event, context, at, churn=True)
 
 
 # customer groups ------------------------------------------------------------------------
 
 
-def _group_key(event: ev.ExternalChatEvent, context: Context) -> dict[str, Any]:
-    return {
-        "corp_id": context.corp_id,
-        "chat_id": event.chat_id,
-        "changed_at": event_time(event, context),
-    }
+def _group_key(event: ev.ExternalChatEvent, context: Context, at: datetime) -> dict[str, Any]:
+    return {"corp_id": context.corp_id, "chat_id": event.chat_id, "changed_at": at}
 
 
 async def group_created(session: AsyncSession, event: ev.ChatCreate, context: Context) -> None:
-    await _run(
-        session,
-        _GROUP_CREATED,
-        {**_group_key(event, context), "created_at": event_time(event, context)},
-    )
+    at = event_time(event, context)
+    await _run(session, _GROUP_CREATED, {**_group_key(event, context, at), "created_at": at})
     await _enrich(session, ActionKind.ENRICH_GROUP, event.chat_id, context)
 
 
 async def group_dismissed(session: AsyncSession, event: ev.ChatDismiss, context: Context) -> None:
-    await _run(
-        session,
-        _GROUP_DISMISSED,
-        {**_group_key(event, context), "dismissed_at": event_time(event, context)},
-    )
+    at = event_time(event, context)
+    await _run(session, _GROUP_DISMISSED, {**_group_key(event, context, at), "dismissed_at": at})
 
 
 async def group_updated(session: AsyncSession, event: ev.ChatUpdate, context: Context) -> None:
     at = event_time(event, context)
-    await _run(session, _GROUP_TOUCHED, _group_key(event, context))
-    await _count_group_change(session, event, context)
+    await _run(session, _GROUP_TOUCHED, _group_key(event, context, at))
+    await _count_group_change(session, event, context, at)
     if event.update_detail in ("add_member", "del_member") and event.mem_change_list:
         joined = event.update_detail == "add_member"
         statement = _MEMBER_JOINED if joined else _MEMBER_QUIT
@@ -365,6 +379,7 @@ _MEMBER = prepare(
     ),
     "members",
     ("corp_id", "userid"),
+    repeats=Repeats.SPLIT,  # coalesce keeps fields an earlier row gave: each in turn
 )
 _DEPARTMENT = prepare(
     upsert(
@@ -376,6 +391,7 @@ _DEPARTMENT = prepare(
     ),
     "departments",
     ("corp_id", "id"),
+    repeats=Repeats.SPLIT,  # coalesce keeps fields an earlier row gave: each in turn
 )
 
 
@@ -465,44 +481,57 @@ _ADDED_COUNTED = prepare(
         set_=lambda excluded: {"added": _customer_stats.c.added + excluded.added},
     ),
     "customer_stats",
-    None,
+    ("hour", "corp_id", "userid", "state"),
+    repeats=Repeats.COMBINE,
+    combine={"added": "sum"},
+    last=True,  # counters: many events add to one row
 )
 # A churn or a deletion by the member counts under the channel of the add that brought that
 # customer to that member: the latest add (or half add) in the corp's event history at or
 # before it (by ix_events_external_userid), found in the same statement. The history rather
 # than the follow: a re-add processed before an older deletion has already replaced the
 # follow's state and added_at. With no add in the history (before wecom-hub): no channel.
-_LOST_COUNTED = prepare(
-    text(
-        """
+# For a batch (app/processing/writes.py): the batch's departures that land on one counter
+# row are added up before they are written.
+_LOST_COUNTED = prepare_sql(
+    """
     INSERT INTO customer_stats AS s (hour, corp_id, userid, state, churned, deleted_by_member,
                                      churned_7d)
-    SELECT CAST(:hour AS timestamptz), :corp_id, :userid, coalesce(brought.state, ''),
-           CAST(:churned AS integer), 1 - CAST(:churned AS integer),
-           CASE WHEN CAST(:churned AS integer) = 1
-                     AND CAST(:at AS timestamptz) - brought.added_at < interval '7 days'
-                THEN 1 ELSE 0 END
-    FROM (VALUES (1)) AS one
+    SELECT u.hour, u.corp_id, u.userid, coalesce(brought.state, ''),
+           sum(u.churned), sum(1 - u.churned),
+           sum(CASE WHEN u.churned = 1 AND u.at - brought.added_at < interval '7 days'
+                    THEN 1 ELSE 0 END)
+    FROM {rows}
     LEFT JOIN LATERAL (
         SELECT coalesce(e.create_time, e.received_at) AS added_at,
                e.payload ->> 'State' AS state
         FROM events e JOIN apps a ON a.id = e.app_id
-        WHERE e.payload ? 'ExternalUserID' AND e.payload ->> 'ExternalUserID' = :external_userid
-          AND e.payload ->> 'UserID' = :userid
+        WHERE e.payload ? 'ExternalUserID' AND e.payload ->> 'ExternalUserID' = u.external_userid
+          AND e.payload ->> 'UserID' = u.userid
           AND e.type IN ('add_external_contact', 'add_half_external_contact')
-          AND a.corp_id = :corp_id
-          AND coalesce(e.create_time, e.received_at) <= CAST(:at AS timestamptz)
+          AND a.corp_id = u.corp_id
+          AND coalesce(e.create_time, e.received_at) <= u.at
         ORDER BY coalesce(e.create_time, e.received_at) DESC, e.id DESC
         LIMIT 1
     ) AS brought ON true
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
     ON CONFLICT (hour, corp_id, userid, state) DO UPDATE
     SET churned = s.churned + excluded.churned,
         deleted_by_member = s.deleted_by_member + excluded.deleted_by_member,
         churned_7d = s.churned_7d + excluded.churned_7d
-    """
+    """,
+    (
+        ("hour", "timestamptz"),
+        ("corp_id", "text"),
+        ("userid", "text"),
+        ("external_userid", "text"),
+        ("churned", "integer"),
+        ("at", "timestamptz"),
     ),
     "customer_stats",
     None,
+    last=True,
 )
 _GROUP_COUNTED = prepare(
     upsert(
@@ -512,22 +541,27 @@ _GROUP_COUNTED = prepare(
         set_=lambda excluded: {"members": _group_stats.c.members + excluded.members},
     ),
     "group_stats",
-    None,
+    ("hour", "corp_id", "chat_id", "change", "scene"),
+    repeats=Repeats.COMBINE,
+    combine={"members": "sum"},
+    last=True,
 )
 
 
 def _hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if at.tzinfo is not UTC:  # event_time's and asyncpg's datetimes are UTC already
+        at = at.astimezone(UTC)
+    return at.replace(minute=0, second=0, microsecond=0)
 
 
 async def _count_added(
-    session: AsyncSession, event: ev.AddExternalContact, context: Context
+    session: AsyncSession, event: ev.AddExternalContact, context: Context, at: datetime
 ) -> None:
     await _run(
         session,
         _ADDED_COUNTED,
         {
-            "hour": _hour(event_time(event, context)),
+            "hour": _hour(at),
             "corp_id": context.corp_id,
             "userid": event.user_id,
             "state": event.state,
@@ -537,11 +571,15 @@ async def _count_added(
 
 
 async def _count_lost(
-    session: AsyncSession, event: ev.ExternalContactEvent, context: Context, *, churn: bool
+    session: AsyncSession,
+    event: ev.ExternalContactEvent,
+    context: Context,
+    at: datetime,
+    *,
+    churn: bool,
 ) -> None:
     """A churn (the customer deleted the member; churned_7d too if that add was less than
     7 days before) or a deletion by the member."""
-    at = event_time(event, context)
     await _run(
         session,
         _LOST_COUNTED,
@@ -557,7 +595,7 @@ async def _count_lost(
 
 
 async def _count_group_change(
-    session: AsyncSession, event: ev.ChatUpdate, context: Context
+    session: AsyncSession, event: ev.ChatUpdate, context: Context, at: datetime
 ) -> None:
     """Members who joined or quit, by scene: MemChangeCnt, or else the members listed."""
     if event.update_detail == "add_member":
@@ -571,7 +609,7 @@ async def _count_group_change(
         session,
         _GROUP_COUNTED,
         {
-            "hour": _hour(event_time(event, context)),
+            "hour": _hour(at),
             "corp_id": context.corp_id,
             "chat_id": event.chat_id,
             "change": change,
@@ -599,10 +637,23 @@ PROJECTORS: list[tuple[type[ev.WecomEvent], Projector]] = [
 ]
 
 
+# Event class → its projector (None: none), found once per class: isinstance over the list
+# per event cost more than the projection's own Python (pydantic classes check through
+# ABCMeta).
+_PROJECTOR_OF: dict[type[ev.WecomEvent], Projector | None] = {}
+
+
+def _projector_of(event_class: type[ev.WecomEvent]) -> Projector | None:
+    if event_class not in _PROJECTOR_OF:
+        _PROJECTOR_OF[event_class] = next(
+            (projector for base, projector in PROJECTORS if issubclass(event_class, base)), None
+        )
+    return _PROJECTOR_OF[event_class]
+
+
 async def project(session: AsyncSession, event: ev.WecomEvent, context: Context) -> None:
     """Apply event to the state. Events with no projector (app menu clicks, transfer_fail,
     unknown types) are kept in the event log only."""
-    for event_class, projector in PROJECTORS:
-        if isinstance(event, event_class):
-            await projector(session, event, context)
-            return
+    projector = _projector_of(type(event))
+    if projector is not None:
+        await projector(session, event, context)
