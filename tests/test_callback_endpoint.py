@@ -134,6 +134,7 @@ async def test_two_customers_added_in_the_same_second_are_both_kept(
     assert stored == ["wmAAA", "wmBBB"]
 
 
+@pytest.mark.serial
 async def test_concurrent_callbacks_share_commits(
     client: httpx.AsyncClient, wecom_app: RegisteredApp, db: asyncpg.Connection
 ) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -176,6 +177,7 @@ def _check(response: httpx.Response, elapsed: float) -> None:
     assert status < 500 or (status == 503 and code in ALLOWED_503), response.text
 
 
+@pytest.mark.serial  # every request is timed
 @settings(
     max_examples=2000,
     derandomize=True,

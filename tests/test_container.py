@@ -37,6 +37,9 @@ from app.db import asyncpg_dsn
 from tests.process_helpers import answers_ok, free_port, wait_until
 from tests.process_helpers import stop as process_stop
 
+# The image (a pip install, half a minute) is module-scoped: one worker builds it once.
+pytestmark = pytest.mark.one_worker
+
 REPO = Path(__file__).resolve().parent.parent
 # The image's $PATH after the venv, less /usr/local (this machine's is not the image's).
 SYSTEM_PATH = "/usr/bin:/bin"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
@@ -33,6 +34,8 @@ from tests.fault_helpers import (
     hub_env,
     until,
 )
+
+pytestmark = pytest.mark.serial  # each test times what the hub does under its own load
 
 SEND_WELCOME = "externalcontact/send_welcome_msg"
 GET_CONTACT = "externalcontact/get"

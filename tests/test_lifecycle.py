@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from app.config import Settings
 from app.runtime import _alive
@@ -17,6 +18,8 @@ from app.simulator.state import Fault
 from tests.conftest import RegisteredApp, Simulator
 from tests.process_helpers import WECOM_HUB, answers_ok, free_port, stop, wait_until
 from tests.processing_helpers import wait_for
+
+pytestmark = pytest.mark.serial  # stops are timed, with calls to WeCom in flight
 
 STOPS = 3
 STOP_BOUND_SECONDS = 12.0  # shutdown_seconds (10) and the process's own exit
