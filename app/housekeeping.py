@@ -42,15 +42,13 @@ EVERY_SECONDS = 60.0
 # actions and messages whose event_id becomes NULL) last one batch, tens of milliseconds
 # at this size, never the whole prune. Replicas share the work (SKIP LOCKED) and never
 # wait on each other or on a processor.
-# `= ANY(ARRAY(…))` as in the action runner's claim (app/actions/runner.py): whatever the
-# plan, the batch is deleted by primary key, never by hashing a scan of the whole table.
 PRUNE_EVENTS = """
-    DELETE FROM events WHERE id = ANY(ARRAY(
+    DELETE FROM events WHERE id IN (
         SELECT id FROM events
         WHERE received_at < now() - make_interval(days => $1) AND status = 'processed'
         LIMIT $2
         FOR UPDATE SKIP LOCKED
-    ))
+    )
 """
 PRUNE_BATCH = 1000
 # A round stops pruning after this long (its other chores wait meanwhile); a backlog (a

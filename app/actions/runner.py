@@ -43,17 +43,11 @@ _OWN_RUNNER_KINDS = frozenset({ActionKind.WEBHOOK})
 # The runner's own bookkeeping is plain asyncpg: one prepared statement and one round trip
 # each, no transaction block. At 100 welcomes a second SQLAlchemy's per-statement work was a
 # third of the runner's CPU.
-#
-# `id = ANY(ARRAY(…))`, not `id IN (…)`: a prepared statement's generic plan cannot see
-# LIMIT $3, guesses thousands of rows and joins them by hashing a sequential scan of the
-# whole table. Postgres may adopt that plan while the table is small and keep it as it grows
-# (the claim cost 2-4 ms, most of a customer's Postgres CPU, ADR 0008); the array form
-# reads the rows it locked by primary key whatever the plan.
 _CLAIM = """
     UPDATE actions SET status = 'running', locked_by = $1,
         locked_until = now() + make_interval(secs => $2), attempts = attempts + 1,
         started_at = coalesce(started_at, now())
-    WHERE id = ANY(ARRAY(
+    WHERE id IN (
         SELECT id FROM actions
         WHERE ((status = 'pending' AND next_attempt_at <= now())
                OR (status = 'running' AND locked_until < now()))
@@ -61,7 +55,7 @@ _CLAIM = """
         ORDER BY deadline NULLS LAST, next_attempt_at, id  -- welcomes (20 s) first
         LIMIT $3
         FOR UPDATE SKIP LOCKED
-    ))
+    )
     RETURNING id, kind, app_id, corp_id, target, event_id, payload, attempts, deadline,
               created_at
 """

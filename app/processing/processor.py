@@ -38,13 +38,12 @@ log = logging.getLogger(__name__)
 
 # One statement on its own (autocommit): one round trip, where a session's transaction took
 # three (BEGIN, the claim, COMMIT); at a few events per batch that was most of the claim.
-# `= ANY(ARRAY(…))` for the reason the action runner's claim gives (app/actions/runner.py).
 _CLAIM = """
     UPDATE events AS e
     SET locked_by = $1, locked_until = now() + make_interval(secs => $2),
         attempts = e.attempts + 1
     FROM apps AS a
-    WHERE a.id = e.app_id AND e.id = ANY(ARRAY(
+    WHERE a.id = e.app_id AND e.id IN (
         SELECT id FROM events
         WHERE status = 'pending'
           AND (next_attempt_at IS NULL OR next_attempt_at <= now())
@@ -52,7 +51,7 @@ _CLAIM = """
         ORDER BY id
         LIMIT $3
         FOR UPDATE SKIP LOCKED
-    ))
+    )
     RETURNING e.id, e.app_id, a.corp_id, e.family, e.type, e.payload::text AS payload,
               e.received_at, e.attempts
 """
