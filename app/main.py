@@ -63,7 +63,7 @@ class HubApp(FastAPI):
         self.callback = callback.CallbackEndpoint(lambda: self.state.hub)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (slug := callback.slug_of(scope["path"])) is not None:
+        if scope["type"] == "http" and (slug := callback.slug_of(scope)) is not None:
             await self.callback(scope, receive, send, slug)
             return
         await super().__call__(scope, receive, send)
@@ -120,6 +120,7 @@ def create_app(
                 yield
         finally:  # background loops and the WeCom client stop first, then ingest, the pool
             await writer.stop()
+            app.state.hub.replies.close()
             await engine.dispose()
 
     app = HubApp(title="wecom-hub", lifespan=lifespan, docs_url=None, redoc_url=None)

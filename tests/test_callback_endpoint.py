@@ -8,6 +8,7 @@ import time
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from app.callbacks import safexml
@@ -37,6 +38,27 @@ async def test_url_verification_answers_the_raw_plaintext(
     assert response.status_code == 200
     assert response.content == b"1616140317555161061"  # no quotes, no newline
     assert response.headers["content-type"].startswith("text/plain")
+
+
+async def test_callbacks_are_answered_under_a_proxy_prefix(
+    hub: FastAPI, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """Mounted under /hub by a reverse proxy (`--root-path /hub`): the prefix is not part
+    of the callback's route, as for every other route."""
+    transport = httpx.ASGITransport(app=hub, root_path="/hub")
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as prefixed:
+        params = build_url_verification(wecom_app.crypt, "42")
+        verified = await prefixed.get(f"/hub/callback/{wecom_app.slug}", params=params)
+        message = text_message(
+            corp_id=wecom_app.corp_id, from_user="lisi", content="你好", msg_id="m-hub"
+        )
+        callback = build_callback(wecom_app.crypt, message)
+        stored = await prefixed.post(
+            f"/hub/callback/{wecom_app.slug}", params=callback.params, content=callback.body
+        )
+    assert (verified.status_code, verified.content) == (200, b"42")
+    assert (stored.status_code, stored.content) == (200, b"success")
+    assert await db.fetchval("SELECT count(*) FROM events WHERE msg_id = 'm-hub'") == 1
 
 
 async def test_a_delivery_is_stored_with_everything_an_operator_needs(

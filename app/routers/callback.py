@@ -30,7 +30,7 @@ from app.errors import ErrorCode
 from app.events.identity import classify
 from app.metrics import CALLBACK_SECONDS, CALLBACKS
 from app.routers import request_id, security_headers
-from app.routers.problems import problem_body, title_for
+from app.routers.problems import bad_value, problem_body, title_for
 from app.wecom_apps import AppDirectory, AppKeys
 
 if TYPE_CHECKING:
@@ -49,9 +49,15 @@ _XML = (b"content-type", b"application/xml")
 _PROBLEM = (b"content-type", b"application/problem+json")
 
 
-def slug_of(path: str) -> str | None:
+def slug_of(scope: Scope) -> str | None:
     """The slug of a callback path, or None for a path this endpoint does not answer (no
-    slug, or more segments): those go on to the router and its 404."""
+    slug, or more segments): those go on to the router and its 404. Behind a proxy that
+    mounts wecom-hub under a prefix (`--root-path /hub`), the prefix is not part of the
+    route, as Starlette's router also reads it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
     if not path.startswith(PREFIX):
         return None
     slug = path[len(PREFIX) :]
@@ -235,8 +241,8 @@ def _rejected(path: str, exc: CallbackRejected) -> dict[str, Any]:
 
 def _unexpected(path: str, method: str, exc: Exception) -> tuple[int, dict[str, Any]]:
     """As the API's handler of last resort answers (app/routers/problems.py): an outage is
-    a 503 and a warning, anything else a bug, logged with its traceback. The detail never
-    carries the exception's text."""
+    a 503 and a warning, a value Postgres refuses a 400, anything else a bug, logged with
+    its traceback. The detail never carries the exception's text."""
     if is_unavailable(exc):
         log.warning(
             "database unavailable",
@@ -247,6 +253,15 @@ def _unexpected(path: str, method: str, exc: Exception) -> tuple[int, dict[str, 
             ErrorCode.DATABASE_UNAVAILABLE,
             title_for(503),
             "database unreachable; retry later",
+            instance=path,
+        )
+    if bad_value(exc):  # Postgres refused a value the callback carried (a NUL character)
+        return 400, problem_body(
+            400,
+            ErrorCode.INVALID_PARAMETER,
+            title_for(400),
+            "the callback holds a value the database cannot take (a NUL character, or a"
+            " number out of range)",
             instance=path,
         )
     log.error("unexpected error", exc_info=exc, extra={"path": path, "method": method})

@@ -217,7 +217,7 @@ def _field_error(error: Mapping[str, Any]) -> FieldError:
     return FieldError(field, str(error["msg"]).removeprefix("Value error, "))
 
 
-def _bad_value(exc: BaseException) -> bool:
+def bad_value(exc: BaseException) -> bool:
     """A data exception (SQLSTATE class 22) from Postgres, or asyncpg refusing to encode a
     parameter, anywhere in the chain SQLAlchemy wraps around it."""
     seen: BaseException | None = exc
@@ -246,7 +246,7 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
             "database unreachable; retry later",
             instance=path,
         )
-    if _bad_value(exc):
+    if bad_value(exc):
         # Postgres refused a value the request carried (a NUL character, a number beyond
         # bigint): the caller's mistake, not ours.
         return problem_response(
