@@ -4,8 +4,9 @@ service, rules in Postgres, WeCom played by the simulator over HTTP."""
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,10 @@ from wechatpy.enterprise.crypto import WeChatCrypto
 
 from app.actions.runner import ActionRunner
 from app.actions.wecom import WecomRun
+from app.automations.replies import ReplyBook
 from app.automations.store import create_rule, rule_spec
 from app.automations.welcome import send_welcome
+from app.callbacks.safexml import XmlValue
 from app.config import Settings
 from app.crypto.at_rest import SecretBox, parse_key
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
@@ -443,6 +446,44 @@ async def test_regex_replies_are_matched_off_the_event_loop(
         last = now
     assert (await answered).text == "success"  # no pattern matched in time: no reply
     assert len(gaps) > 10 and max(gaps) < 1.0
+
+
+async def test_a_flood_of_regex_matches_skips_the_reply_instead_of_queueing(
+    settings: Settings,
+    wecom_app: RegisteredApp,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With one match allowed to wait, a second message that comes meanwhile gets no
+    passive reply at once (and a warning) rather than an answer after WeCom gave up."""
+    slow = [f"(a|aa)+b{{0,{i}}}$" for i in range(10)]  # about half a second of matching
+    await rule(settings, "reply", {"keywords": slow, "mode": "regex"}, {"text": "never"})
+    app_id = await db.fetchval("SELECT id FROM apps WHERE slug = $1", wecom_app.slug)
+    maker = sessionmaker_for(settings)
+    book = ReplyBook(maker, ttl=60, max_waiting=1)
+    fields: dict[str, XmlValue] = {
+        "MsgType": "text",
+        "Content": "a" * 40 + "!",
+        "FromUserName": "lisi",
+    }
+
+    def ask() -> Coroutine[Any, Any, str | None]:
+        return book.passive_reply(
+            app_id=app_id, crypt=wecom_app.crypt, fields=fields, timestamp="1", nonce="n"
+        )
+
+    try:
+        await book.rules(app_id)  # loaded: both messages go straight to matching
+        with caplog.at_level(logging.WARNING, logger="app.automations.replies"):
+            first = asyncio.create_task(ask())
+            await asyncio.sleep(0)  # the first is now matching on the matcher's thread
+            assert await ask() is None
+            skipped = [r for r in caplog.records if "passive reply skipped" in r.getMessage()]
+            assert len(skipped) == 1 and not first.done()
+            assert await first is None  # no pattern matched in time
+    finally:
+        book.close()
+        await maker.kw["bind"].dispose()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ earlier reply was never delivered either.
 """
 
 import asyncio
+import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,6 +17,16 @@ from app.automations.rules import ReplyContent, ReplyMatch
 from app.automations.store import LoadedRule, RuleCache
 from app.callbacks.safexml import XmlValue
 from app.crypto import WXBizMsgCrypt
+
+log = logging.getLogger(__name__)
+
+# Regex rules are matched on threads of their own, not on the event loop (each pattern may
+# take up to REGEX_TIMEOUT_SECONDS, and a rule may hold many) and not on the loop's default
+# pool, which aiohttp's DNS lookups share. At most `max_waiting` callbacks wait for a match:
+# beyond that a message gets no passive reply (it is stored and processed all the same, and
+# a warning says so) rather than an answer after WeCom has given up waiting (5 s).
+MATCHING_THREADS = 2
+MATCHING_WAITING_MAX = 32
 
 
 def _cdata(text: str) -> str:
@@ -46,9 +58,21 @@ def choose_reply(
 class ReplyBook:
     """The reply rules of each app, cached like every rule (changes apply within `ttl`)."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        ttl: float = 5.0,
+        max_waiting: int = MATCHING_WAITING_MAX,
+    ) -> None:
         self._sessionmaker = sessionmaker
         self._cache = RuleCache(ttl)
+        self._matcher = ThreadPoolExecutor(MATCHING_THREADS, thread_name_prefix="reply-regex")
+        self._max_waiting = max_waiting
+        self._waiting = 0
+
+    def close(self) -> None:
+        self._matcher.shutdown(wait=False, cancel_futures=True)
 
     async def rules(self, app_id: int) -> list[LoadedRule]:
         rules = self._cache.cached("reply", app_id)
@@ -74,11 +98,8 @@ class ReplyBook:
             return None
         rules = await self.rules(app_id)
         if any(isinstance(r.match, ReplyMatch) and r.match.mode == "regex" for r in rules):
-            # Each pattern may take up to REGEX_TIMEOUT_SECONDS, and a rule may hold many:
-            # in a thread (the regex module lets go of the GIL), the event loop meanwhile
-            # answers every other callback. Plain keywords take microseconds and stay here.
-            rule = await asyncio.to_thread(choose_reply, rules, text)
-        else:
+            rule = await self._match_off_loop(app_id, rules, text)
+        else:  # plain keywords take microseconds
             rule = choose_reply(rules, text)
         if rule is None:
             return None
@@ -90,3 +111,21 @@ class ReplyBook:
             now=int(time.time()),
         )
         return crypt.encrypt_reply(reply, timestamp=timestamp, nonce=nonce)
+
+    async def _match_off_loop(
+        self, app_id: int, rules: list[LoadedRule], text: str
+    ) -> LoadedRule | None:
+        """On the matcher's threads (the regex module lets go of the GIL): the event loop
+        meanwhile answers every other callback. See MATCHING_WAITING_MAX."""
+        if self._waiting >= self._max_waiting:
+            log.warning(
+                "passive reply skipped: too many messages wait for regex matching",
+                extra={"app_id": app_id, "waiting": self._waiting},
+            )
+            return None
+        self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._matcher, choose_reply, rules, text)
+        finally:
+            self._waiting -= 1
