@@ -29,10 +29,13 @@ the two apply in event order. (No deferred statement reads a table another one w
 the churn counter reads the events table, which none of them writes.) Code that *reads*
 what the projection writes (friend_of, the churn alert) must `await flush(session)` first.
 
-Two processors side by side take their row locks in one order, so they wait for each other
-but do not deadlock: statements run in one fixed order (rank), the rows of each in key
-order, and the rows many events share (counters, a group's row) last, so they are held
-for the shortest time before the commit.
+Two processors side by side mostly take their row locks in one order, so they wait for
+each other rather than deadlock: statements run in one fixed order (rank), the rows of
+each in key order, and the rows many events share (counters, a group's row) last, so they
+are held for the shortest time before the commit. Not every order is fixed: a table
+flushed early for an event-order conflict, and statements that keep event order (KEEP,
+SPLIT), may meet another processor's rows in the opposite order. Postgres then aborts one
+batch, which the processor runs again one event at a time: slower, never wrong.
 
 Statements are built once, at import (and each combination once, when first used): no
 compilation, cache key or parameter processing per row.
