@@ -4,7 +4,7 @@ if and only if the event that caused it was processed) or an API request's."""
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,65 +44,46 @@ class Enqueued:
     created: bool
 
 
-def enqueue_params(
-    *,
-    kind: ActionKind,
-    app_id: int | None,
-    corp_id: str | None,
-    target: str,
-    idempotency_key: str,
-    event_id: int | None = None,
-    payload: dict[str, Any] | None = None,
-    deadline: datetime | None = None,
-    skipped: str | None = None,
-) -> dict[str, Any]:
-    """ENQUEUE_SQL's parameters: for `enqueue` here, and for the processor, which sends the
-    same statement deferred with its batch (app/processing/writes.py).
+class NewAction(TypedDict):
+    """What the caller says about the action it writes (enqueue, and the processor's
+    deferred `defer_enqueue` in app/processing/writes.py).
 
     skipped: the action is recorded as already `skipped`, with this reason, so that "why
     did this customer get no welcome?" has an answer in the actions table too."""
+
+    kind: ActionKind
+    app_id: int | None
+    corp_id: str | None
+    target: str
+    idempotency_key: str
+    event_id: NotRequired[int | None]
+    payload: NotRequired[dict[str, Any] | None]
+    deadline: NotRequired[datetime | None]
+    skipped: NotRequired[str | None]
+
+
+def enqueue_params(**action: Unpack[NewAction]) -> dict[str, Any]:
+    """ENQUEUE_SQL's parameters, also those of the processor's batch form of it."""
+    skipped = action.get("skipped")
     return {
-        "kind": kind.value,
-        "app_id": app_id,
-        "corp_id": corp_id,
-        "target": target,
-        "idempotency_key": idempotency_key,
-        "event_id": event_id,
-        "payload": json.dumps(payload or {}),
+        "kind": action["kind"].value,
+        "app_id": action["app_id"],
+        "corp_id": action["corp_id"],
+        "target": action["target"],
+        "idempotency_key": action["idempotency_key"],
+        "event_id": action.get("event_id"),
+        "payload": json.dumps(action.get("payload") or {}),
         "channel": ACTIONS_CHANNEL,
-        "deadline": deadline,
+        "deadline": action.get("deadline"),
         "status": ActionStatus.SKIPPED if skipped else ActionStatus.PENDING,
         "reason": skipped,
     }
 
 
-async def enqueue(
-    session: AsyncSession,
-    *,
-    kind: ActionKind,
-    app_id: int | None,
-    corp_id: str | None,
-    target: str,
-    idempotency_key: str,
-    event_id: int | None = None,
-    payload: dict[str, Any] | None = None,
-    deadline: datetime | None = None,
-    skipped: str | None = None,
-) -> Enqueued:
-    """A second call with the same idempotency_key writes nothing: exactly one action
-    (`skipped`: see enqueue_params)."""
+async def enqueue(session: AsyncSession, **action: Unpack[NewAction]) -> Enqueued:
+    """A second call with the same idempotency_key writes nothing: exactly one action."""
     connection = await session.connection()
-    params = enqueue_params(
-        kind=kind,
-        app_id=app_id,
-        corp_id=corp_id,
-        target=target,
-        idempotency_key=idempotency_key,
-        event_id=event_id,
-        payload=payload,
-        deadline=deadline,
-        skipped=skipped,
-    )
+    params = enqueue_params(**action)
     row = (await connection.execute(ENQUEUE_SQL, params)).first()
     if row is None:
         return Enqueued(None, False)

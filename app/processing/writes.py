@@ -50,15 +50,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, Unpack
 
 import asyncpg
 from sqlalchemy import Insert
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.actions.enqueue import enqueue_params
-from app.actions.kinds import ActionKind, ActionStatus
+from app.actions.enqueue import NewAction, enqueue_params
+from app.actions.kinds import ActionStatus
 from app.db import is_unavailable
 from app.notify import ACTIONS_CHANNEL
 
@@ -418,32 +418,6 @@ _ENQUEUE = prepare_sql(
 )
 
 
-async def defer_enqueue(
-    session: AsyncSession,
-    *,
-    kind: ActionKind,
-    app_id: int | None,
-    corp_id: str | None,
-    target: str,
-    idempotency_key: str,
-    event_id: int | None = None,
-    payload: dict[str, Any] | None = None,
-    deadline: datetime | None = None,
-    skipped: str | None = None,
-) -> None:
+async def defer_enqueue(session: AsyncSession, **action: Unpack[NewAction]) -> None:
     """app.actions.enqueue.enqueue, deferred: exactly one action per idempotency_key."""
-    await defer(
-        session,
-        _ENQUEUE,
-        enqueue_params(
-            kind=kind,
-            app_id=app_id,
-            corp_id=corp_id,
-            target=target,
-            idempotency_key=idempotency_key,
-            event_id=event_id,
-            payload=payload,
-            deadline=deadline,
-            skipped=skipped,
-        ),
-    )
+    await defer(session, _ENQUEUE, enqueue_params(**action))

@@ -26,11 +26,10 @@ from app.callbacks import errors, verify
 from app.callbacks.errors import CallbackRejected
 from app.callbacks.writer import IngestBusy, NewEvent
 from app.db import DatabaseUnavailable, is_unavailable
-from app.errors import ErrorCode
 from app.events.identity import classify
 from app.metrics import CALLBACK_SECONDS, CALLBACKS
 from app.routers import request_id, security_headers
-from app.routers.problems import bad_value, problem_body, title_for
+from app.routers.problems import last_resort, problem_body, title_for
 from app.wecom_apps import AppDirectory, AppKeys
 
 if TYPE_CHECKING:
@@ -107,8 +106,8 @@ class CallbackEndpoint:
         except CallbackRejected as exc:
             return exc.status, _PROBLEM, _json(_rejected(path, exc)), []
         except Exception as exc:  # every answer is a problem, a 500 only for a bug
-            status, body = _unexpected(path, method, exc)
-            return status, _PROBLEM, _json(body), []
+            body = last_resort(exc, path=path, method=method)
+            return body["status"], _PROBLEM, _json(body), []
 
     async def _verify_url(self, scope: Scope, slug: str) -> bytes:
         hub = self._hub()
@@ -236,41 +235,6 @@ def _rejected(path: str, exc: CallbackRejected) -> dict[str, Any]:
     extra: dict[str, Any] = {} if exc.wecom_code is None else {"wecom_code": exc.wecom_code}
     return problem_body(
         exc.status, exc.code, title_for(exc.status), exc.message, instance=path, **extra
-    )
-
-
-def _unexpected(path: str, method: str, exc: Exception) -> tuple[int, dict[str, Any]]:
-    """As the API's handler of last resort answers (app/routers/problems.py): an outage is
-    a 503 and a warning, a value Postgres refuses a 400, anything else a bug, logged with
-    its traceback. The detail never carries the exception's text."""
-    if is_unavailable(exc):
-        log.warning(
-            "database unavailable",
-            extra={"path": path, "method": method, "error": type(exc).__name__},
-        )
-        return 503, problem_body(
-            503,
-            ErrorCode.DATABASE_UNAVAILABLE,
-            title_for(503),
-            "database unreachable; retry later",
-            instance=path,
-        )
-    if bad_value(exc):  # Postgres refused a value the callback carried (a NUL character)
-        return 400, problem_body(
-            400,
-            ErrorCode.INVALID_PARAMETER,
-            title_for(400),
-            "the callback holds a value the database cannot take (a NUL character, or a"
-            " number out of range)",
-            instance=path,
-        )
-    log.error("unexpected error", exc_info=exc, extra={"path": path, "method": method})
-    return 500, problem_body(
-        500,
-        ErrorCode.INTERNAL_ERROR,
-        title_for(500),
-        "unexpected error; it is logged on the server",
-        instance=path,
     )
 
 

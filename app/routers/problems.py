@@ -217,7 +217,7 @@ def _field_error(error: Mapping[str, Any]) -> FieldError:
     return FieldError(field, str(error["msg"]).removeprefix("Value error, "))
 
 
-def bad_value(exc: BaseException) -> bool:
+def _bad_value(exc: BaseException) -> bool:
     """A data exception (SQLSTATE class 22) from Postgres, or asyncpg refusing to encode a
     parameter, anywhere in the chain SQLAlchemy wraps around it."""
     seen: BaseException | None = exc
@@ -232,24 +232,31 @@ def bad_value(exc: BaseException) -> bool:
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-    """The detail never carries the exception's text: it may hold SQL, paths or secrets."""
-    path = request.url.path
+    body = last_resort(exc, path=request.url.path, method=request.method)
+    return ProblemResponse(body, status_code=body["status"])
+
+
+def last_resort(exc: Exception, *, path: str, method: str) -> dict[str, Any]:
+    """The problem for an exception nothing else handled, for the API and the callback
+    (app/routers/callback.py) alike: an outage is a 503 and a warning without traceback, a
+    value Postgres refuses a 400, anything else a bug, a 500 logged with its traceback. The
+    detail never carries the exception's text: it may hold SQL, paths or secrets."""
     if is_unavailable(exc):
         log.warning(
             "database unavailable",
-            extra={"path": path, "method": request.method, "error": type(exc).__name__},
+            extra={"path": path, "method": method, "error": type(exc).__name__},
         )
-        return problem_response(
+        return problem_body(
             503,
             ErrorCode.DATABASE_UNAVAILABLE,
             title_for(503),
             "database unreachable; retry later",
             instance=path,
         )
-    if bad_value(exc):
+    if _bad_value(exc):
         # Postgres refused a value the request carried (a NUL character, a number beyond
         # bigint): the caller's mistake, not ours.
-        return problem_response(
+        return problem_body(
             400,
             ErrorCode.INVALID_PARAMETER,
             title_for(400),
@@ -257,8 +264,8 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
             " number out of range)",
             instance=path,
         )
-    log.error("unexpected error", exc_info=exc, extra={"path": path, "method": request.method})
-    return problem_response(
+    log.error("unexpected error", exc_info=exc, extra={"path": path, "method": method})
+    return problem_body(
         500,
         ErrorCode.INTERNAL_ERROR,
         title_for(500),
