@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     processor_poll_seconds: float = Field(
         default=1.0, gt=0, description="Fallback poll, in case a NOTIFY is missed."
     )
+    claim_interval_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="While work keeps coming, the least time between two claims of the event "
+        "processor or the action runner: more events or actions per claim, fewer statements "
+        "(ADR 0008). The first claim after a quiet spell, and the next one after a full "
+        "batch, go at once.",
+    )
 
     wecom_api_base_url: str = Field(
         default="https://qyapi.weixin.qq.com",

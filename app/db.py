@@ -42,7 +42,7 @@ async def _jsonb_as_python(connection: asyncpg.Connection) -> None:
     )
 
 
-async def _reset_if_needed(connection: asyncpg.Connection) -> None:
+async def reset_if_needed(connection: asyncpg.Connection) -> None:
     """asyncpg's own reset is a round trip on every release (UNLISTEN, RESET ALL, …); our
     pools run single statements that leave nothing behind, except after an interruption."""
     if connection.is_in_transaction():
@@ -62,7 +62,7 @@ def create_pool(dsn: str, settings: Settings, *, max_size: int) -> asyncpg.Pool:
         timeout=timeout,
         command_timeout=timeout,
         init=_jsonb_as_python,
-        reset=_reset_if_needed,
+        reset=reset_if_needed,
     )
 
 

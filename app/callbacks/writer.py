@@ -35,7 +35,7 @@ from datetime import datetime
 import asyncpg
 
 from app.callbacks.verify import Delivery
-from app.db import DatabaseUnavailable, is_unavailable
+from app.db import DatabaseUnavailable, is_unavailable, reset_if_needed
 from app.events.identity import identify
 from app.metrics import INGEST_BATCH_SIZE
 
@@ -125,6 +125,7 @@ class EventWriter:
             max_size=self._flushers,
             timeout=self._timeout,
             command_timeout=self._timeout,
+            reset=reset_if_needed,  # one statement, nothing left behind: no reset round trip
         )
         await self._pool
         self._tasks = [asyncio.create_task(self._flush_forever()) for _ in range(self._flushers)]

@@ -29,7 +29,7 @@ from app.events.context import Context
 from app.events.models import InvalidEvent, parse_event
 from app.metrics import EVENTS_PROCESSED
 from app.models import Event
-from app.notify import EVENTS_CHANNEL, RULES_CHANNEL, listen, worker_id
+from app.notify import EVENTS_CHANNEL, RULES_CHANNEL, ClaimSpacing, listen, worker_id
 from app.processing.projection import Projector, project
 from app.processing.writes import collecting, flush
 from app.webhooks.publish import Subscriptions, publish_event
@@ -110,6 +110,7 @@ class EventProcessor:
         lease_seconds: float = 60.0,
         max_attempts: int = 8,
         poll_seconds: float = 1.0,
+        claim_interval: float = 0.0,
         worker: str | None = None,
         projector: Projector = project,
         webhooks: Subscriptions | None = None,
@@ -125,6 +126,7 @@ class EventProcessor:
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
         self._poll_seconds = poll_seconds
+        self._claim_interval = claim_interval
         self.worker = worker or worker_id()
         self._wake = asyncio.Event()
 
@@ -143,13 +145,16 @@ class EventProcessor:
                         listen(self._listen_dsn, channel, wake, retry_seconds=self._poll_seconds)
                     )
                 )
+        spacing = ClaimSpacing(self._claim_interval)
         try:
             while not stop.is_set():
+                await spacing.wait()
                 try:
                     done = await self.run_once()
                 except Exception as exc:  # the database is down: keep trying, do not die
                     log.warning("event processing paused", extra={"error": repr(exc)})
                     done = 0
+                spacing.claimed(full=done >= self._batch_size)
                 if done == 0:
                     self._wake.clear()
                     waiters = {

@@ -45,6 +45,7 @@ def event_processor(
         lease_seconds=settings.processor_lease_seconds,
         max_attempts=settings.processor_max_attempts,
         poll_seconds=settings.processor_poll_seconds,
+        claim_interval=settings.claim_interval_ms / 1000,
         webhooks=Subscriptions(ttl=settings.webhook_cache_seconds),
     )
 
@@ -96,6 +97,7 @@ def action_runner(
         concurrency=RUNNER_CONCURRENCY,
         lease_seconds=settings.processor_lease_seconds,
         poll_seconds=settings.processor_poll_seconds,
+        claim_interval=settings.claim_interval_ms / 1000,
     )
 
 
@@ -119,6 +121,7 @@ def webhook_runner(
         concurrency=settings.webhook_concurrency,
         lease_seconds=settings.processor_lease_seconds,
         poll_seconds=settings.processor_poll_seconds,
+        claim_interval=settings.claim_interval_ms / 1000,
     )
 
 
