@@ -29,6 +29,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.caching import Refreshing
 from app.crypto import IllegalAesKeyError, WXBizMsgCrypt, decode_aes_key
 from app.crypto.at_rest import SecretBox
 from app.errors import (
@@ -359,7 +360,8 @@ def open_keys(app: WecomApp, box: SecretBox) -> AppKeys:
 
 class AppDirectory:
     """Slug → AppKeys with a short in-memory cache, so a callback costs no lookup query and no
-    AES-GCM work; a removed or changed app is seen after at most `ttl` seconds.
+    AES-GCM work; a removed or changed app is seen after at most `ttl` seconds plus one
+    lookup (app/caching.py: one lookup at a time per app, never a burst of them).
 
     Unknown slugs are anyone's to send, so they must not cost a query each: a slug that
     cannot be one is refused without a lookup, and one that was looked up and not found is
@@ -378,33 +380,28 @@ class AppDirectory:
     ) -> None:
         self._sessionmaker = sessionmaker
         self._box = box
-        self._ttl = ttl
         self._unknown_ttl = min(ttl, unknown_ttl)
         self._max_unknown = max_unknown
         self._clock = clock
-        self._cache: dict[str, tuple[float, AppKeys]] = {}
+        self._keys = Refreshing(self._look_up, ttl=ttl, clock=clock)
         self._unknown: dict[str, float] = {}  # slug → until when it is known not to exist
 
     async def get(self, slug: str) -> AppKeys | None:
         if not SLUG.fullmatch(slug):
             return None
-        now = self._clock()
-        cached = self._cache.get(slug)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        if self._unknown.get(slug, 0.0) > now:
+        if slug not in self._keys and self._unknown.get(slug, 0.0) > self._clock():
             return None
+        keys = await self._keys.get(slug)
+        if keys is None:
+            self._remember_unknown(slug, self._clock())
+        else:
+            self._unknown.pop(slug, None)
+        return keys
+
+    async def _look_up(self, slug: str) -> AppKeys | None:
         async with self._sessionmaker() as session:
             app = await find_app(session, slug)
-        if app is None:
-            self._cache.pop(slug, None)
-            self._remember_unknown(slug, now)
-            return None
-        self._unknown.pop(slug, None)
-        keys = open_keys(app, self._box)
-        if self._ttl > 0:
-            self._cache[slug] = (now + self._ttl, keys)
-        return keys
+        return None if app is None else open_keys(app, self._box)
 
     def _remember_unknown(self, slug: str, now: float) -> None:
         if self._unknown_ttl <= 0:

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.automations.rules import ReplyContent, ReplyMatch
-from app.automations.store import LoadedRule, RuleCache
+from app.automations.store import LoadedRule, enabled_rules
+from app.caching import Refreshing
 from app.callbacks.safexml import XmlValue
 from app.crypto import WXBizMsgCrypt
 
@@ -56,7 +57,8 @@ def choose_reply(
 
 
 class ReplyBook:
-    """The reply rules of each app, cached like every rule (changes apply within `ttl`)."""
+    """The reply rules of each app, cached: a change applies within `ttl` plus one load, and
+    however many messages come meanwhile, one load at a time per app (app/caching.py)."""
 
     def __init__(
         self,
@@ -66,7 +68,7 @@ class ReplyBook:
         max_waiting: int = MATCHING_WAITING_MAX,
     ) -> None:
         self._sessionmaker = sessionmaker
-        self._cache = RuleCache(ttl)
+        self._cache: Refreshing[int, list[LoadedRule]] = Refreshing(self._load, ttl=ttl)
         self._matcher = ThreadPoolExecutor(MATCHING_THREADS, thread_name_prefix="reply-regex")
         self._max_waiting = max_waiting
         self._waiting = 0
@@ -75,11 +77,11 @@ class ReplyBook:
         self._matcher.shutdown(wait=False, cancel_futures=True)
 
     async def rules(self, app_id: int) -> list[LoadedRule]:
-        rules = self._cache.cached("reply", app_id)
-        if rules is not None:
-            return rules
+        return await self._cache.get(app_id) or []
+
+    async def _load(self, app_id: int) -> list[LoadedRule]:
         async with self._sessionmaker() as session:
-            return await self._cache.load(session, "reply", app_id)
+            return await enabled_rules(session, "reply", app_id)
 
     async def passive_reply(
         self,
