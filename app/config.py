@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Fallback poll, in case a NOTIFY is missed."
     )
     claim_interval_ms: float = Field(
-        default=20.0,
+        default=30.0,
         ge=0,
         description="While work keeps coming, the least time between two claims of the event "
         "processor or the action runner: more events or actions per claim, fewer statements "

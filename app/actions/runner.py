@@ -319,6 +319,8 @@ class ActionRunner:
                 limit = min(free, self._batch_size)
                 if free > 0:
                     await spacing.wait()
+                    # Whatever was notified while spacing is in this claim: not one more.
+                    self._wake.clear()
                     try:
                         claimed = await self.claim(limit=limit)
                     except Exception as exc:
