@@ -7,9 +7,11 @@ the reload itself: at 1,900 callbacks a second, each time the app's entry ran ou
 waited together 50-190 ms; that was the ingest p99 (ADR 0008). Here, per key:
 
 - one load at a time, however many ask (the others await the same one);
-- an entry that ran out less than `ttl` ago is answered at once while one load replaces it
-  behind the answer, so a changed value is seen after at most `ttl` plus one load;
-- an older entry, or none, is loaded while the caller waits.
+- in the last fifth of an entry's ttl, a request is answered from it at once and one load
+  replaces it behind the answer: under steady traffic an entry is renewed before it runs
+  out, and nobody waits;
+- an entry is never answered from after its ttl (a removed app, rotated keys: at most `ttl`
+  old); then, or with none, the caller waits for the load.
 """
 
 import asyncio
@@ -23,7 +25,8 @@ V = TypeVar("V")
 
 class Refreshing(Generic[K, V]):
     """`load(key)` returns the value, or None where there is none: None is never cached
-    (the caller decides how long "there is none" holds) and drops the key's entry."""
+    (the caller decides how long "there is none" holds) and drops the key's entry. With a
+    ttl of 0 nothing is kept, and a caller may share a load that began just before it."""
 
     def __init__(
         self,
@@ -35,7 +38,7 @@ class Refreshing(Generic[K, V]):
         self._load = load
         self._ttl = ttl
         self._clock = clock
-        self._entries: dict[K, tuple[float, V]] = {}
+        self._entries: dict[K, tuple[float, float, V]] = {}  # renew after, expires, value
         self._loading: dict[K, asyncio.Future[V | None]] = {}
 
     def __contains__(self, key: K) -> bool:
@@ -44,19 +47,15 @@ class Refreshing(Generic[K, V]):
     async def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
         if entry is not None:
-            expires, value = entry
+            renew_after, expires, value = entry
             now = self._clock()
             if now < expires:
-                return value
-            if now < expires + self._ttl:
-                self._loaded(key)  # behind this answer
+                if now >= renew_after:
+                    self._loaded(key)  # behind this answer
                 return value
         # Shielded: a caller that gives up (its client went away) leaves the load to the
         # others waiting for it.
         return await asyncio.shield(self._loaded(key))
-
-    def clear(self) -> None:
-        self._entries.clear()
 
     def _loaded(self, key: K) -> "asyncio.Future[V | None]":
         """The load of `key` under way, or a new one."""
@@ -72,7 +71,8 @@ class Refreshing(Generic[K, V]):
         if value is None:
             self._entries.pop(key, None)
         elif self._ttl > 0:
-            self._entries[key] = (self._clock() + self._ttl, value)
+            now = self._clock()
+            self._entries[key] = (now + self._ttl * 0.8, now + self._ttl, value)
         return value
 
     def _done(self, key: K, done: "asyncio.Future[V | None]") -> None:

@@ -95,8 +95,8 @@ class Settings(BaseSettings):
         ge=0,
         description="While work keeps coming, the least time between two claims of the event "
         "processor or the action runner: more events or actions per claim, fewer statements "
-        "(ADR 0008). The first claim after a quiet spell, and the next one after a full "
-        "batch, go at once.",
+        "(ADR 0008). The first claim after a quiet spell goes at once, and a full batch "
+        "is not followed by a wait.",
     )
 
     wecom_api_base_url: str = Field(

@@ -360,8 +360,9 @@ def open_keys(app: WecomApp, box: SecretBox) -> AppKeys:
 
 class AppDirectory:
     """Slug → AppKeys with a short in-memory cache, so a callback costs no lookup query and no
-    AES-GCM work; a removed or changed app is seen after at most `ttl` seconds plus one
-    lookup (app/caching.py: one lookup at a time per app, never a burst of them).
+    AES-GCM work; a removed or changed app is seen after at most `ttl` seconds
+    (app/caching.py: one lookup at a time per app, made before the entry runs out while
+    callbacks keep coming, never a burst of them).
 
     Unknown slugs are anyone's to send, so they must not cost a query each: a slug that
     cannot be one is refused without a lookup, and one that was looked up and not found is

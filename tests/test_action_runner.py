@@ -1,8 +1,12 @@
 """The action runner's own bookkeeping: a kind it does not know, and a runner that lost its
 lease, both recorded rather than lost."""
 
+import asyncio
+
 import asyncpg
 
+from app.actions.kinds import ActionKind, ActionStatus
+from app.actions.runner import ActionRunner, Outcome, Run
 from app.config import Settings
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import wait_for
@@ -49,3 +53,31 @@ async def test_a_runner_that_lost_its_lease_changes_nothing_but_its_attempt_is_l
     attempts = await db.fetch("SELECT attempt, outcome, worker FROM action_attempts ORDER BY id")
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "failed"), (2, "lease_lost")]
     assert attempts[1]["worker"] == slow.runner.worker
+
+
+async def test_a_runner_cut_off_records_what_ran_before_it_gives_the_rest_back(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """Outcomes wait a moment for company before they are recorded (ADR 0008). A runner
+    cut off then (SHUTDOWN_SECONDS passed) must record them before it gives back what it
+    holds: given back first, the action would be pending again, its outcome refused for
+    want of the lease, and the call made twice."""
+    await db.execute(_NEW_ACTION, ActionKind.MARK_TAG.value)
+    ran = asyncio.Event()
+
+    async def handler(run: Run) -> Outcome:
+        ran.set()
+        return Outcome(ActionStatus.SUCCEEDED)
+
+    async with replica(settings, simulator) as other:
+        # A claim interval of 0.4 s: outcomes wait 0.1 s for company.
+        runner = ActionRunner(
+            other.pool, other.sessions, {ActionKind.MARK_TAG: handler}, claim_interval=0.4
+        )
+        running = asyncio.create_task(runner.run())
+        await asyncio.wait_for(ran.wait(), 10)
+        running.cancel()  # while the outcome waits
+        await asyncio.gather(running, return_exceptions=True)
+    assert await db.fetchval("SELECT status FROM actions") == "succeeded"
+    attempts = await db.fetch("SELECT outcome FROM action_attempts")
+    assert [a["outcome"] for a in attempts] == ["succeeded"]

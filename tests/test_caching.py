@@ -49,36 +49,38 @@ async def test_a_burst_for_a_missing_key_is_one_load() -> None:
     assert loads.calls == 1
 
 
-async def test_an_entry_that_just_ran_out_is_answered_while_one_load_replaces_it() -> None:
+async def test_an_entry_near_its_end_is_answered_while_one_load_renews_it() -> None:
     loads, clock = Loads(), Clock()
     cache: Refreshing[str, str] = Refreshing(loads, ttl=10, clock=clock)
     await _loaded(cache, loads)
-    clock.now = 12  # ran out 2 s ago
+    clock.now = 9  # in the last fifth of its ttl
     loads.value = "v2"
-    # The load is held: every answer comes from the old entry, at once, with one load.
+    # The load is held: every answer comes from the entry, at once, with one load.
     answers = await asyncio.wait_for(asyncio.gather(*(cache.get("k") for _ in range(50))), 1)
     assert answers == ["v1"] * 50
     assert loads.calls == 2
     loads.release.set()
     for _ in range(100):
-        await asyncio.sleep(0)
         if await cache.get("k") == "v2":
             break
+        await asyncio.sleep(0)
     assert await cache.get("k") == "v2"
     assert loads.calls == 2
 
 
-async def test_an_entry_long_out_of_date_is_not_answered_from() -> None:
+async def test_an_entry_past_its_ttl_is_never_answered_from() -> None:
+    """A removed app, rotated keys: what was cached holds `ttl` at most."""
     loads, clock = Loads(), Clock()
     cache: Refreshing[str, str] = Refreshing(loads, ttl=10, clock=clock)
     await _loaded(cache, loads)
-    clock.now = 25  # ran out more than ttl ago: the caller waits for the load
+    clock.now = 10.5
     loads.value = "v2"
-    waiting = asyncio.create_task(cache.get("k"))
+    waiting = [asyncio.create_task(cache.get("k")) for _ in range(50)]
     await asyncio.sleep(0.01)
-    assert not waiting.done()
+    assert not any(task.done() for task in waiting)
     loads.release.set()
-    assert await waiting == "v2"
+    assert await asyncio.gather(*waiting) == ["v2"] * 50
+    assert loads.calls == 2, "the callers waited for one load"
 
 
 async def test_none_is_not_cached_and_drops_the_entry() -> None:

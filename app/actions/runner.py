@@ -150,9 +150,21 @@ class _Recorder:
             self._flusher = asyncio.create_task(self._flush())
         await future
 
+    async def drain(self) -> None:
+        """Until every outcome queued has been recorded (or has failed): a runner that stops
+        gives back what it still holds only after this, or an action that ran would be
+        given back as pending, its outcome refused for want of the lease, and run again."""
+        if self._flusher is not None:
+            await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
+
     async def _flush(self) -> None:
-        if self._window:  # the actions claimed together end close together: one statement
-            await asyncio.sleep(self._window)
+        try:
+            if self._window:  # actions claimed together end close together: one statement
+                await asyncio.sleep(self._window)
+        except BaseException:
+            _fail(self._queued, RuntimeError("the runner stopped"))
+            self._queued = []
+            raise
         while self._queued:
             batch, self._queued = self._queued, []
             try:
@@ -319,6 +331,8 @@ class ActionRunner:
                 limit = min(free, self._batch_size)
                 if free > 0:
                     await spacing.wait()
+                    if stop.is_set():
+                        break
                     # Whatever was notified while spacing is in this claim: not one more.
                     self._wake.clear()
                     try:
@@ -353,6 +367,7 @@ class ActionRunner:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+            await self._recorder.drain()
             await self._release_held()
             if listener is not None:
                 listener.cancel()

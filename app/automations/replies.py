@@ -57,8 +57,8 @@ def choose_reply(
 
 
 class ReplyBook:
-    """The reply rules of each app, cached: a change applies within `ttl` plus one load, and
-    however many messages come meanwhile, one load at a time per app (app/caching.py)."""
+    """The reply rules of each app, cached: a change applies within `ttl`, and however many
+    messages come meanwhile, one load at a time per app (app/caching.py)."""
 
     def __init__(
         self,

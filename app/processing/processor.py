@@ -149,6 +149,10 @@ class EventProcessor:
         try:
             while not stop.is_set():
                 await spacing.wait()
+                if stop.is_set():
+                    break
+                # Cleared before the claim: what is notified while it runs wakes the wait.
+                self._wake.clear()
                 try:
                     done = await self.run_once()
                 except Exception as exc:  # the database is down: keep trying, do not die
@@ -156,7 +160,6 @@ class EventProcessor:
                     done = 0
                 spacing.claimed(full=done >= self._batch_size)
                 if done == 0:
-                    self._wake.clear()
                     waiters = {
                         asyncio.ensure_future(self._wake.wait()),
                         asyncio.ensure_future(stop.wait()),
