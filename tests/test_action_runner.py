@@ -2,12 +2,14 @@
 lease, both recorded rather than lost."""
 
 import asyncio
+from collections.abc import Awaitable
 
 import asyncpg
 
 from app.actions.kinds import ActionKind, ActionStatus
 from app.actions.runner import ActionRunner, Outcome, Run
 from app.config import Settings
+from app.db import asyncpg_dsn
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import wait_for
 from tests.test_automations import replica
@@ -81,3 +83,54 @@ async def test_a_runner_cut_off_records_what_ran_before_it_gives_the_rest_back(
     assert await db.fetchval("SELECT status FROM actions") == "succeeded"
     attempts = await db.fetch("SELECT outcome FROM action_attempts")
     assert [a["outcome"] for a in attempts] == ["succeeded"]
+
+
+async def test_actions_that_keep_coming_are_claimed_several_at_a_time(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """While actions keep coming, the runner claims at most once per claim interval (ADR
+    0008). A claim stamps started_at with its statement's time: one value per claim."""
+    ran: list[int] = []
+
+    async def handler(run: Run) -> Outcome:
+        ran.append(run.action.id)
+        return Outcome(ActionStatus.SUCCEEDED)
+
+    assert settings.database_url
+    async with replica(settings, simulator) as other:
+        runner = ActionRunner(
+            other.pool,
+            other.sessions,
+            {ActionKind.MARK_TAG: handler},
+            claim_interval=0.25,
+            listen_dsn=asyncpg_dsn(settings.database_url),
+            poll_seconds=60,
+        )
+        running = asyncio.create_task(runner.run())
+        try:
+            listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+            await wait_for(lambda: _true(db.fetchval(listening)))
+            for n in range(30):  # one action every 25 ms, for about 0.75 s
+                await db.execute(_NOTIFIED_ACTION, ActionKind.MARK_TAG.value, f"spaced-{n}")
+                await asyncio.sleep(0.025)
+            await wait_for(lambda: _true(db.fetchval(_ALL_SUCCEEDED)))
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    claims = await db.fetchval("SELECT count(DISTINCT started_at) FROM actions")
+    assert len(ran) == 30
+    assert claims <= 8, f"30 actions in {claims} claims: claimed as they came, not spaced"
+
+
+_NOTIFIED_ACTION = """
+    WITH new AS (
+        INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key)
+        SELECT $1, id, corp_id, 'x', $2 FROM apps RETURNING id
+    )
+    SELECT pg_notify('wecom_hub_actions', '') FROM new
+"""
+_ALL_SUCCEEDED = "SELECT count(*) = 30 FROM actions WHERE status = 'succeeded'"
+
+
+async def _true(value: Awaitable[object]) -> bool:
+    return bool(await value)

@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import asyncpg
 import httpx
@@ -14,7 +14,7 @@ from app.db import asyncpg_dsn
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, event_xml, text_message
 from tests.conftest import RegisteredApp
-from tests.processing_helpers import deliver, drain, row, sessionmaker_for
+from tests.processing_helpers import deliver, drain, row, sessionmaker_for, wait_for
 
 T0 = 1_700_000_000
 
@@ -388,3 +388,45 @@ async def test_notify_wakes_the_processor_at_once(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_events_that_keep_coming_are_claimed_several_at_a_time(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    wecom_app: RegisteredApp,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    db: asyncpg.Connection,
+) -> None:
+    """While events keep coming, the processor claims at most once per claim interval, so
+    each batch takes what arrived meanwhile (ADR 0008): one statement for several events,
+    not one each. A batch is marked processed in one transaction: one processed_at."""
+    assert settings.database_url
+    processor = EventProcessor(
+        sessionmaker,
+        listen_dsn=asyncpg_dsn(settings.database_url),
+        poll_seconds=60,
+        claim_interval=0.25,
+    )
+    task = asyncio.create_task(processor.run())
+    try:
+        listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+        await wait_for(lambda: _true(db.fetchval(listening)))
+        for n in range(30):  # one event every 25 ms, for about 0.75 s
+            xml = text_message(
+                corp_id=wecom_app.corp_id, from_user="m", content=f"{n}", msg_id=f"spaced-{n}"
+            )
+            await deliver(client, wecom_app, xml)
+            await asyncio.sleep(0.025)
+        await wait_for(lambda: _true(db.fetchval(_ALL_PROCESSED)))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    batches = await db.fetchval("SELECT count(DISTINCT processed_at) FROM events")
+    assert batches <= 8, f"30 events in {batches} batches: claimed as they came, not spaced"
+
+
+_ALL_PROCESSED = "SELECT count(*) = 30 FROM events WHERE status = 'processed'"
+
+
+async def _true(value: Awaitable[object]) -> bool:
+    return bool(await value)
