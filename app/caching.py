@@ -67,12 +67,12 @@ class Refreshing(Generic[K, V]):
         return loading
 
     async def _load_into(self, key: K) -> V | None:
+        asked = self._clock()  # the value is as old as the question, not the answer
         value = await self._load(key)
         if value is None:
             self._entries.pop(key, None)
         elif self._ttl > 0:
-            now = self._clock()
-            self._entries[key] = (now + self._ttl * 0.8, now + self._ttl, value)
+            self._entries[key] = (asked + self._ttl * 0.8, asked + self._ttl, value)
         return value
 
     def _done(self, key: K, done: "asyncio.Future[V | None]") -> None:

@@ -56,6 +56,20 @@ async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 10) -> 
         await asyncio.sleep(0.05)
 
 
+async def holds(db: asyncpg.Connection, query: str, *args: object) -> bool:
+    """Whether a query's one value is true: a condition for wait_for."""
+    return bool(await db.fetchval(query, *args))
+
+
+async def listening(db: asyncpg.Connection) -> None:
+    """Until some loop LISTENs, so that a NOTIFY sent next cannot be missed."""
+    query = (
+        "SELECT count(*) > 0 FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN \"wecom_hub_%'"
+    )
+    await wait_for(lambda: holds(db, query), within=5)
+
+
 async def status_of(db: asyncpg.Connection, kind: str, target: str) -> str | None:
     found: str | None = await db.fetchval(
         "SELECT status FROM actions WHERE kind = $1 AND target = $2", kind, target

@@ -2,16 +2,15 @@
 lease, both recorded rather than lost."""
 
 import asyncio
-from collections.abc import Awaitable
 
 import asyncpg
 
 from app.actions.kinds import ActionKind, ActionStatus
-from app.actions.runner import ActionRunner, Outcome, Run
+from app.actions.runner import ActionRunner, ClaimedAction, Outcome, Run
 from app.config import Settings
 from app.db import asyncpg_dsn
 from tests.conftest import RegisteredApp, Simulator
-from tests.processing_helpers import wait_for
+from tests.processing_helpers import holds, listening, wait_for
 from tests.test_automations import replica
 
 _NEW_ACTION = """
@@ -61,20 +60,28 @@ async def test_a_runner_cut_off_records_what_ran_before_it_gives_the_rest_back(
     settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
 ) -> None:
     """Outcomes wait a moment for company before they are recorded (ADR 0008). A runner
-    cut off then (SHUTDOWN_SECONDS passed) must record them before it gives back what it
-    holds: given back first, the action would be pending again, its outcome refused for
-    want of the lease, and the call made twice."""
+    cut off then (SHUTDOWN_SECONDS passed) must record them, and announce them, before it
+    gives back what it holds: given back first, the action would be pending again, its
+    outcome refused for want of the lease, the call made twice and its news lost."""
     await db.execute(_NEW_ACTION, ActionKind.MARK_TAG.value)
     ran = asyncio.Event()
+    announced: list[tuple[int, str]] = []
 
     async def handler(run: Run) -> Outcome:
         ran.set()
         return Outcome(ActionStatus.SUCCEEDED)
 
+    async def finished(action: ClaimedAction, status: ActionStatus, *_: object) -> None:
+        announced.append((action.id, status))
+
     async with replica(settings, simulator) as other:
         # A claim interval of 0.4 s: outcomes wait 0.1 s for company.
         runner = ActionRunner(
-            other.pool, other.sessions, {ActionKind.MARK_TAG: handler}, claim_interval=0.4
+            other.pool,
+            other.sessions,
+            {ActionKind.MARK_TAG: handler},
+            finished=finished,
+            claim_interval=0.4,
         )
         running = asyncio.create_task(runner.run())
         await asyncio.wait_for(ran.wait(), 10)
@@ -83,6 +90,7 @@ async def test_a_runner_cut_off_records_what_ran_before_it_gives_the_rest_back(
     assert await db.fetchval("SELECT status FROM actions") == "succeeded"
     attempts = await db.fetch("SELECT outcome FROM action_attempts")
     assert [a["outcome"] for a in attempts] == ["succeeded"]
+    assert announced == [(await db.fetchval("SELECT id FROM actions"), "succeeded")]
 
 
 async def test_actions_that_keep_coming_are_claimed_several_at_a_time(
@@ -108,12 +116,11 @@ async def test_actions_that_keep_coming_are_claimed_several_at_a_time(
         )
         running = asyncio.create_task(runner.run())
         try:
-            listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
-            await wait_for(lambda: _true(db.fetchval(listening)))
+            await listening(db)
             for n in range(30):  # one action every 25 ms, for about 0.75 s
                 await db.execute(_NOTIFIED_ACTION, ActionKind.MARK_TAG.value, f"spaced-{n}")
                 await asyncio.sleep(0.025)
-            await wait_for(lambda: _true(db.fetchval(_ALL_SUCCEEDED)))
+            await wait_for(lambda: holds(db, _ALL_SUCCEEDED))
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
@@ -130,7 +137,3 @@ _NOTIFIED_ACTION = """
     SELECT pg_notify('wecom_hub_actions', '') FROM new
 """
 _ALL_SUCCEEDED = "SELECT count(*) = 30 FROM actions WHERE status = 'succeeded'"
-
-
-async def _true(value: Awaitable[object]) -> bool:
-    return bool(await value)

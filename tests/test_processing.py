@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -14,7 +14,15 @@ from app.db import asyncpg_dsn
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, event_xml, text_message
 from tests.conftest import RegisteredApp
-from tests.processing_helpers import deliver, drain, row, sessionmaker_for, wait_for
+from tests.processing_helpers import (
+    deliver,
+    drain,
+    holds,
+    listening,
+    row,
+    sessionmaker_for,
+    wait_for,
+)
 
 T0 = 1_700_000_000
 
@@ -373,11 +381,7 @@ async def test_notify_wakes_the_processor_at_once(
     )  # polling alone would take a minute
     task = asyncio.create_task(processor.run())
     try:
-        listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
-        deadline = time.monotonic() + 5
-        while not await db.fetchval(listening):  # subscribed, so the NOTIFY cannot be missed
-            assert time.monotonic() < deadline, "the processor did not LISTEN"
-            await asyncio.sleep(0.02)
+        await listening(db)
         await deliver(
             client, wecom_app, contact_event(wecom_app, "add_external_contact", "wmA", T0)
         )
@@ -409,15 +413,14 @@ async def test_events_that_keep_coming_are_claimed_several_at_a_time(
     )
     task = asyncio.create_task(processor.run())
     try:
-        listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
-        await wait_for(lambda: _true(db.fetchval(listening)))
+        await listening(db)
         for n in range(30):  # one event every 25 ms, for about 0.75 s
             xml = text_message(
                 corp_id=wecom_app.corp_id, from_user="m", content=f"{n}", msg_id=f"spaced-{n}"
             )
             await deliver(client, wecom_app, xml)
             await asyncio.sleep(0.025)
-        await wait_for(lambda: _true(db.fetchval(_ALL_PROCESSED)))
+        await wait_for(lambda: holds(db, _ALL_PROCESSED))
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -426,7 +429,3 @@ async def test_events_that_keep_coming_are_claimed_several_at_a_time(
 
 
 _ALL_PROCESSED = "SELECT count(*) = 30 FROM events WHERE status = 'processed'"
-
-
-async def _true(value: Awaitable[object]) -> bool:
-    return bool(await value)

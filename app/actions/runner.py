@@ -20,7 +20,7 @@ be safe to repeat (WeCom's own idempotency: msgid, welcome_code single use) or t
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -180,7 +180,8 @@ class _Recorder:
                     except Exception as single:
                         _fail([one], single)
             except BaseException:
-                _fail(batch, RuntimeError("the runner stopped"))
+                _fail(batch + self._queued, RuntimeError("the runner stopped"))
+                self._queued = []
                 raise
 
     async def _send(self, batch: list[tuple[_Outcome, "asyncio.Future[None]"]]) -> None:
@@ -305,6 +306,7 @@ class ActionRunner:
         self._claim_interval = claim_interval
         self.worker = worker or worker_id()
         self._wake = asyncio.Event()
+        self._settling: set[asyncio.Task[None]] = set()  # see _settle
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run actions until `stop` is set; then the actions in flight finish (a call
@@ -364,14 +366,17 @@ class ActionRunner:
                     waiter.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
         finally:
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
-            await self._recorder.drain()
-            await self._release_held()
-            if listener is not None:
-                listener.cancel()
-                await asyncio.gather(listener, return_exceptions=True)
+            try:
+                for task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
+                await asyncio.gather(*self._settling, return_exceptions=True)
+                await self._recorder.drain()
+                await self._release_held()
+            finally:
+                if listener is not None:
+                    listener.cancel()
+                    await asyncio.gather(listener, return_exceptions=True)
 
     async def _release_held(self) -> None:
         """Whatever this runner still holds (cut off at a stop) goes back to pending now,
@@ -417,15 +422,25 @@ class ActionRunner:
                 with counting(attempt.calls):
                     outcome = await handler(Run(action, self._sessionmaker, self._db))
             except ActionError as exc:
-                await self._failed(action, attempt, exc)
+                await self._settle(self._failed(action, attempt, exc))
                 return
             except Exception as exc:
                 log.exception("action handler crashed", extra={"action_id": action.id})
-                await self._failed(
-                    action, attempt, ActionError("crash", repr(exc)[:500], retryable=True)
-                )
+                crash = ActionError("crash", repr(exc)[:500], retryable=True)
+                await self._settle(self._failed(action, attempt, crash))
                 return
-            await self._finish(action, attempt, outcome.status, outcome.reason, reply=outcome.reply)
+            await self._settle(
+                self._finish(action, attempt, outcome.status, outcome.reason, reply=outcome.reply)
+            )
+
+    async def _settle(self, recording: Coroutine[Any, Any, None]) -> None:
+        """The call was made: its outcome is recorded and announced even if this runner is
+        cut off meanwhile (run() waits for it before it gives back what it holds), or the
+        action would be given back, run again, and its news lost."""
+        task = asyncio.ensure_future(recording)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
 
     async def _failed(self, action: ClaimedAction, attempt: _Attempt, error: ActionError) -> None:
         """Transient errors are tried again later, unless attempts or the deadline run out."""
