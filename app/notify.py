@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
@@ -32,26 +33,62 @@ async def _connect(dsn: str) -> asyncpg.Connection:
         raise
 
 
-async def listen(dsn: str, channel: str, wake: asyncio.Event, *, retry_seconds: float) -> None:
-    """Set `wake` on every notification, until cancelled. A lost connection is reopened;
-    the loops also poll, so a notification missed meanwhile only costs a poll interval."""
-    while True:
-        connection: asyncpg.Connection | None = None
+class Listener:
+    """One LISTEN connection per process, for every loop in it. Postgres wakes every backend
+    that listens in a database on each NOTIFY, whatever the channel: with a connection per
+    loop (the processor's two, each runner's one) each new event woke four backends and
+    four connections (ADR 0008). Loops register what to wake before `running()` starts."""
+
+    def __init__(self, dsn: str, *, retry_seconds: float) -> None:
+        self._dsn = dsn
+        self._retry_seconds = retry_seconds
+        self._wakes: dict[str, list[asyncio.Event]] = {}
+
+    def wake(self, channel: str, event: asyncio.Event) -> None:
+        """Set `event` on every notification on `channel`, and whenever the connection is
+        (re)made: something may have come while nobody listened."""
+        self._wakes.setdefault(channel, []).append(event)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._listen())
         try:
-            connection = await _connect(dsn)
-            closed = asyncio.Event()
-            await connection.add_listener(channel, lambda *_: wake.set())
-            connection.add_termination_listener(lambda *_, closed=closed: closed.set())
-            wake.set()  # something may have arrived while we were not listening
-            await closed.wait()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.debug("LISTEN connection failed", extra={"channel": channel, "error": repr(exc)})
+            yield
         finally:
-            if connection is not None and not connection.is_closed():
-                await connection.close()
-        await asyncio.sleep(retry_seconds)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        """Until cancelled. A lost connection is reopened; the loops also poll, so a
+        notification missed meanwhile only costs a poll interval."""
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await _connect(self._dsn)
+                closed = asyncio.Event()
+                for channel, events in self._wakes.items():
+                    await connection.add_listener(channel, _setter(events))
+                connection.add_termination_listener(lambda *_, closed=closed: closed.set())
+                for events in self._wakes.values():
+                    for event in events:
+                        event.set()
+                await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("LISTEN connection failed", extra={"error": repr(exc)})
+            finally:
+                if connection is not None and not connection.is_closed():
+                    await connection.close()
+            await asyncio.sleep(self._retry_seconds)
+
+
+def _setter(events: list[asyncio.Event]) -> Callable[..., None]:
+    def wake(*_: object) -> None:
+        for event in events:
+            event.set()
+
+    return wake
 
 
 class ClaimSpacing:

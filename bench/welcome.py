@@ -307,15 +307,16 @@ def _profile(meter: Meter, name: str) -> list[subprocess.Popen[bytes]]:
 
 
 async def listening(dsn: str, expected: int) -> None:
-    """Wait (bounded) until the loops are up: each holds a LISTEN connection. Without this
-    the first seconds of a stream queue up while the workers are still starting."""
+    """Wait (bounded) until the loops are up: each process running them holds a LISTEN
+    connection. Without this the first seconds of a stream queue up while the workers are
+    still starting."""
     connection = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + 60
         query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
         while await connection.fetchval(query) < expected:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the service's {expected} loops did not start in 60 s")
+                raise SystemExit(f"the loops of {expected} process(es) did not start in 60 s")
             await asyncio.sleep(0.2)
     finally:
         await connection.close()
@@ -408,8 +409,8 @@ def main() -> None:
                 ).pid
             processes["load generator (this script)"] = os.getpid()
             meter = Meter(processes, {"postgres": postmaster_pid(data_dir / "postgres")})
-            loops = 2 if args.split else 2 * max(1, args.workers)  # events + actions each
-            uvloop.run(listening(dsn, loops))
+            looping = 2 if args.split else max(1, args.workers)  # processes running loops
+            uvloop.run(listening(dsn, looping))
             rows = [
                 uvloop.run(
                     scenario(

@@ -280,7 +280,7 @@ async def replica(
     pool = create_pool(asyncpg_dsn(configured.database_url), configured, max_size=4)
     try:
         async with pool, open_client(configured, maker, box) as client:
-            runner = workers.action_runner(configured, pool, maker, "", box, client)
+            runner = workers.action_runner(configured, pool, maker, None, box, client)
             yield Replica(runner, maker, pool, client, box)
     finally:
         await engine.dispose()

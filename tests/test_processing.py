@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import asyncpg_dsn
+from app.notify import Listener
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, event_xml, text_message
 from tests.conftest import RegisteredApp
@@ -376,22 +377,23 @@ async def test_notify_wakes_the_processor_at_once(
     db: asyncpg.Connection,
 ) -> None:
     assert settings.database_url
-    processor = EventProcessor(
-        sessionmaker, listen_dsn=asyncpg_dsn(settings.database_url), poll_seconds=60
-    )  # polling alone would take a minute
-    task = asyncio.create_task(processor.run())
-    try:
-        await listening(db)
-        await deliver(
-            client, wecom_app, contact_event(wecom_app, "add_external_contact", "wmA", T0)
-        )
-        deadline = time.monotonic() + 5
-        while await db.fetchval("SELECT status FROM events") != "processed":
-            assert time.monotonic() < deadline, "NOTIFY did not wake the processor"
-            await asyncio.sleep(0.05)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    listener = Listener(asyncpg_dsn(settings.database_url), retry_seconds=1)
+    # Polling alone would take a minute.
+    processor = EventProcessor(sessionmaker, listener=listener, poll_seconds=60)
+    async with listener.running():
+        task = asyncio.create_task(processor.run())
+        try:
+            await listening(db)
+            await deliver(
+                client, wecom_app, contact_event(wecom_app, "add_external_contact", "wmA", T0)
+            )
+            deadline = time.monotonic() + 5
+            while await db.fetchval("SELECT status FROM events") != "processed":
+                assert time.monotonic() < deadline, "NOTIFY did not wake the processor"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_events_that_keep_coming_are_claimed_several_at_a_time(
@@ -405,25 +407,27 @@ async def test_events_that_keep_coming_are_claimed_several_at_a_time(
     each batch takes what arrived meanwhile (ADR 0008): one statement for several events,
     not one each. A batch is marked processed in one transaction: one processed_at."""
     assert settings.database_url
+    listener = Listener(asyncpg_dsn(settings.database_url), retry_seconds=1)
     processor = EventProcessor(
         sessionmaker,
-        listen_dsn=asyncpg_dsn(settings.database_url),
+        listener=listener,
         poll_seconds=60,
         claim_interval=0.25,
     )
-    task = asyncio.create_task(processor.run())
-    try:
-        await listening(db)
-        for n in range(30):  # one event every 25 ms, for about 0.75 s
-            xml = text_message(
-                corp_id=wecom_app.corp_id, from_user="m", content=f"{n}", msg_id=f"spaced-{n}"
-            )
-            await deliver(client, wecom_app, xml)
-            await asyncio.sleep(0.025)
-        await wait_for(lambda: holds(db, _ALL_PROCESSED))
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async with listener.running():
+        task = asyncio.create_task(processor.run())
+        try:
+            await listening(db)
+            for n in range(30):  # one event every 25 ms, for about 0.75 s
+                xml = text_message(
+                    corp_id=wecom_app.corp_id, from_user="m", content=f"{n}", msg_id=f"spaced-{n}"
+                )
+                await deliver(client, wecom_app, xml)
+                await asyncio.sleep(0.025)
+            await wait_for(lambda: holds(db, _ALL_PROCESSED))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     batches = await db.fetchval("SELECT count(DISTINCT processed_at) FROM events")
     assert batches <= 8, f"30 events in {batches} batches: claimed as they came, not spaced"
 

@@ -32,7 +32,7 @@ from app.actions.errors import ActionError, Reply
 from app.actions.kinds import POLICIES, ActionKind, ActionStatus, RetryPolicy
 from app.db import is_unavailable
 from app.metrics import ACTION_ERRORS, ACTIONS_FINISHED, action_error_label
-from app.notify import ACTIONS_CHANNEL, ClaimSpacing, listen, worker_id
+from app.notify import ACTIONS_CHANNEL, ClaimSpacing, Listener, worker_id
 from app.wecom.calls import CallCount, counting
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class ActionRunner:
         kinds: frozenset[ActionKind] | None = None,
         policies: Mapping[ActionKind, RetryPolicy] = POLICIES,
         finished: Finished | None = None,
-        listen_dsn: str | None = None,
+        listener: Listener | None = None,
         batch_size: int = 50,
         concurrency: int = 16,
         lease_seconds: float = 60.0,
@@ -297,7 +297,6 @@ class ActionRunner:
         self._claim_kinds = sorted(kinds if kinds is not None else _OWN_RUNNER_KINDS)
         self._policies = policies
         self._finished = finished
-        self._listen_dsn = listen_dsn
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
@@ -306,19 +305,14 @@ class ActionRunner:
         self._claim_interval = claim_interval
         self.worker = worker or worker_id()
         self._wake = asyncio.Event()
+        if listener is not None:  # else the loop polls
+            listener.wake(ACTIONS_CHANNEL, self._wake)
         self._settling: set[asyncio.Task[None]] = set()  # see _settle
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run actions until `stop` is set; then the actions in flight finish (a call
         half made is better completed and recorded than cut off), and run returns."""
         stop = stop or asyncio.Event()
-        listener = None
-        if self._listen_dsn:
-            listener = asyncio.create_task(
-                listen(
-                    self._listen_dsn, ACTIONS_CHANNEL, self._wake, retry_seconds=self._poll_seconds
-                )
-            )
         in_flight: set[asyncio.Task[None]] = set()
         spacing = ClaimSpacing(self._claim_interval)
         try:
@@ -366,17 +360,12 @@ class ActionRunner:
                     waiter.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
         finally:
-            try:
-                for task in in_flight:
-                    task.cancel()
-                await asyncio.gather(*in_flight, return_exceptions=True)
-                await asyncio.gather(*self._settling, return_exceptions=True)
-                await self._recorder.drain()
-                await self._release_held()
-            finally:
-                if listener is not None:
-                    listener.cancel()
-                    await asyncio.gather(listener, return_exceptions=True)
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            await asyncio.gather(*self._settling, return_exceptions=True)
+            await self._recorder.drain()
+            await self._release_held()
 
     async def _release_held(self) -> None:
         """Whatever this runner still holds (cut off at a stop) goes back to pending now,

@@ -29,7 +29,7 @@ from app.events.context import Context
 from app.events.models import InvalidEvent, parse_event
 from app.metrics import EVENTS_PROCESSED
 from app.models import Event
-from app.notify import EVENTS_CHANNEL, RULES_CHANNEL, ClaimSpacing, listen, worker_id
+from app.notify import EVENTS_CHANNEL, RULES_CHANNEL, ClaimSpacing, Listener, worker_id
 from app.processing.projection import Projector, project
 from app.processing.writes import collecting, flush
 from app.webhooks.publish import Subscriptions, publish_event
@@ -105,7 +105,7 @@ class EventProcessor:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
-        listen_dsn: str | None = None,
+        listener: Listener | None = None,
         batch_size: int = 100,
         lease_seconds: float = 60.0,
         max_attempts: int = 8,
@@ -116,12 +116,13 @@ class EventProcessor:
         webhooks: Subscriptions | None = None,
     ) -> None:
         """projector is what an event does to the state; bench/processing.py swaps in a
-        no-op to measure the claim-and-mark machinery alone."""
+        no-op to measure the claim-and-mark machinery alone. listener: new events wake the
+        loop, and a changed rule drops the rules cached for automations; without one, the
+        loop polls."""
         self._sessionmaker = sessionmaker
         self._project = projector
         self._rules = RuleCache()
         self._webhooks = webhooks or Subscriptions()
-        self._listen_dsn = listen_dsn
         self._batch_size = batch_size
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
@@ -129,22 +130,13 @@ class EventProcessor:
         self._claim_interval = claim_interval
         self.worker = worker or worker_id()
         self._wake = asyncio.Event()
+        if listener is not None:
+            listener.wake(EVENTS_CHANNEL, self._wake)
+            listener.wake(RULES_CHANNEL, self._rules.changed)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Process events until `stop` is set (the batch in hand is finished first)."""
         stop = stop or asyncio.Event()
-        listeners = []
-        if self._listen_dsn:
-            # New events wake the loop; a changed rule drops the rules cached for automations.
-            for channel, wake in (
-                (EVENTS_CHANNEL, self._wake),
-                (RULES_CHANNEL, self._rules.changed),
-            ):
-                listeners.append(
-                    asyncio.create_task(
-                        listen(self._listen_dsn, channel, wake, retry_seconds=self._poll_seconds)
-                    )
-                )
         spacing = ClaimSpacing(self._claim_interval)
         try:
             while not stop.is_set():
@@ -171,9 +163,6 @@ class EventProcessor:
                         waiter.cancel()
         finally:
             await self._release_held()
-            for listener in listeners:
-                listener.cancel()
-            await asyncio.gather(*listeners, return_exceptions=True)
 
     async def _release_held(self) -> None:
         """Claims this processor still holds (a batch cut off at a stop) are given back at

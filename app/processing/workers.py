@@ -19,6 +19,7 @@ from app.broadcasts.actions import HANDLERS as BROADCAST_HANDLERS
 from app.config import Settings
 from app.crypto.at_rest import SecretBox
 from app.db import asyncpg_dsn, create_engine, create_pool, create_sessionmaker
+from app.notify import Listener
 from app.operations.app_messages import deliver_app_message
 from app.processing import enrichment
 from app.processing.processor import EventProcessor
@@ -36,11 +37,13 @@ LOOPS = frozenset({"events", "actions"})
 
 
 def event_processor(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], dsn: str
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    listener: Listener | None,
 ) -> EventProcessor:
     return EventProcessor(
         sessionmaker,
-        listen_dsn=dsn,
+        listener=listener,
         batch_size=settings.processor_batch_size,
         lease_seconds=settings.processor_lease_seconds,
         max_attempts=settings.processor_max_attempts,
@@ -84,7 +87,7 @@ def action_runner(
     settings: Settings,
     db: asyncpg.Pool,
     sessionmaker: async_sessionmaker[AsyncSession],
-    dsn: str,
+    listener: Listener | None,
     box: SecretBox,
     client: WecomClient,
 ) -> ActionRunner:
@@ -93,7 +96,7 @@ def action_runner(
         sessionmaker,
         handlers(settings, sessionmaker, box, client),
         finished=Announcer(sessionmaker, Subscriptions(ttl=settings.webhook_cache_seconds)),
-        listen_dsn=dsn,
+        listener=listener,
         concurrency=RUNNER_CONCURRENCY,
         lease_seconds=settings.processor_lease_seconds,
         poll_seconds=settings.processor_poll_seconds,
@@ -105,7 +108,7 @@ def webhook_runner(
     settings: Settings,
     db: asyncpg.Pool,
     sessionmaker: async_sessionmaker[AsyncSession],
-    dsn: str,
+    listener: Listener | None,
     sender: WebhookSender,
 ) -> ActionRunner:
     """Deliveries have a runner of their own, with its own slots: a receiver that takes its
@@ -117,7 +120,7 @@ def webhook_runner(
         {ActionKind.WEBHOOK: sender.deliver},
         kinds=frozenset({ActionKind.WEBHOOK}),
         policies={**POLICIES, ActionKind.WEBHOOK: webhook},
-        listen_dsn=dsn,
+        listener=listener,
         concurrency=settings.webhook_concurrency,
         lease_seconds=settings.processor_lease_seconds,
         poll_seconds=settings.processor_poll_seconds,
@@ -149,13 +152,15 @@ async def running(
         ):
             stop = asyncio.Event()
             coroutines = []
+            listener = Listener(dsn, retry_seconds=settings.processor_poll_seconds)
             if "events" in loops:
-                processor = event_processor(settings, create_sessionmaker(processor_engine), dsn)
+                processing = create_sessionmaker(processor_engine)
+                processor = event_processor(settings, processing, listener)
                 coroutines.append(processor.run(stop))
             if "actions" in loops:
-                runner = action_runner(settings, runner_db, runner_sessions, dsn, box, client)
+                runner = action_runner(settings, runner_db, runner_sessions, listener, box, client)
                 coroutines.append(runner.run(stop))
-                deliveries = webhook_runner(settings, webhook_db, runner_sessions, dsn, sender)
+                deliveries = webhook_runner(settings, webhook_db, runner_sessions, listener, sender)
                 coroutines.append(deliveries.run(stop))
                 coroutines.append(
                     housekeeping.run(
@@ -165,16 +170,17 @@ async def running(
                         retention_days=settings.event_retention_days,
                     )
                 )
-            tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
-            try:
-                yield tasks
-            finally:
-                # Let the work in hand finish (bounded), so no connection is cut mid-query.
-                stop.set()
-                _, unfinished = await asyncio.wait(tasks, timeout=settings.shutdown_seconds)
-                for task in unfinished:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            async with listener.running():  # one LISTEN connection for all the loops
+                tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
+                try:
+                    yield tasks
+                finally:
+                    # Let the work in hand finish (bounded): no connection cut mid-query.
+                    stop.set()
+                    _, unfinished = await asyncio.wait(tasks, timeout=settings.shutdown_seconds)
+                    for task in unfinished:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         await processor_engine.dispose()
         await runner_engine.dispose()
