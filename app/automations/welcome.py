@@ -89,6 +89,7 @@ async def send_welcome(run: WecomRun) -> Outcome:
     if "text" not in request and "attachments" not in request:
         return Outcome(ActionStatus.FAILED, "nothing to send" + left_out)
     loop = asyncio.get_running_loop()
+    busy = False  # WeCom answered 41096: another app is delivering
     while True:
         try:
             await run.client.call(
@@ -111,12 +112,17 @@ async def send_welcome(run: WecomRun) -> Outcome:
                     "41051: already delivered, or the customer started chatting first",
                 )
             deadline = run.deadline_monotonic
+            busy = busy or exc.errcode == 41096
             if exc.errcode == 41096 and (
                 deadline is None or loop.time() + RETRY_41096_SECONDS < deadline
             ):
                 await asyncio.sleep(RETRY_41096_SECONDS)  # another app is delivering
                 continue
-            if exc.errcode == 41096:  # and no time left: the deadline ended it, as a -1 would
+            # No time left (the pause may have run past the deadline under load, and the
+            # next call been refused for it): the deadline ended it, as a -1 would.
+            if busy and (
+                exc.errcode == 41096 or (deadline is not None and time.monotonic() >= deadline)
+            ):
                 return Outcome(
                     ActionStatus.EXPIRED,
                     "deadline passed while WeCom answered 41096 (another app was delivering)",
