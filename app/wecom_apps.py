@@ -392,17 +392,18 @@ class AppDirectory:
             return None
         if slug not in self._keys and self._unknown.get(slug, 0.0) > self._clock():
             return None
-        keys = await self._keys.get(slug)
-        if keys is None:
-            self._remember_unknown(slug, self._clock())
-        else:
-            self._unknown.pop(slug, None)
-        return keys
+        return await self._keys.get(slug)
 
     async def _look_up(self, slug: str) -> AppKeys | None:
+        """One lookup, however many callbacks wait for it: what it found out about an
+        unknown slug is noted here once, not by every caller on every callback."""
         async with self._sessionmaker() as session:
             app = await find_app(session, slug)
-        return None if app is None else open_keys(app, self._box)
+        if app is None:
+            self._remember_unknown(slug, self._clock())
+            return None
+        self._unknown.pop(slug, None)
+        return open_keys(app, self._box)
 
     def _remember_unknown(self, slug: str, now: float) -> None:
         if self._unknown_ttl <= 0:

@@ -2,8 +2,9 @@
 hub does (an action settled), and work the simulator's /sim controls."""
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -11,7 +12,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import create_engine, create_sessionmaker
+from app.db import asyncpg_dsn, create_engine, create_sessionmaker
+from app.notify import Listener
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import build_callback
 from tests.conftest import RegisteredApp, Simulator
@@ -68,6 +70,27 @@ async def listening(db: asyncpg.Connection) -> None:
         " WHERE datname = current_database() AND query LIKE 'LISTEN \"wecom_hub_%'"
     )
     await wait_for(lambda: holds(db, query), within=5)
+
+
+def listener_for(settings: Settings) -> Listener:
+    assert settings.database_url
+    return Listener(asyncpg_dsn(settings.database_url), retry_seconds=1)
+
+
+@contextlib.asynccontextmanager
+async def running_loop(
+    db: asyncpg.Connection, listener: Listener, loop: Coroutine[Any, Any, None]
+) -> AsyncIterator[None]:
+    """A processor's or runner's run() with its listener, from the moment it LISTENs (a
+    NOTIFY sent then cannot be missed); cancelled on the way out."""
+    async with listener.running():
+        task = asyncio.create_task(loop)
+        try:
+            await listening(db)
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def status_of(db: asyncpg.Connection, kind: str, target: str) -> str | None:

@@ -8,10 +8,8 @@ import asyncpg
 from app.actions.kinds import ActionKind, ActionStatus
 from app.actions.runner import ActionRunner, ClaimedAction, Outcome, Run
 from app.config import Settings
-from app.db import asyncpg_dsn
-from app.notify import Listener
 from tests.conftest import RegisteredApp, Simulator
-from tests.processing_helpers import holds, listening, wait_for
+from tests.processing_helpers import holds, listener_for, running_loop, wait_for
 from tests.test_automations import replica
 
 _NEW_ACTION = """
@@ -105,8 +103,7 @@ async def test_actions_that_keep_coming_are_claimed_several_at_a_time(
         ran.append(run.action.id)
         return Outcome(ActionStatus.SUCCEEDED)
 
-    assert settings.database_url
-    listener = Listener(asyncpg_dsn(settings.database_url), retry_seconds=1)
+    listener = listener_for(settings)
     async with replica(settings, simulator) as other:
         runner = ActionRunner(
             other.pool,
@@ -116,17 +113,11 @@ async def test_actions_that_keep_coming_are_claimed_several_at_a_time(
             listener=listener,
             poll_seconds=60,
         )
-        async with listener.running():
-            running = asyncio.create_task(runner.run())
-            try:
-                await listening(db)
-                for n in range(30):  # one action every 25 ms, for about 0.75 s
-                    await db.execute(_NOTIFIED_ACTION, ActionKind.MARK_TAG.value, f"spaced-{n}")
-                    await asyncio.sleep(0.025)
-                await wait_for(lambda: holds(db, _ALL_SUCCEEDED))
-            finally:
-                running.cancel()
-                await asyncio.gather(running, return_exceptions=True)
+        async with running_loop(db, listener, runner.run()):
+            for n in range(30):  # one action every 25 ms, for about 0.75 s
+                await db.execute(_NOTIFIED_ACTION, ActionKind.MARK_TAG.value, f"spaced-{n}")
+                await asyncio.sleep(0.025)
+            await wait_for(lambda: holds(db, _ALL_SUCCEEDED))
     claims = await db.fetchval("SELECT count(DISTINCT started_at) FROM actions")
     assert len(ran) == 30
     assert claims <= 8, f"30 actions in {claims} claims: claimed as they came, not spaced"

@@ -10,8 +10,6 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import asyncpg_dsn
-from app.notify import Listener
 from app.processing.processor import EventProcessor
 from app.simulator.callbacks import add_external_contact, event_xml, text_message
 from tests.conftest import RegisteredApp
@@ -19,8 +17,9 @@ from tests.processing_helpers import (
     deliver,
     drain,
     holds,
-    listening,
+    listener_for,
     row,
+    running_loop,
     sessionmaker_for,
     wait_for,
 )
@@ -376,24 +375,15 @@ async def test_notify_wakes_the_processor_at_once(
     sessionmaker: async_sessionmaker[AsyncSession],
     db: asyncpg.Connection,
 ) -> None:
-    assert settings.database_url
-    listener = Listener(asyncpg_dsn(settings.database_url), retry_seconds=1)
+    listener = listener_for(settings)
     # Polling alone would take a minute.
     processor = EventProcessor(sessionmaker, listener=listener, poll_seconds=60)
-    async with listener.running():
-        task = asyncio.create_task(processor.run())
-        try:
-            await listening(db)
-            await deliver(
-                client, wecom_app, contact_event(wecom_app, "add_external_contact", "wmA", T0)
-            )
-            deadline = time.monotonic() + 5
-            while await db.fetchval("SELECT status FROM events") != "processed":
-                assert time.monotonic() < deadline, "NOTIFY did not wake the processor"
-                await asyncio.sleep(0.05)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async with running_loop(db, listener, processor.run()):
+        await deliver(
+            client, wecom_app, contact_event(wecom_app, "add_external_contact", "wmA", T0)
+        )
+        processed = "SELECT status = 'processed' FROM events"
+        await wait_for(lambda: holds(db, processed), within=5)  # not the minute's poll
 
 
 async def test_events_that_keep_coming_are_claimed_several_at_a_time(
@@ -406,28 +396,18 @@ async def test_events_that_keep_coming_are_claimed_several_at_a_time(
     """While events keep coming, the processor claims at most once per claim interval, so
     each batch takes what arrived meanwhile (ADR 0008): one statement for several events,
     not one each. A batch is marked processed in one transaction: one processed_at."""
-    assert settings.database_url
-    listener = Listener(asyncpg_dsn(settings.database_url), retry_seconds=1)
+    listener = listener_for(settings)
     processor = EventProcessor(
-        sessionmaker,
-        listener=listener,
-        poll_seconds=60,
-        claim_interval=0.25,
+        sessionmaker, listener=listener, poll_seconds=60, claim_interval=0.25
     )
-    async with listener.running():
-        task = asyncio.create_task(processor.run())
-        try:
-            await listening(db)
-            for n in range(30):  # one event every 25 ms, for about 0.75 s
-                xml = text_message(
-                    corp_id=wecom_app.corp_id, from_user="m", content=f"{n}", msg_id=f"spaced-{n}"
-                )
-                await deliver(client, wecom_app, xml)
-                await asyncio.sleep(0.025)
-            await wait_for(lambda: holds(db, _ALL_PROCESSED))
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async with running_loop(db, listener, processor.run()):
+        for n in range(30):  # one event every 25 ms, for about 0.75 s
+            xml = text_message(
+                corp_id=wecom_app.corp_id, from_user="m", content=f"{n}", msg_id=f"spaced-{n}"
+            )
+            await deliver(client, wecom_app, xml)
+            await asyncio.sleep(0.025)
+        await wait_for(lambda: holds(db, _ALL_PROCESSED))
     batches = await db.fetchval("SELECT count(DISTINCT processed_at) FROM events")
     assert batches <= 8, f"30 events in {batches} batches: claimed as they came, not spaced"
 
