@@ -5,18 +5,28 @@
 Needs `wrk` (Debian: apt-get install wrk). Starts on one fresh embedded Postgres:
 
 - the no-op ceiling (bench/noop_app.py: the same FastAPI and uvicorn, no crypto, no database);
+- the floor (bench/floor_app.py: uvicorn and a bare ASGI app, no framework): wecom-hub's
+  callbacks skip FastAPI's layers (ADR 0013), so the floor, not the ceiling, is the cost of
+  HTTP alone, and wecom-hub's CPU per callback above the floor's is its own work;
 - the naive peer (bench/naive_peer.py: wechatpy + xmltodict + one asyncpg INSERT a request);
 - `wecom-hub serve`, with an app added by `wecom-hub apps add`; it only ingests, as the
   peer does (WECOM_HUB_PROCESS_IN_SERVE=false; `--process-in-serve` measures the default
   deployment, each round followed by a wait until everything stored is processed).
 
-Each round drives the three in turn with wrk (2 threads, 64 connections, 10 s), every
+Each round drives the four in turn with wrk (2 threads, 64 connections, 10 s), every
 request a distinct signed, encrypted callback (so none is a duplicate), and rounds
 alternate so drift hits all alike; the median round counts. wrk's own CPU is reported: the
 client must not be what is measured; so is each server's CPU per request (Postgres's with
 the peer and with wecom-hub). Then wecom-hub is driven open-loop at half its
 maximum rate by bench/ingest.py's client (latency from each request's scheduled time), and
 every acknowledged event is checked to be in Postgres.
+
+Before that stream, Postgres runs a CHECKPOINT. A cluster fresh from initdb has no WAL
+segments to recycle: until its first checkpoint, each new 16 MB segment is created and
+zero-filled by a committing backend while every other commit waits (about 65 ms a segment
+here, one every 5–8 s at half rate: p99 about 45 ms). A server that has checkpointed once
+renames old segments instead, as every database that has run a few minutes does
+(checkpoint_timeout is 5 min). `--no-checkpoint` measures the fresh cluster.
 """
 
 import argparse
@@ -171,6 +181,18 @@ def paced_run(port: int, rate: float, args: argparse.Namespace) -> tuple[Result,
     return half, time.process_time() - client_before
 
 
+async def checkpoint(dsn: str) -> None:
+    """CHECKPOINT, so that the WAL the rounds wrote is recycled into future segments (the
+    module's docstring says why); its own writes end before the stream starts."""
+    started = time.monotonic()
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("CHECKPOINT")
+    finally:
+        await connection.close()
+    print(f"  CHECKPOINT before the stream: {time.monotonic() - started:.1f} s", flush=True)
+
+
 def median(results: list[WrkResult]) -> WrkResult:
     return sorted(results, key=lambda r: r.rate)[len(results) // 2]
 
@@ -184,8 +206,13 @@ def main() -> None:
         "--half-rate",
         type=float,
         help="run the open-loop stream at this rate before the rounds (after the 2 s "
-        "warm-ups), instead of at half the measured maximum after them (whose 200,000 writes "
-        "the disk is still flushing)",
+        "warm-ups), instead of at half the measured maximum after them and a CHECKPOINT",
+    )
+    parser.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="run the open-loop stream on the cluster as the rounds left it, never "
+        "checkpointed (its commits wait while new WAL segments are zero-filled)",
     )
     parser.add_argument(
         "--half-seconds",
@@ -218,6 +245,7 @@ def main() -> None:
     env["WECOM_HUB_PROCESS_IN_SERVE"] = "true" if args.process_in_serve else "false"
     wecom_hub = shutil.which("wecom-hub", path=str(Path(sys.executable).parent)) or "wecom-hub"
     hub_port, noop_port, naive_port = free_port(), free_port(), free_port()
+    floor_port = free_port()
     dsn = f"postgresql://postgres@/postgres?host={data_dir / 'postgres'}"
     script = data_dir / "callbacks.lua"
     script.write_text(LUA)
@@ -226,6 +254,7 @@ def main() -> None:
     for target in ("noop", "naive", "hub"):
         files[target] = data_dir / f"{target}.txt"
         write_requests(files[target], args.requests, target)
+    files["floor"] = files["noop"]  # neither decrypts: the same bodies serve both
     uvicorn = [sys.executable, "-m", "uvicorn", "--no-access-log", "--log-level", "warning"]
     add_app = [wecom_hub, "apps", "add", "--slug", "bench", "--corp-id", CORP_ID]
     add_app += ["--token", TOKEN, "--aes-key", AES_KEY, "--secret", "bench-secret-value"]
@@ -235,7 +264,7 @@ def main() -> None:
         "BENCH_CORP_ID": CORP_ID,
         "BENCH_DSN": dsn,
     }
-    rows: dict[str, list[WrkResult]] = {"noop": [], "naive": [], "hub": []}
+    rows: dict[str, list[WrkResult]] = {"floor": [], "noop": [], "naive": [], "hub": []}
     try:
         with server(
             [wecom_hub, "serve", "--port", str(hub_port)],
@@ -244,6 +273,11 @@ def main() -> None:
         ) as hub:
             subprocess.run(add_app, env=env, check=True, capture_output=True)
             with (
+                server(
+                    [*uvicorn, "bench.floor_app:app", "--port", str(floor_port)],
+                    env,
+                    f"http://127.0.0.1:{floor_port}/",
+                ) as floor_server,
                 server(
                     [*uvicorn, "bench.noop_app:app", "--port", str(noop_port)],
                     env,
@@ -255,8 +289,14 @@ def main() -> None:
                     f"http://127.0.0.1:{naive_port}/docs",
                 ) as naive_server,
             ):
-                ports = {"noop": noop_port, "naive": naive_port, "hub": hub_port}
+                ports = {
+                    "floor": floor_port,
+                    "noop": noop_port,
+                    "naive": naive_port,
+                    "hub": hub_port,
+                }
                 names = {
+                    "floor": "floor (uvicorn, bare ASGI)",
                     "noop": "no-op ceiling",
                     "naive": "naive peer (wechatpy + xmltodict + INSERT)",
                     "hub": "wecom-hub",
@@ -268,6 +308,7 @@ def main() -> None:
                     half, client_cpu = paced_run(hub_port, args.half_rate, args)
                 postgres = {"postgres": postmaster_pid(data_dir / "postgres")}
                 meters = {
+                    "floor": Meter({"floor": floor_server.pid}, {}),
                     "noop": Meter({"no-op": noop_server.pid}, {}),
                     "naive": Meter({"naive peer": naive_server.pid}, postgres),
                     "hub": Meter({"serve": hub.pid}, postgres),
@@ -306,12 +347,14 @@ def main() -> None:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait(30)
             if half is None:
+                if not args.no_checkpoint:
+                    uvloop.run(checkpoint(dsn))
                 half, client_cpu = paced_run(hub_port, median(rows["hub"]).rate / 2, args)
             stored = uvloop.run(count_events(data_dir))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
-    ceiling, naive, hub_result = (median(rows[t]) for t in ("noop", "naive", "hub"))
+    floor, ceiling, naive, hub_result = (median(rows[t]) for t in rows)
     print(
         f"\nmachine: {os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.seconds:g}s, "
         f"every request a distinct callback; median of {args.rounds} alternating rounds"
@@ -321,7 +364,7 @@ def main() -> None:
     print()
     print("| run | requests/s | p50 ms | p99 ms | errors | wrk CPU (of one core) |")
     print("|---|---:|---:|---:|---:|---:|")
-    for result in (ceiling, naive, hub_result):
+    for result in (floor, ceiling, naive, hub_result):
         print(result.row())
     print(
         f"| {half.name} (Python open-loop client, {client_cpu / half.seconds:.0%} of a core) |"
@@ -329,12 +372,18 @@ def main() -> None:
         f" {half.failures} | |"
     )
     print()
+    per_request: dict[str, float] = {}
     for target, rounds in cpu.items():
-        per_request = {k: sorted(c[k] for c in rounds)[len(rounds) // 2] for k in rounds[0]}
+        medians = {k: sorted(c[k] for c in rounds)[len(rounds) // 2] for k in rounds[0]}
+        per_request |= medians
         print(
             f"CPU per request, {target} (median round): "
-            + ", ".join(f"{k} {v:.3f} ms" for k, v in per_request.items())
+            + ", ".join(f"{k} {v:.3f} ms" for k, v in medians.items())
         )
+    print(
+        "wecom-hub's own work per callback (serve above the floor): "
+        f"{per_request['serve'] - per_request['floor']:.3f} ms"
+    )
     print(f"wecom-hub / ceiling: {hub_result.rate / ceiling.rate:.2f} (target ≥ 0.5)")
     print(f"wecom-hub / naive peer: {hub_result.rate / naive.rate:.2f}× (target ≥ 2.5×)")
     print(
