@@ -9,7 +9,7 @@ from typing import Any, cast
 import asyncpg
 import httpx
 
-from app.actions.runner import ClaimedAction
+from app.actions.runner import _CLAIM, ClaimedAction
 from app.actions.wecom import WecomRun
 from app.config import Settings
 from app.db import asyncpg_dsn, create_pool
@@ -129,3 +129,27 @@ async def test_an_enrichment_keeps_tags_marked_after_wecom_answered_it(
         assert await db.fetchval("SELECT tag_ids FROM follows") == []
     name = await db.fetchval("SELECT name FROM external_contacts WHERE external_userid = 'wmA'")
     assert name == "王小明"
+
+
+async def test_a_claim_reads_the_due_index_in_order_not_by_bitmap(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The runner's pools make no bitmap scans (app/db.py create_pool, ADR 0008): between
+    two vacuums the due index is mostly entries of actions that have moved on, which a
+    bitmap scan visits in the heap on every claim, and the planner, counting live rows
+    only, prefers it. A queue of a few due actions among thousands that are done:"""
+    await db.execute(
+        "INSERT INTO actions (kind, target, idempotency_key, deadline)"
+        " SELECT 'send_welcome', 'wm' || i, 'welcome:' || i, now() + interval '20 seconds'"
+        " FROM generate_series(1, 5000) AS i"
+    )
+    # All but five move on, as a claim and then an outcome move them.
+    for status in ("running", "succeeded"):
+        await db.execute("UPDATE actions SET status = $1 WHERE id % 1000 <> 0", status)
+    await db.execute("ANALYZE actions")
+    assert settings.database_url is not None
+    async with create_pool(asyncpg_dsn(settings.database_url), settings, max_size=1) as pool:
+        rows = await pool.fetch("EXPLAIN " + _CLAIM, "w1", 30.0, 32, ["webhook"], False)
+    plan = "\n".join(row[0] for row in rows)
+    assert "Index Scan using ix_actions_due" in plan, plan
+    assert "Bitmap" not in plan, plan
