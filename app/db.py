@@ -36,10 +36,17 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def _jsonb_as_python(connection: asyncpg.Connection) -> None:
+# create_pool's connections (its docstring says why). Set per connection, not as a
+# startup parameter: a pooler in front of Postgres (PgBouncer) refuses unknown ones.
+_NO_BITMAP_SCANS = "SET enable_bitmapscan = off"
+
+
+async def _prepare_queue_connection(connection: asyncpg.Connection) -> None:
+    """jsonb as Python values, and no bitmap scans."""
     await connection.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
     )
+    await connection.execute(_NO_BITMAP_SCANS)
 
 
 async def reset_if_needed(connection: asyncpg.Connection) -> None:
@@ -61,8 +68,8 @@ def create_pool(dsn: str, settings: Settings, *, max_size: int) -> asyncpg.Pool:
     most once a minute. A bitmap scan visits the heap for every one of them on every claim
     (2-6 ms with 10,000 of them); an index scan in the claim's order marks each one dead the
     first time it finds it so, and later claims skip it without a heap visit (0.1 ms). The
-    planner cannot tell the two apart: it estimates from live rows. Every other statement
-    on these pools finds its rows by key, where an index scan does as well."""
+    planner cannot tell the two apart: it estimates from live rows. The other statements
+    on these pools read rows by key or one index's range, where an index scan does as well."""
     timeout = settings.database_timeout_seconds
     return asyncpg.create_pool(
         dsn,
@@ -70,9 +77,8 @@ def create_pool(dsn: str, settings: Settings, *, max_size: int) -> asyncpg.Pool:
         max_size=max_size,
         timeout=timeout,
         command_timeout=timeout,
-        init=_jsonb_as_python,
-        reset=reset_if_needed,
-        server_settings={"enable_bitmapscan": "off"},
+        init=_prepare_queue_connection,
+        reset=reset_if_needed,  # asyncpg rolls back before it: the SET above stays
     )
 
 
