@@ -37,7 +37,8 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 # create_pool's connections (its docstring says why). Set per connection, not as a
-# startup parameter: a pooler in front of Postgres (PgBouncer) refuses unknown ones.
+# startup parameter: PgBouncer refuses unknown ones (in session mode; its transaction mode
+# cannot serve wecom-hub at all, which LISTENs).
 _NO_BITMAP_SCANS = "SET enable_bitmapscan = off"
 
 

@@ -49,8 +49,12 @@ _CLAIM = """
         started_at = coalesce(started_at, now())
     WHERE id IN (
         SELECT id FROM actions
-        WHERE ((status = 'pending' AND next_attempt_at <= now())
-               OR (status = 'running' AND locked_until < now()))
+        -- Due: true of every running action too (a claim leaves next_attempt_at as it was,
+        -- due, and nothing moves it while the action runs). Read from ix_actions_due itself,
+        -- so the actions waiting to retry (a webhook's receiver down for hours, results
+        -- polled later) cost a claim no visit to the table.
+        WHERE next_attempt_at <= now()
+          AND (status = 'pending' OR (status = 'running' AND locked_until < now()))
           AND (kind = ANY($4::text[])) = $5  -- this runner's kinds, or all but those
         ORDER BY deadline NULLS LAST, next_attempt_at, id  -- welcomes (20 s) first
         LIMIT $3
