@@ -24,7 +24,7 @@ every acknowledged event is checked to be in Postgres.
 Before that stream, Postgres runs a CHECKPOINT. A cluster fresh from initdb has no WAL
 segments to recycle: until its first checkpoint, each new 16 MB segment is created and
 zero-filled by a committing backend while every other commit waits (about 65 ms a segment
-here, one every 5–8 s at half rate: p99 about 45 ms). A server that has checkpointed once
+here, one every 5–8 s at half rate: p99 37–50 ms). A server that has checkpointed once
 renames old segments instead, as every database that has run a few minutes does
 (checkpoint_timeout is 5 min). `--no-checkpoint` measures the fresh cluster.
 """
@@ -206,7 +206,8 @@ def main() -> None:
         "--half-rate",
         type=float,
         help="run the open-loop stream at this rate before the rounds (after the 2 s "
-        "warm-ups), instead of at half the measured maximum after them and a CHECKPOINT",
+        "warm-ups), instead of at half the measured maximum after them and a CHECKPOINT "
+        "(so on a cluster never checkpointed, as --no-checkpoint)",
     )
     parser.add_argument(
         "--no-checkpoint",
@@ -372,17 +373,17 @@ def main() -> None:
         f" {half.failures} | |"
     )
     print()
-    per_request: dict[str, float] = {}
+    per_request: dict[str, dict[str, float]] = {}
     for target, rounds in cpu.items():
         medians = {k: sorted(c[k] for c in rounds)[len(rounds) // 2] for k in rounds[0]}
-        per_request |= medians
+        per_request[target] = medians
         print(
             f"CPU per request, {target} (median round): "
             + ", ".join(f"{k} {v:.3f} ms" for k, v in medians.items())
         )
     print(
         "wecom-hub's own work per callback (serve above the floor): "
-        f"{per_request['serve'] - per_request['floor']:.3f} ms"
+        f"{per_request['hub']['serve'] - per_request['floor']['floor']:.3f} ms"
     )
     print(f"wecom-hub / ceiling: {hub_result.rate / ceiling.rate:.2f} (target ≥ 0.5)")
     print(f"wecom-hub / naive peer: {hub_result.rate / naive.rate:.2f}× (target ≥ 2.5×)")
