@@ -142,8 +142,16 @@ async def test_deliveries_are_signed_retried_with_the_same_id_and_logged(
     )
     assert receiver.unverified == []
 
-    # Delivered: never again, however often WeCom repeats the callback.
-    listed = await live.get(f"/api/v1/webhooks/{webhook['id']}/deliveries", headers=headers)
+    # Delivered: never again, however often WeCom repeats the callback. (The outcome is
+    # recorded just after the receiver's answer: wait for it, not for the answer alone.)
+    deliveries = f"/api/v1/webhooks/{webhook['id']}/deliveries"
+
+    async def recorded() -> bool:
+        listed = await live.get(deliveries, headers=headers)
+        return bool(listed.json()["data"][0]["status"] != "running")
+
+    await wait_for(recorded)
+    listed = await live.get(deliveries, headers=headers)
     [delivery] = listed.json()["data"]
     assert (delivery["status"], delivery["message_id"]) == ("succeeded", first.id)
     detail = await live.get(
