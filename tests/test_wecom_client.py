@@ -147,8 +147,18 @@ async def test_retries_stop_at_the_deadline(client: WecomClient, simulator: Simu
     simulator.state.faults = [Fault(api="externalcontact/get", errcode=-1)]
     started = time.monotonic()
     with pytest.raises(WecomApiError):
-        await get_contact(client, deadline=started + 0.3)
-    assert time.monotonic() - started < 0.3 + 0.2  # no backoff slept past the deadline
+        # Every pause after the -1 (1-3 s) would end past the deadline: none is slept.
+        await client.call(
+            CREDENTIALS,
+            "GET",
+            "externalcontact/get",
+            params={"external_userid": "wmA"},
+            deadline=started + 0.3,
+            backoff=2.0,
+        )
+    # One request, not a pause of a second or more (the slack is a busy machine's).
+    assert time.monotonic() - started < 0.3 + 0.5
+    assert calls(simulator, "externalcontact/get") == [-1]
 
 
 async def test_wrong_secret_fails_without_a_refresh_loop(
