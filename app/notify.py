@@ -66,12 +66,12 @@ class Listener:
             try:
                 connection = await _connect(self._dsn)
                 closed = asyncio.Event()
-                for channel, events in self._wakes.items():
-                    await connection.add_listener(channel, _setter(events))
+                setters = {channel: _setter(events) for channel, events in self._wakes.items()}
+                for channel, wake in setters.items():
+                    await connection.add_listener(channel, wake)
                 connection.add_termination_listener(lambda *_, closed=closed: closed.set())
-                for events in self._wakes.values():
-                    for event in events:
-                        event.set()
+                for wake in setters.values():  # something may have come while nobody listened
+                    wake()
                 await closed.wait()
             except asyncio.CancelledError:
                 raise

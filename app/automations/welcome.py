@@ -111,18 +111,15 @@ async def send_welcome(run: WecomRun) -> Outcome:
                     ActionStatus.SKIPPED,
                     "41051: already delivered, or the customer started chatting first",
                 )
-            deadline = run.deadline_monotonic
-            busy = busy or exc.errcode == 41096
-            if exc.errcode == 41096 and (
-                deadline is None or loop.time() + RETRY_41096_SECONDS < deadline
-            ):
-                await asyncio.sleep(RETRY_41096_SECONDS)  # another app is delivering
-                continue
+            deadline = run.deadline_monotonic  # on the loop's clock
+            if exc.errcode == 41096:
+                busy = True
+                if deadline is None or loop.time() + RETRY_41096_SECONDS < deadline:
+                    await asyncio.sleep(RETRY_41096_SECONDS)  # another app is delivering
+                    continue
             # No time left (the pause may have run past the deadline under load, and the
             # next call been refused for it): the deadline ended it, as a -1 would.
-            if busy and (
-                exc.errcode == 41096 or (deadline is not None and time.monotonic() >= deadline)
-            ):
+            if exc.errcode == 41096 or (busy and deadline is not None and loop.time() >= deadline):
                 return Outcome(
                     ActionStatus.EXPIRED,
                     "deadline passed while WeCom answered 41096 (another app was delivering)",
