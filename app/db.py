@@ -64,8 +64,8 @@ def create_pool(dsn: str, settings: Settings, *, max_size: int) -> asyncpg.Pool:
     lazily, so a loop can start while Postgres is down.
 
     Its connections make no bitmap scans (ADR 0008, fourth round). A claim reads a queue
-    whose index is mostly entries of rows that have moved on (an action is indexed as
-    pending, then as running, then leaves): dead until a vacuum, which autovacuum runs at
+    whose index is mostly entries of rows that have moved on (an action's outcome takes it
+    out of the index and leaves its entry behind): dead until a vacuum, which autovacuum runs at
     most once a minute. A bitmap scan visits the heap for every one of them on every claim
     (2-6 ms with 10,000 of them); an index scan in the claim's order marks each one dead the
     first time it finds it so, and later claims skip it without a heap visit (0.1 ms). The

@@ -68,7 +68,11 @@ BACKLOG = """
            coalesce(pending.kinds, '{}'), coalesce(pending.counts, '{}')
     FROM (
         SELECT array_agg(kind) AS kinds, array_agg(n) AS counts
-        FROM (SELECT kind, count(*) AS n FROM actions WHERE status = 'pending' GROUP BY kind) k
+        FROM (
+            SELECT kind, count(*) AS n FROM actions
+            WHERE status = 'pending' AND (locked_until IS NULL OR locked_until < now())
+            GROUP BY kind
+        ) k
     ) AS pending
 """
 

@@ -151,8 +151,9 @@ async def settle(dsn: str, expected: int) -> dict[str, int]:
 async def statements(dsn: str, customers: int) -> None:
     """Calls, execution and planning time per customer of the statements that cost most
     (wall time: under load it holds waits for a CPU too, so the ranking counts, not the
-    sum; Postgres's CPU is the Meter's); reset
-    before the stream (in settle's first call) so only the stream's are counted."""
+    sum; Postgres's CPU is the Meter's); then each busy table's inserts and updates, how
+    many updates were HOT, and the WAL written. Reset before the stream (in settle's first
+    call) so only the stream's are counted."""
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(
@@ -160,8 +161,27 @@ async def statements(dsn: str, customers: int) -> None:
             " left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query"
             " FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 25"
         )
+        tables = await connection.fetch(
+            "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE n_tup_ins + n_tup_upd > 0 ORDER BY n_tup_ins + n_tup_upd DESC LIMIT 8"
+        )
+        wal = await connection.fetchrow("SELECT wal_records, wal_bytes FROM pg_stat_wal")
     finally:
         await connection.close()
+    # An update that changes no indexed column and finds room on its page is HOT: it adds
+    # no index entry. Every other one adds an entry to each of the table's indexes.
+    print("  | table | inserts per customer | updates per customer | of them HOT |")
+    for table in tables:
+        hot = table["n_tup_hot_upd"] / max(table["n_tup_upd"], 1)
+        print(
+            f"  | {table['relname']} | {table['n_tup_ins'] / customers:.2f} |"
+            f" {table['n_tup_upd'] / customers:.2f} | {hot:.0%} |"
+        )
+    assert wal is not None
+    print(
+        f"  WAL per customer: {wal['wal_records'] / customers:.0f} records,"
+        f" {wal['wal_bytes'] / customers / 1024:.1f} KiB"
+    )
     print("  | calls per customer | ms per customer | planning ms | rows per call | statement |")
     for row in rows:
         print(
@@ -176,6 +196,8 @@ async def reset_statements(dsn: str) -> None:
     try:
         await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await connection.execute("SELECT pg_stat_statements_reset()")
+        await connection.execute("SELECT pg_stat_reset()")  # this database's table counters
+        await connection.execute("SELECT pg_stat_reset_shared('wal')")
     finally:
         await connection.close()
 

@@ -5,6 +5,7 @@ import asyncio
 import time
 
 import asyncpg
+import pytest
 
 from app.actions.kinds import ActionKind, ActionStatus
 from app.actions.runner import ActionRunner, ClaimedAction, Outcome, Run
@@ -23,6 +24,40 @@ _NEW_ACTION = """
     INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key)
     SELECT $1, id, corp_id, 'x', $1 FROM apps
 """
+
+# The claim of the versions before migration 0018, as a runner of one still sends it during a
+# rolling deploy: it took any pending action, whatever its lease.
+_PREVIOUS_CLAIM = """
+    UPDATE actions SET status = 'running', locked_by = 'an older runner',
+        locked_until = now() + interval '60 s', attempts = attempts + 1
+    WHERE id IN (
+        SELECT id FROM actions
+        WHERE next_attempt_at <= now()
+          AND (status = 'pending' OR (status = 'running' AND locked_until < now()))
+        ORDER BY id LIMIT 10 FOR UPDATE SKIP LOCKED
+    )
+"""
+
+
+async def test_a_claim_is_a_lease_that_a_runner_of_an_older_version_cannot_take(
+    settings: Settings, simulator: Simulator, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """A claim leaves the action pending and takes a lease, so that it changes no indexed
+    column (a HOT update, ADR 0008). An older runner, which would take a pending action
+    whatever its lease, has its claim refused instead (a rolling deploy)."""
+    await db.execute(_NEW_ACTION, "from_the_future")
+    async with replica(settings, simulator) as new:
+        [claimed] = await new.runner.claim(limit=1)
+        held = await db.fetchrow("SELECT status, locked_by FROM actions")
+        assert held is not None
+        assert (held["status"], held["locked_by"]) == ("pending", new.runner.worker)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await db.execute(_PREVIOUS_CLAIM)
+        assert await new.runner.claim(limit=1) == []  # held: nobody takes it twice
+        await new.runner.execute(claimed)
+    assert await db.fetchval("SELECT status FROM actions") == "failed"  # unknown_kind
+    attempts = await db.fetch("SELECT outcome, worker FROM action_attempts")
+    assert [tuple(a) for a in attempts] == [("failed", new.runner.worker)]
 
 
 async def test_a_kind_this_version_does_not_know_fails_with_a_reason(

@@ -126,17 +126,21 @@ async def insert_action(db: asyncpg.Connection, app: RegisteredApp, **values: An
         "status": "pending",
         "deadline": None,
         "next_attempt_at": datetime.now(UTC) + timedelta(hours=1),
+        "locked_until": None,
         **values,
     }
     action_id: int = await db.fetchval(
         "INSERT INTO actions (kind, app_id, corp_id, target, idempotency_key, status, deadline,"
-        " next_attempt_at) SELECT $1, id, corp_id, $2, gen_random_uuid()::text, $3, $4, $5"
-        " FROM apps WHERE slug = $6 RETURNING id",
+        " next_attempt_at, locked_by, locked_until)"
+        " SELECT $1, id, corp_id, $2, gen_random_uuid()::text, $3, $4, $5,"
+        "        CASE WHEN $6::timestamptz IS NOT NULL THEN 'a runner' END, $6"
+        " FROM apps WHERE slug = $7 RETURNING id",
         row["kind"],
         row["target"],
         row["status"],
         row["deadline"],
         row["next_attempt_at"],
+        row["locked_until"],
         app.slug,
     )
     return action_id
@@ -167,12 +171,31 @@ async def test_retry_and_cancel_say_why_they_cannot(
         409,
         "action_not_cancellable",
     )
-    running = await insert_action(db, wecom_app, kind="mark_tag", status="running")
-    problem(
+    # Claimed by a runner: stored as pending with a live lease, shown and refused as running.
+    in_an_hour = datetime.now(UTC) + timedelta(hours=1)
+    running = await insert_action(db, wecom_app, kind="mark_tag", locked_until=in_an_hour)
+    body = problem(
         await client.post(f"/api/v1/actions/{running}/cancel", headers=headers),
         409,
         "action_not_cancellable",
     )
+    assert "is running" in body["detail"], body
+    shown = await client.get(f"/api/v1/actions/{running}", headers=headers)
+    assert shown.json()["status"] == "running", shown.text
+
+    async def listed(status: str) -> list[int]:
+        page = await client.get(
+            "/api/v1/actions", params={"kind": "mark_tag", "status": status}, headers=headers
+        )
+        assert page.status_code == 200, page.text
+        return [action["id"] for action in page.json()["data"]]
+
+    assert (await listed("running"), await listed("pending")) == ([running], [])
+    # A lease that ran out (its runner died): waiting again, for another runner to take.
+    await db.execute(
+        "UPDATE actions SET locked_until = now() - interval '1 s' WHERE id = $1", running
+    )
+    assert (await listed("running"), await listed("pending")) == ([], [running])
     problem(
         await client.post("/api/v1/actions/999999/retry", headers=headers), 404, "action_not_found"
     )

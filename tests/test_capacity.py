@@ -145,9 +145,14 @@ async def test_a_claim_reads_the_due_index_in_order_not_by_bitmap(
         " SELECT 'send_welcome', 'wm' || i, 'welcome:' || i, now() + make_interval(secs => i)"
         " FROM generate_series(1, 5000) AS i"
     )
-    # All but five move on, as a claim and then an outcome move them.
-    for status in ("running", "succeeded"):
-        await db.execute("UPDATE actions SET status = $1 WHERE id % 1000 <> 0", status)
+    # All but five move on, as a claim (a lease) and then an outcome move them.
+    await db.execute(
+        "UPDATE actions SET locked_by = 'a runner', locked_until = now() WHERE id % 1000 <> 0"
+    )
+    await db.execute(
+        "UPDATE actions SET status = 'succeeded', locked_by = NULL, locked_until = NULL"
+        " WHERE id % 1000 <> 0"
+    )
     await db.execute(
         "INSERT INTO actions (kind, target, idempotency_key, next_attempt_at)"
         " SELECT 'webhook', 'https://receiver.example', 'webhook:' || i,"

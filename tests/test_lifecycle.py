@@ -85,7 +85,7 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
         assert worker.returncode == 0, output.decode()
         assert b"Traceback" not in output, output.decode()
         # Nothing is left held: another process may take over at once.
-        assert await db.fetchval("SELECT count(*) FROM actions WHERE status = 'running'") == 0
+        assert await db.fetchval("SELECT count(*) FROM actions WHERE locked_by IS NOT NULL") == 0
     assert await db.fetchval("SELECT count(*) FROM actions WHERE status = 'failed'") == 0
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.actions.kinds import ActionKind, ActionStatus
+from app.actions.kinds import ActionKind, ActionStatus, status_sql
 from app.errors import Conflict, ErrorCode, NotFound
 from app.notify import ACTIONS_CHANNEL
 
@@ -17,7 +17,10 @@ _REQUEUE = (
 )
 RETRYABLE = frozenset({ActionStatus.FAILED, ActionStatus.EXPIRED, ActionStatus.CANCELLED})
 
-_LOCK = "SELECT kind, status, deadline FROM actions WHERE id = :id FOR UPDATE"
+_LOCK = (
+    f"SELECT kind, {status_sql('actions')} AS status, deadline FROM actions"  # noqa: S608
+    " WHERE id = :id FOR UPDATE"
+)
 
 
 class ActionConflict(Conflict):

@@ -13,8 +13,9 @@ behalf (app/wecom/calls.py): an attempt is one pass of the runner, and the clien
 retries within it (a welcome's -1, 30 ms apart) show in the attempt's `wecom_calls`.
 
 Claims are leases like the processor's; a runner that died mid-call leaves its action
-`running` until the lease ends, then another runner takes it over. A handler must therefore
-be safe to repeat (WeCom's own idempotency: msgid, welcome_code single use) or tolerate it.
+claimed (shown as `running`) until the lease ends, then another runner takes it over. A
+handler must therefore be safe to repeat (WeCom's own idempotency: msgid, welcome_code
+single use) or tolerate it.
 """
 
 import asyncio
@@ -43,18 +44,22 @@ _OWN_RUNNER_KINDS = frozenset({ActionKind.WEBHOOK})
 # The runner's own bookkeeping is plain asyncpg: one prepared statement and one round trip
 # each, no transaction block. At 100 welcomes a second SQLAlchemy's per-statement work was a
 # third of the runner's CPU.
+#
+# A claim is only a lease: the action stays `pending` (kinds.status_sql shows it as running)
+# and no indexed column changes, so Postgres updates the row in place (HOT) instead of
+# adding an entry to each of the table's nine indexes (ADR 0008, fifth round).
 _CLAIM = """
-    UPDATE actions SET status = 'running', locked_by = $1,
+    UPDATE actions SET locked_by = $1,
         locked_until = now() + make_interval(secs => $2), attempts = attempts + 1,
         started_at = coalesce(started_at, now())
     WHERE id IN (
         SELECT id FROM actions
-        -- Due: true of every running action too (a claim leaves next_attempt_at as it was,
+        -- Due: true of every claimed action too (a claim leaves next_attempt_at as it was,
         -- due, and nothing moves it while the action runs). Read from ix_actions_due itself,
         -- so the actions waiting to retry (a webhook's receiver down for hours, results
         -- polled later) cost a claim no visit to the table.
-        WHERE next_attempt_at <= now()
-          AND (status = 'pending' OR (status = 'running' AND locked_until < now()))
+        WHERE next_attempt_at <= now() AND status = 'pending'
+          AND (locked_until IS NULL OR locked_until < now())  -- no lease, or a dead one
           AND (kind = ANY($4::text[])) = $5  -- this runner's kinds, or all but those
         ORDER BY deadline NULLS LAST, next_attempt_at, id  -- welcomes (20 s) first
         LIMIT $3
@@ -203,9 +208,8 @@ def _fail(batch: list[tuple[_Outcome, "asyncio.Future[None]"]], exc: Exception) 
 
 
 _GIVE_BACK = """
-    UPDATE actions SET status = 'pending', locked_by = NULL, locked_until = NULL,
-        next_attempt_at = now()
-    WHERE locked_by = $1 AND status = 'running'
+    UPDATE actions SET locked_by = NULL, locked_until = NULL, next_attempt_at = now()
+    WHERE locked_by = $1 AND status = 'pending'
 """
 
 

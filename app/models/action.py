@@ -4,7 +4,7 @@ runner (app/actions/runner.py), every attempt and outcome visible."""
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, func, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -12,7 +12,9 @@ from app.models.base import Base
 
 
 class Action(Base):
-    """status: pending → running → succeeded | failed | expired | skipped.
+    """status: pending → succeeded | failed | expired | skipped | cancelled. A claimed action
+    stays pending, with a lease (locked_by, locked_until): shown as running
+    (app/actions/kinds.py status_sql), stored so that a claim is a HOT update (ADR 0008).
 
     idempotency_key is unique: writing the same action twice (a duplicate event, a second
     replica) is a no-op. deadline is when trying stops (a welcome_code lives 20 s)."""
@@ -48,6 +50,10 @@ class Action(Base):
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (
+        # Running is shown, never stored (since migration 0018): a runner of an older version,
+        # which would still store it, has its claim refused during a rolling deploy instead
+        # of taking over actions the newer runners hold by lease alone.
+        CheckConstraint("status <> 'running'", name="status_not_running"),
         # In the claim's own order (earliest deadline first), so a claim reads LIMIT rows
         # of the index instead of sorting the whole backlog each time.
         Index(
@@ -55,6 +61,8 @@ class Action(Base):
             "deadline",
             "next_attempt_at",
             "id",
+            # 'running' in it is of the past (see the check above), left so that the
+            # migration did not rebuild the index.
             postgresql_where=text("status IN ('pending', 'running')"),
         ),
         Index("ix_actions_event_id", "event_id"),

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.actions.kinds import status_filter_sql, status_sql
 from app.errors import ErrorCode, NotFound
 from app.queries import keyset_page_sql
 
@@ -62,15 +63,15 @@ class ActionDetail:
     attempts: list[Attempt]
 
 
-_COLUMNS = """
-    x.id, x.kind, a.slug AS app, x.target, x.event_id, x.status, x.reason, x.error_code,
-    x.error_message, x.attempts, x.wecom_calls, x.deadline, x.next_attempt_at, x.created_at,
-    x.finished_at
+_COLUMNS = f"""
+    x.id, x.kind, a.slug AS app, x.target, x.event_id, {status_sql("x")} AS status, x.reason,
+    x.error_code, x.error_message, x.attempts, x.wecom_calls, x.deadline, x.next_attempt_at,
+    x.created_at, x.finished_at
 """
 _FROM = "actions x LEFT JOIN apps a ON a.id = x.app_id"
 _FILTERS = {
     "kind": "x.kind = :kind",
-    "status": "x.status = :status",
+    "status": status_filter_sql("x", "status"),
     "app_id": "x.app_id = :app_id",
     "external_userid": "x.target = :external_userid",
     "target": "x.target = :target",

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.actions.kinds import ActionKind
+from app.actions.kinds import ActionKind, status_filter_sql, status_sql
 from app.errors import ErrorCode, NotFound
 from app.queries import keyset_page_sql
 from app.queries.actions import Attempt, get_action
@@ -36,10 +36,10 @@ class DeliveryDetail:
     attempts: list[Attempt]
 
 
-_COLUMNS = """
+_COLUMNS = f"""
     id, payload ->> 'message_id' AS message_id, payload -> 'message' ->> 'type' AS type,
-    event_id, status, attempts, error_code, error_message, next_attempt_at, created_at,
-    finished_at
+    event_id, {status_sql("actions")} AS status, attempts, error_code, error_message,
+    next_attempt_at, created_at, finished_at
 """
 
 
@@ -59,7 +59,7 @@ async def list_deliveries(
     query, params = keyset_page_sql(
         f"SELECT {_COLUMNS} FROM actions WHERE kind = :kind AND target = :target",  # noqa: S608
         id_column="id",
-        conditions={"status": "status = :status"},
+        conditions={"status": status_filter_sql("actions", "status")},
         filters=_Filters(status),
         before_id=before_id,
         limit=limit,

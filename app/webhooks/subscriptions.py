@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.control import requeue
-from app.actions.kinds import ActionKind
+from app.actions.kinds import ActionKind, status_sql
 from app.crypto.at_rest import SecretBox
 from app.errors import Conflict, ErrorCode, NotFound
 from app.models import WebhookEndpoint
@@ -189,7 +189,7 @@ async def send_test(session: AsyncSession, webhook_id: int) -> str:
 
 
 _DELIVERY = f"""
-    SELECT status FROM actions
+    SELECT {status_sql("actions")} FROM actions
     WHERE id = :id AND kind = '{ActionKind.WEBHOOK}' AND target = :target FOR UPDATE
 """  # noqa: S608 - a constant
 _DELIVERIES_OF = f"kind = '{ActionKind.WEBHOOK}' AND target = :target"
