@@ -27,7 +27,6 @@ path, and the ORM layer cost a measurable share of ingest throughput (bench/inge
 """
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +35,7 @@ import asyncpg
 
 from app.callbacks.verify import Delivery
 from app.db import DatabaseUnavailable, is_unavailable, reset_if_needed
-from app.events.identity import identify
+from app.events.identity import canonical_json, identify
 from app.metrics import INGEST_BATCH_SIZE
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,8 @@ class NewEvent:
     def received(
         cls, app_id: int, received_at: datetime, body: bytes, delivery: Delivery
     ) -> "NewEvent":
-        identity = identify(delivery.fields)
+        payload_json = canonical_json(delivery.fields)
+        identity = identify(delivery.fields, payload_json)
         return cls(
             app_id=app_id,
             received_at=received_at,
@@ -85,7 +85,7 @@ class NewEvent:
             dedup_key=identity.dedup_key,
             # Envelopes are ASCII in practice; never fail a verified callback over this.
             raw_body=body.decode("utf-8", errors="replace"),
-            payload_json=json.dumps(delivery.fields, ensure_ascii=False),
+            payload_json=payload_json,
         )
 
 

@@ -60,14 +60,22 @@ def _create_time(fields: dict[str, XmlValue]) -> datetime | None:
     return datetime.fromtimestamp(int(raw), tz=UTC)
 
 
-def identify(fields: dict[str, XmlValue]) -> EventIdentity:
+def canonical_json(fields: dict[str, XmlValue]) -> str:
+    """The fields as JSON, the same text for the same fields whatever their order: what a
+    non-message's dedup key hashes, and (jsonb keeps no key order anyway) the stored payload,
+    so a callback is serialized once."""
+    return json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def identify(fields: dict[str, XmlValue], canonical: str | None = None) -> EventIdentity:
+    """canonical: canonical_json(fields), where the caller has it already."""
     family, kind = classify(fields)
     msg_id = _text(fields, "MsgId") or None
     if msg_id and family == "message":
         # MsgId is opaque: numeric in old clients, Base64-like in new ones.
         dedup_key = "msg:" + msg_id[:120]
     else:
-        canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        canonical = canonical_json(fields) if canonical is None else canonical
         dedup_key = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
     return EventIdentity(
         family=family,

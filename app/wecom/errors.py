@@ -34,6 +34,8 @@ _SECRET_PARAMETER = re.compile(r"(access_token|corpsecret|secret|provider_secret
 def redact(text: str) -> str:
     """text without the query string of any URL in it, and with any secret-looking
     `name=value` blanked (a URL without a scheme: aiohttp sometimes prints only the path)."""
+    if "=" not in text and "://" not in text:  # nothing either pattern could match ("ok")
+        return text[:MAX_ERRMSG_CHARS]
     text = _URL_QUERY.sub(r"\1?…", text)
     return _SECRET_PARAMETER.sub(r"\1=…", text)[:MAX_ERRMSG_CHARS]
 
