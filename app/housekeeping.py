@@ -70,7 +70,7 @@ BACKLOG = """
         SELECT array_agg(kind) AS kinds, array_agg(n) AS counts
         FROM (
             SELECT kind, count(*) AS n FROM actions
-            WHERE status = 'pending' AND (locked_until IS NULL OR locked_until < now())
+            WHERE status = 'pending' AND locked_by IS NULL  -- not held: kinds.status_sql
             GROUP BY kind
         ) k
     ) AS pending

@@ -148,12 +148,27 @@ async def settle(dsn: str, expected: int) -> dict[str, int]:
         await connection.close()
 
 
-async def statements(dsn: str, customers: int) -> None:
+# Per busy table: inserts, updates, HOT updates; and the WAL. Read before and after the
+# stream: resetting them (pg_stat_reset) would also blind autovacuum, which reads them.
+Counters = tuple[dict[str, tuple[int, int, int]], tuple[int, int]]
+
+
+async def _counters(connection: asyncpg.Connection) -> Counters:
+    tables = await connection.fetch(
+        "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+    )
+    wal = await connection.fetchrow("SELECT wal_records, wal_bytes FROM pg_stat_wal")
+    assert wal is not None
+    return {t["relname"]: (t[1], t[2], t[3]) for t in tables}, (wal[0], int(wal[1]))
+
+
+async def statements(dsn: str, customers: int, before: Counters) -> None:
     """Calls, execution and planning time per customer of the statements that cost most
     (wall time: under load it holds waits for a CPU too, so the ranking counts, not the
     sum; Postgres's CPU is the Meter's); then each busy table's inserts and updates, how
-    many updates were HOT, and the WAL written. Reset before the stream (in settle's first
-    call) so only the stream's are counted."""
+    many updates were HOT, and the WAL written. pg_stat_statements is reset before the
+    stream (in settle's first call), the other counters read then (`before`), so only the
+    stream's are counted."""
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(
@@ -161,26 +176,26 @@ async def statements(dsn: str, customers: int) -> None:
             " left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query"
             " FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 25"
         )
-        tables = await connection.fetch(
-            "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
-            " WHERE n_tup_ins + n_tup_upd > 0 ORDER BY n_tup_ins + n_tup_upd DESC LIMIT 8"
-        )
-        wal = await connection.fetchrow("SELECT wal_records, wal_bytes FROM pg_stat_wal")
+        tables, wal = await _counters(connection)
     finally:
         await connection.close()
     # An update that changes no indexed column and finds room on its page is HOT: it adds
     # no index entry. Every other one adds an entry to each of the table's indexes.
+    spent = {
+        name: tuple(n - m for n, m in zip(now, before[0].get(name, (0, 0, 0)), strict=True))
+        for name, now in tables.items()
+    }
+    busiest = sorted(spent.items(), key=lambda item: -(item[1][0] + item[1][1]))[:8]
     print("  | table | inserts per customer | updates per customer | of them HOT |")
-    for table in tables:
-        hot = table["n_tup_hot_upd"] / max(table["n_tup_upd"], 1)
-        print(
-            f"  | {table['relname']} | {table['n_tup_ins'] / customers:.2f} |"
-            f" {table['n_tup_upd'] / customers:.2f} | {hot:.0%} |"
-        )
-    assert wal is not None
+    for name, (inserted, updated, hot) in busiest:
+        if inserted + updated:
+            print(
+                f"  | {name} | {inserted / customers:.2f} | {updated / customers:.2f} |"
+                f" {hot / max(updated, 1):.0%} |"
+            )
+    records, size = (now - then for now, then in zip(wal, before[1], strict=True))
     print(
-        f"  WAL per customer: {wal['wal_records'] / customers:.0f} records,"
-        f" {wal['wal_bytes'] / customers / 1024:.1f} KiB"
+        f"  WAL per customer: {records / customers:.0f} records, {size / customers / 1024:.1f} KiB"
     )
     print("  | calls per customer | ms per customer | planning ms | rows per call | statement |")
     for row in rows:
@@ -191,13 +206,13 @@ async def statements(dsn: str, customers: int) -> None:
         )
 
 
-async def reset_statements(dsn: str) -> None:
+async def reset_statements(dsn: str) -> Counters:
+    """pg_stat_statements emptied, and the other counters as they stand."""
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await connection.execute("SELECT pg_stat_statements_reset()")
-        await connection.execute("SELECT pg_stat_reset()")  # this database's table counters
-        await connection.execute("SELECT pg_stat_reset_shared('wal')")
+        return await _counters(connection)
     finally:
         await connection.close()
 
@@ -249,8 +264,9 @@ async def scenario(
         )
         await http.put(f"{sim}/sim/faults", json=faults)
     before = await settle(dsn, 0)  # the stream before this one has ended and been cleared
+    counted: Counters | None = None
     if meter is not None and os.environ.get("BENCH_STATEMENTS"):
-        await reset_statements(dsn)
+        counted = await reset_statements(dsn)
     if meter is not None:
         meter.start()
     profilers = _profile(meter, name) if meter is not None else []
@@ -258,8 +274,8 @@ async def scenario(
     for profiler in profilers:
         profiler.send_signal(signal.SIGINT)
     statuses = await settle(dsn, sum(before.values()) + len(sent))
-    if meter is not None and os.environ.get("BENCH_STATEMENTS"):
-        await statements(dsn, len(sent))
+    if counted is not None:
+        await statements(dsn, len(sent), counted)
     if meter is not None:
         spent = meter.stop()
         # Per customer stored and processed (one welcome action each): a callback refused

@@ -171,17 +171,9 @@ async def test_retry_and_cancel_say_why_they_cannot(
         409,
         "action_not_cancellable",
     )
-    # Claimed by a runner: stored as pending with a live lease, shown and refused as running.
+    # Claimed by a runner: stored as pending with its lease, shown and refused as running.
     in_an_hour = datetime.now(UTC) + timedelta(hours=1)
     running = await insert_action(db, wecom_app, kind="mark_tag", locked_until=in_an_hour)
-    body = problem(
-        await client.post(f"/api/v1/actions/{running}/cancel", headers=headers),
-        409,
-        "action_not_cancellable",
-    )
-    assert "is running" in body["detail"], body
-    shown = await client.get(f"/api/v1/actions/{running}", headers=headers)
-    assert shown.json()["status"] == "running", shown.text
 
     async def listed(status: str) -> list[int]:
         page = await client.get(
@@ -190,12 +182,40 @@ async def test_retry_and_cancel_say_why_they_cannot(
         assert page.status_code == 200, page.text
         return [action["id"] for action in page.json()["data"]]
 
-    assert (await listed("running"), await listed("pending")) == ([running], [])
-    # A lease that ran out (its runner died): waiting again, for another runner to take.
+    async def shown() -> str:
+        found = await client.get(f"/api/v1/actions/{running}", headers=headers)
+        return str(found.json()["status"])
+
+    async def refused() -> str:
+        body = problem(
+            await client.post(f"/api/v1/actions/{running}/cancel", headers=headers),
+            409,
+            "action_not_cancellable",
+        )
+        return str(body["detail"])
+
+    assert (await shown(), await listed("running"), await listed("pending")) == (
+        "running",
+        [running],
+        [],
+    )
+    assert "is running" in await refused()
+    # Its runner died and the lease ran out: still running until another runner takes it
+    # over (its call may have reached WeCom), as the stored status said before migration 0018.
     await db.execute(
         "UPDATE actions SET locked_until = now() - interval '1 s' WHERE id = $1", running
     )
-    assert (await listed("running"), await listed("pending")) == ([], [running])
+    assert (await shown(), await listed("running")) == ("running", [running])
+    assert "is running" in await refused()
+    # Given back (a runner that stopped): waiting, and cancellable.
+    await db.execute(
+        "UPDATE actions SET locked_by = NULL, locked_until = NULL WHERE id = $1", running
+    )
+    assert (await shown(), await listed("running"), await listed("pending")) == (
+        "pending",
+        [],
+        [running],
+    )
     problem(
         await client.post("/api/v1/actions/999999/retry", headers=headers), 404, "action_not_found"
     )

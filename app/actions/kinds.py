@@ -39,12 +39,14 @@ class ActionStatus(StrEnum):
 def status_sql(alias: str) -> str:
     """An action's status as the API, stats and people see it, in SQL over the actions row
     `alias`. `running` is not stored: a claim leaves the action `pending` and takes a lease
-    (locked_until), so that it changes no indexed column and Postgres can update the row in
-    place (a HOT update) instead of adding an entry to each of the table's indexes
-    (ADR 0008, fifth round). A pending action with a live lease is running; one whose
-    runner died shows pending again once its lease runs out, as it is then."""
+    (locked_by, locked_until), so that it changes no indexed column and Postgres can update
+    the row in place (a HOT update) instead of adding an entry to each of the table's
+    indexes (ADR 0008, fifth round). An action a runner holds is running until an outcome
+    or a give-back clears locked_by, as a stored `running` was: also when its runner died
+    and the lease ran out, until another runner takes it over (its call may have reached
+    WeCom, so it cannot be cancelled meanwhile)."""
     return (
-        f"CASE WHEN {alias}.status = 'pending' AND {alias}.locked_until > now()"
+        f"CASE WHEN {alias}.status = 'pending' AND {alias}.locked_by IS NOT NULL"
         f" THEN 'running' ELSE {alias}.status END"
     )
 
