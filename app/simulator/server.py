@@ -561,6 +561,22 @@ def control_router(sim: SimState) -> APIRouter:
         )
         return {"welcome_code": code, "token": secrets.token_urlsafe(24)}
 
+    @router.post("/corps/{corp_id}/customers/batch")
+    async def add_customers(corp_id: str, customers: list[CustomerIn]) -> list[str]:
+        """Many customers at once, as `customers` adds one (the contact exists, a welcome
+        code each, in their order): for load tests, whose customers must be real ones that
+        externalcontact/get then finds."""
+        return [
+            sim.add_customer(
+                corp_id,
+                userid=c.userid,
+                external_userid=c.external_userid,
+                name=c.name,
+                state=c.state,
+            )
+            for c in customers[:10_000]
+        ]
+
     @router.post("/corps/{corp_id}/welcome_codes")
     async def issue_welcome_codes(corp_id: str, count: int = 1) -> list[str]:
         """Fresh welcome codes (valid 20 s each) for load tests that need many at once."""
