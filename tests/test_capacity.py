@@ -3,18 +3,18 @@ changed because of it: a batch's writes go out together yet apply in event order
 recorded together are each recorded; an enrichment never undoes tags marked after WeCom
 answered it."""
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import httpx
 
-from app.actions.runner import _CLAIM, ClaimedAction
-from app.actions.wecom import WecomRun
+from app.actions.runner import _CLAIM
 from app.config import Settings
 from app.db import asyncpg_dsn, create_pool
-from app.processing.enrichment import _store_enriched
+from app.processing.enrichment import ContactWrites
 from app.processing.processor import EventProcessor
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import deliver, sessionmaker_for
@@ -95,41 +95,61 @@ async def test_an_enrichment_keeps_tags_marked_after_wecom_answered_it(
         "follow_user": [{"userid": "zhangsan", "remark": "老客户", "tags": []}],
     }
     assert settings.database_url is not None
-    pool = create_pool(asyncpg_dsn(settings.database_url), settings, max_size=2)
-    async with pool:
-        action = ClaimedAction(
-            id=1,
-            kind="enrich_contact",
-            app_id=None,
-            corp_id=wecom_app.corp_id,
-            target="wmA",
-            event_id=None,
-            payload={},
-            attempts=1,
-            deadline=None,
-            created_at=marked_at,
-        )
-        run = WecomRun(
-            action,
-            cast(Any, None),
-            pool,
-            0,
-            wecom_app.corp_id,
-            cast(Any, None),
-            cast(Any, None),
-        )
+    async with create_pool(asyncpg_dsn(settings.database_url), settings, max_size=2) as pool:
+        writes = ContactWrites(pool)
         # WeCom answered before the tag was marked: its (empty) list is older.
-        await _store_enriched(run, answer, marked_at - timedelta(seconds=1))
+        asked = marked_at - timedelta(seconds=1)
+        await writes.store(wecom_app.corp_id, "wmA", answer, asked)
         follow = await db.fetchrow("SELECT tag_ids, remark FROM follows")
         assert follow is not None and (follow["tag_ids"], follow["remark"]) == (
             ["etMARKED"],
             "老客户",
         )
         # Asked after it: WeCom's list is the truth.
-        await _store_enriched(run, answer, marked_at + timedelta(seconds=1))
+        await writes.store(wecom_app.corp_id, "wmA", answer, marked_at + timedelta(seconds=1))
         assert await db.fetchval("SELECT tag_ids FROM follows") == []
     name = await db.fetchval("SELECT name FROM external_contacts WHERE external_userid = 'wmA'")
     assert name == "王小明"
+
+
+async def test_enrichments_that_finish_together_are_stored_together_and_the_latest_wins(
+    settings: Settings, wecom_app: RegisteredApp, db: asyncpg.Connection
+) -> None:
+    """One statement for every answer that came while the last one was written; a customer
+    asked twice in one batch keeps the later answer (an upsert may not touch a row twice)."""
+    asked = datetime.now(UTC)
+
+    def answer(external_userid: str, name: str) -> dict[str, Any]:
+        return {
+            "external_contact": {"external_userid": external_userid, "name": name},
+            "follow_user": [{"userid": "zhangsan", "remark": name, "tags": []}],
+        }
+
+    assert settings.database_url is not None
+    async with create_pool(asyncpg_dsn(settings.database_url), settings, max_size=2) as pool:
+        writes = ContactWrites(pool)
+        later, earlier = asked + timedelta(seconds=1), asked - timedelta(seconds=1)
+        await asyncio.gather(
+            *(
+                writes.store(wecom_app.corp_id, f"wm{i}", answer(f"wm{i}", f"客户{i}"), asked)
+                for i in range(20)
+            ),
+            writes.store(wecom_app.corp_id, "wm0", answer("wm0", "新名字"), later),
+            writes.store(wecom_app.corp_id, "wm1", answer("wm1", "旧名字"), earlier),
+        )
+    # Rows written by one statement share its transaction id.
+    transactions = await db.fetchval("SELECT count(DISTINCT xmin::text) FROM external_contacts")
+    assert transactions <= 2, transactions
+    names = {
+        r[0]: r[1] for r in await db.fetch("SELECT external_userid, name FROM external_contacts")
+    }
+    assert len(names) == 20 and (names["wm0"], names["wm1"], names["wm7"]) == (
+        "新名字",
+        "客户1",
+        "客户7",
+    )
+    remarks = {r[0]: r[1] for r in await db.fetch("SELECT external_userid, remark FROM follows")}
+    assert (remarks["wm0"], remarks["wm1"]) == ("新名字", "客户1")
 
 
 async def test_a_claim_reads_the_due_index_in_order_not_by_bitmap(

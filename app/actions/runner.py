@@ -19,6 +19,7 @@ single use) or tolerate it.
 """
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -31,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.actions.errors import ActionError, Reply
 from app.actions.kinds import POLICIES, ActionKind, ActionStatus, RetryPolicy
-from app.db import is_unavailable
+from app.batching import GroupCommit
 from app.metrics import ACTION_ERRORS, ACTIONS_FINISHED, action_error_label
 from app.notify import ACTIONS_CHANNEL, ClaimSpacing, Listener, worker_id
 from app.wecom.calls import CallCount, counting
@@ -138,73 +139,11 @@ _Outcome = tuple[
 ]
 
 
-class _Recorder:
-    """Group commit for outcomes (like app/callbacks/writer.py for events): record() queues
-    one and waits; a single flusher sends whatever is queued in one statement, and the next
-    batch forms while it runs. An action appears at most once in a batch (one runner holds
-    it, and its caller waits). The first outcome waits `window` for company: actions
-    claimed together mostly end within a few milliseconds of each other, and one statement
-    for all of them costs Postgres little more than one for each (ADR 0008)."""
-
-    def __init__(self, db: asyncpg.Pool, window: float) -> None:
-        self._db = db
-        self._window = window
-        self._queued: list[tuple[_Outcome, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def record(self, outcome: _Outcome) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.append((outcome, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
-
-    async def drain(self) -> None:
-        """Until every outcome queued has been recorded (or has failed): a runner that stops
-        gives back what it still holds only after this, or an action that ran would be
-        given back as pending, its outcome refused for want of the lease, and run again."""
-        if self._flusher is not None:
-            await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
-
-    async def _flush(self) -> None:
-        try:
-            if self._window:  # actions claimed together end close together: one statement
-                await asyncio.sleep(self._window)
-        except BaseException:
-            _fail(self._queued, RuntimeError("the runner stopped"))
-            self._queued = []
-            raise
-        while self._queued:
-            batch, self._queued = self._queued, []
-            try:
-                await self._send(batch)
-            except Exception as exc:
-                if len(batch) == 1 or is_unavailable(exc):
-                    _fail(batch, exc)
-                    continue
-                # One outcome the database refuses must not fail the others with it.
-                for one in batch:
-                    try:
-                        await self._send([one])
-                    except Exception as single:
-                        _fail([one], single)
-            except BaseException:
-                _fail(batch + self._queued, RuntimeError("the runner stopped"))
-                self._queued = []
-                raise
-
-    async def _send(self, batch: list[tuple[_Outcome, "asyncio.Future[None]"]]) -> None:
-        columns = zip(*(outcome for outcome, _ in batch), strict=True)
-        await self._db.execute(_RELEASE, *(list(column) for column in columns))
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
-
-
-def _fail(batch: list[tuple[_Outcome, "asyncio.Future[None]"]], exc: Exception) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(exc)
+async def _record(db: asyncpg.Pool, batch: list[_Outcome]) -> None:
+    """Outcomes that finished together, in one statement (app/batching.py). An action
+    appears at most once in a batch: one runner holds it, and its caller waits."""
+    columns = zip(*batch, strict=True)
+    await db.execute(_RELEASE, *(list(column) for column in columns))
 
 
 _GIVE_BACK = """
@@ -296,7 +235,10 @@ class ActionRunner:
         worker: str | None = None,
     ) -> None:
         self._db = db
-        self._recorder = _Recorder(db, window=claim_interval / 4)
+        # The first outcome waits a moment for company: actions claimed together mostly end
+        # within a few milliseconds of each other, and one statement for all of them costs
+        # Postgres little more than one for each (ADR 0008).
+        self._outcomes = GroupCommit(functools.partial(_record, db), window=claim_interval / 4)
         self._sessionmaker = sessionmaker
         self._handlers = handlers
         # kinds: only these (a runner of their own, e.g. webhooks, whose slow receivers must
@@ -372,7 +314,10 @@ class ActionRunner:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
             await asyncio.gather(*self._settling, return_exceptions=True)
-            await self._recorder.drain()
+            # Every outcome queued is recorded before what is held is given back: given
+            # back first, an action that ran would be pending again, its outcome refused for
+            # want of the lease, and run twice.
+            await self._outcomes.drain()
             await self._release_held()
 
     async def _release_held(self) -> None:
@@ -503,7 +448,7 @@ class ActionRunner:
         reply: Reply | None = None,
     ) -> None:
         reply = reply or (error.reply if error else None)
-        await self._recorder.record(
+        await self._outcomes.submit(
             (
                 action.id,
                 self.worker,

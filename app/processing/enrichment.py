@@ -5,16 +5,19 @@ API answers fill in details (names, remarks, tags, group members); they never de
 follow's status, which only events and `sync` (for relations that predate us) set."""
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, func, not_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.actions.kinds import ActionStatus
 from app.actions.runner import Outcome
-from app.actions.wecom import WecomRun
+from app.actions.wecom import WecomHandler, WecomRun
+from app.batching import GroupCommit
 from app.models import CustomerGroup, ExternalContact, Follow, GroupMember, Tag, TagGroup
 from app.wecom.errors import WecomApiError
 
@@ -97,62 +100,100 @@ async def apply_follows(
     )
 
 
-# enrich_contact's write: the customer and every follow WeCom listed, in one statement (one
-# round trip, its own implicit transaction), with the same effect as apply_contacts and
-# apply_follows. Follows come as parallel arrays; each follow's tag ids as a JSON array
-# (arrays of arrays must be rectangular in Postgres).
-_ENRICHED_CONTACT = f"""
+# enrich_contact's write: each customer and every follow WeCom listed, for every enrichment
+# that finished together, in one statement (ContactWrites). enriched_at is when WeCom was
+# asked: its answer is the state as of then, and a tag a mark_tag action set after that
+# (tags_marked_at) is newer than the answer's list. A row is only ever named once per
+# statement (ContactWrites keeps the latest answer), as an upsert may not touch it twice.
+_ENRICHED_CONTACTS = f"""
     WITH contact AS (
         INSERT INTO external_contacts AS c (corp_id, external_userid, {", ".join(_CONTACT_FIELDS)},
                                             unionid, enriched_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[],
+                             $6::integer[], $7::text[], $8::text[], $9::text[], $10::text[],
+                             $11::timestamptz[])
         ON CONFLICT (corp_id, external_userid) DO UPDATE
         SET {", ".join(f"{f} = excluded.{f}" for f in (*_CONTACT_FIELDS, "unionid", "enriched_at"))}
     )
     INSERT INTO follows AS f (corp_id, userid, external_userid, status, added_at, add_way, state,
                               remark, description, oper_userid, tag_ids, enriched_at)
-    SELECT $1, u.userid, $2, 'active', u.added_at, u.add_way, u.state, u.remark, u.description,
-           u.oper_userid,
-           ARRAY(SELECT jsonb_array_elements_text(u.tag_ids::jsonb)), $11
-    FROM unnest($12::text[], $13::timestamptz[], $14::integer[], $15::text[], $16::text[],
-                $17::text[], $18::text[], $19::text[])
-         AS u(userid, added_at, add_way, state, remark, description, oper_userid, tag_ids)
+    SELECT u.corp_id, u.userid, u.external_userid, 'active', u.added_at, u.add_way, u.state,
+           u.remark, u.description, u.oper_userid,
+           ARRAY(SELECT jsonb_array_elements_text(u.tag_ids::jsonb)), u.asked_at
+    FROM unnest($12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::integer[],
+                $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+                $22::timestamptz[])
+         AS u(corp_id, external_userid, userid, added_at, add_way, state, remark, description,
+              oper_userid, tag_ids, asked_at)
     ON CONFLICT (corp_id, userid, external_userid) DO UPDATE
     SET {", ".join(f"{f} = excluded.{f}" for f in (*_FOLLOW_FIELDS[:-1], "enriched_at"))},
         added_at = coalesce(f.added_at, excluded.added_at),
-        -- tags a mark_tag action set after WeCom answered are newer than the answer
-        tag_ids = CASE WHEN f.tags_marked_at > $20 THEN f.tag_ids ELSE excluded.tag_ids END
+        tag_ids = CASE WHEN f.tags_marked_at > excluded.enriched_at THEN f.tag_ids
+                       ELSE excluded.tag_ids END
 """  # noqa: S608 - only the constant field names are interpolated
 
 
-async def _store_enriched(run: WecomRun, body: dict[str, Any], asked_at: datetime) -> None:
-    now = datetime.now(UTC)
-    contact = _contact_row(run.corp_id, body["external_contact"], now)
-    external_userid = run.action.target
-    follows = [
-        _follow_row(run.corp_id, external_userid, follow, now)
-        for follow in body.get("follow_user", [])
-        # one row per member: a repeated member would make the upsert touch a row twice
-        if follow.get("userid")
-    ]
-    follows = list({f["userid"]: f for f in follows}.values())
-    await run.db.execute(
-        _ENRICHED_CONTACT,
-        run.corp_id,
-        contact["external_userid"],
-        *(contact[f] for f in _CONTACT_FIELDS),
-        contact["unionid"],
-        now,
-        [f["userid"] for f in follows],
-        [f["added_at"] for f in follows],
-        [f["add_way"] for f in follows],
-        [f["state"] for f in follows],
-        [f["remark"] for f in follows],
-        [f["description"] for f in follows],
-        [f["oper_userid"] for f in follows],
-        [json.dumps(f["tag_ids"]) for f in follows],
-        asked_at,
-    )
+@dataclass(frozen=True, slots=True)
+class _Enriched:
+    """One externalcontact/get answer, as rows for _ENRICHED_CONTACTS."""
+
+    contact: dict[str, Any]
+    follows: list[dict[str, Any]]
+    asked_at: datetime
+
+
+class ContactWrites:
+    """Where enrich_contact stores what WeCom answered: every answer that came in while the
+    last write was in flight goes in the next one, one statement and one commit (at 200 new
+    customers a second a commit each was a large share of Postgres's CPU, ADR 0008)."""
+
+    def __init__(self, db: asyncpg.Pool) -> None:
+        self._db = db
+        self._writes = GroupCommit(self._write)
+
+    async def store(
+        self, corp_id: str, external_userid: str, body: dict[str, Any], asked_at: datetime
+    ) -> None:
+        """Committed when it returns."""
+        contact = _contact_row(corp_id, body["external_contact"], asked_at)
+        follows = [
+            _follow_row(corp_id, external_userid, follow, asked_at)
+            for follow in body.get("follow_user", [])
+            # one row per member: a repeated member would make the upsert touch a row twice
+            if follow.get("userid")
+        ]
+        follows = list({f["userid"]: f for f in follows}.values())
+        await self._writes.submit(_Enriched(contact, follows, asked_at))
+
+    async def _write(self, batch: list[_Enriched]) -> None:
+        # The latest answer for a customer asked twice in one batch, and for each follow.
+        latest = sorted(batch, key=lambda e: e.asked_at)
+        contacts = {(e.contact["corp_id"], e.contact["external_userid"]): e for e in latest}
+        follows = {
+            (f["corp_id"], f["userid"], f["external_userid"]): (f, e.asked_at)
+            for e in latest
+            for f in e.follows
+        }
+        rows = [e.contact for e in contacts.values()]
+        await self._db.execute(
+            _ENRICHED_CONTACTS,
+            [r["corp_id"] for r in rows],
+            [r["external_userid"] for r in rows],
+            *([r[f] for r in rows] for f in _CONTACT_FIELDS),
+            [r["unionid"] for r in rows],
+            [r["enriched_at"] for r in rows],
+            [f["corp_id"] for f, _ in follows.values()],
+            [f["external_userid"] for f, _ in follows.values()],
+            [f["userid"] for f, _ in follows.values()],
+            [f["added_at"] for f, _ in follows.values()],
+            [f["add_way"] for f, _ in follows.values()],
+            [f["state"] for f, _ in follows.values()],
+            [f["remark"] for f, _ in follows.values()],
+            [f["description"] for f, _ in follows.values()],
+            [f["oper_userid"] for f, _ in follows.values()],
+            [json.dumps(f["tag_ids"]) for f, _ in follows.values()],
+            [asked_at for _, asked_at in follows.values()],
+        )
 
 
 async def apply_group(session: AsyncSession, corp_id: str, group: dict[str, Any]) -> None:
@@ -270,25 +311,30 @@ async def _fresh_since(run: WecomRun, what: str) -> bool:
     return enriched is not None and enriched >= run.action.created_at
 
 
-async def enrich_contact(run: WecomRun) -> Outcome:
-    external_userid = run.action.target
-    if await _fresh_since(run, "contact"):
-        return Outcome(ActionStatus.SKIPPED, "already enriched after this change")
-    asked_at = datetime.now(UTC)
-    try:
-        body = await run.client.call(
-            run.credentials,
-            "GET",
-            "externalcontact/get",
-            params={"external_userid": external_userid},
-            deadline=run.deadline_monotonic,
-        )
-    except WecomApiError as exc:
-        if exc.errcode == 84061:  # no relation left: the customer deleted every member
-            return Outcome(ActionStatus.SKIPPED, "84061: no external-contact relation any more")
-        raise
-    await _store_enriched(run, body, asked_at)
-    return Outcome(ActionStatus.SUCCEEDED)
+def contact_enricher(writes: ContactWrites) -> WecomHandler:
+    """The enrich_contact handler of a process, storing through its ContactWrites."""
+
+    async def enrich_contact(run: WecomRun) -> Outcome:
+        external_userid = run.action.target
+        if await _fresh_since(run, "contact"):
+            return Outcome(ActionStatus.SKIPPED, "already enriched after this change")
+        asked_at = datetime.now(UTC)
+        try:
+            body = await run.client.call(
+                run.credentials,
+                "GET",
+                "externalcontact/get",
+                params={"external_userid": external_userid},
+                deadline=run.deadline_monotonic,
+            )
+        except WecomApiError as exc:
+            if exc.errcode == 84061:  # no relation left: the customer deleted every member
+                return Outcome(ActionStatus.SKIPPED, "84061: no external-contact relation any more")
+            raise
+        await writes.store(run.corp_id, external_userid, body, asked_at)
+        return Outcome(ActionStatus.SUCCEEDED)
+
+    return enrich_contact
 
 
 async def enrich_group(run: WecomRun) -> Outcome:

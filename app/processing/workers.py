@@ -59,7 +59,6 @@ WECOM_HANDLERS: dict[ActionKind, WecomHandler] = {
     ActionKind.KF_REPLY: kf.kf_reply,
     ActionKind.KF_WELCOME: kf.kf_welcome,
     ActionKind.MARK_TAG: mark_tags,
-    ActionKind.ENRICH_CONTACT: enrichment.enrich_contact,
     ActionKind.ENRICH_GROUP: enrichment.enrich_group,
     ActionKind.SYNC_TAGS: enrichment.sync_tags,
     ActionKind.UPLOAD_MEDIA: uploads.upload_media,
@@ -71,16 +70,22 @@ WECOM_HANDLERS: dict[ActionKind, WecomHandler] = {
 
 def handlers(
     settings: Settings,
+    db: asyncpg.Pool,
     sessionmaker: async_sessionmaker[AsyncSession],
     box: SecretBox,
     client: WecomClient,
 ) -> dict[ActionKind, Handler]:
     """Every kind's handler; those that call WeCom get their app's credentials (cached for
-    app_cache_seconds, so a rotated secret is in use within that time)."""
+    app_cache_seconds, so a rotated secret is in use within that time). The enrichments of
+    the process store what they learn together (enrichment.ContactWrites)."""
     wecom = WecomHandlers(
         client, CredentialCache(sessionmaker, box, ttl=settings.app_cache_seconds)
     )
-    return {kind: wecom.wrap(handler) for kind, handler in WECOM_HANDLERS.items()}
+    table: dict[ActionKind, WecomHandler] = {
+        **WECOM_HANDLERS,
+        ActionKind.ENRICH_CONTACT: enrichment.contact_enricher(enrichment.ContactWrites(db)),
+    }
+    return {kind: wecom.wrap(handler) for kind, handler in table.items()}
 
 
 def action_runner(
@@ -94,7 +99,7 @@ def action_runner(
     return ActionRunner(
         db,
         sessionmaker,
-        handlers(settings, sessionmaker, box, client),
+        handlers(settings, db, sessionmaker, box, client),
         finished=Announcer(sessionmaker, Subscriptions(ttl=settings.webhook_cache_seconds)),
         listener=listener,
         concurrency=RUNNER_CONCURRENCY,
