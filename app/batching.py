@@ -1,41 +1,36 @@
-"""One statement for what many tasks ask at once: group commit for writes (the runner's
-outcomes, enrichments) and batched lookups (is this customer enriched already?).
+"""Group commit for writes that many tasks make at once: the runner's outcomes, enrichments.
 
-Made alone, each is a statement, a round trip and, for a write, a commit of its own; at 200
-new customers a second a commit a customer was a large share of Postgres's CPU (ADR 0008).
-`submit` queues one item and waits for its answer; a single flusher sends whatever is
-queued in one call of `send` (one statement), and the next batch forms while it runs. Each
-caller still waits for its own item, so "committed before going on" holds for every one.
+Each write is a statement and a commit of its own when made alone; at 200 new customers a
+second a commit a customer was a large share of Postgres's CPU (ADR 0008). `submit` queues
+one item and waits until it is committed; a single flusher sends whatever is queued in one
+call of `send` (one statement), and the next batch forms while it runs. Each caller still
+waits for its own item, so "committed before going on" holds for every one of them.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from app.db import is_unavailable
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 
-class Batcher(Generic[T, R]):
-    def __init__(
-        self, send: Callable[[list[T]], Awaitable[Sequence[R]]], *, window: float = 0.0
-    ) -> None:
-        """send: one statement for a batch, answering each item in its order (a write
-        answers None for each), or raising. window: how long the first item waits for
-        company (0: only what queues while a batch is in flight)."""
+class GroupCommit(Generic[T]):
+    def __init__(self, send: Callable[[list[T]], Awaitable[None]], *, window: float = 0.0) -> None:
+        """send: writes a batch in one statement (or raises). window: how long the first
+        item waits for company (0: only what queues while a batch is in flight)."""
         self._send = send
         self._window = window
-        self._queued: list[tuple[T, asyncio.Future[R]]] = []
+        self._queued: list[tuple[T, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+    async def submit(self, item: T) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        await future
 
     async def drain(self) -> None:
         """Until every item queued has been committed (or has failed)."""
@@ -69,14 +64,14 @@ class Batcher(Generic[T, R]):
                 self._queued = []
                 raise
 
-    async def _commit(self, batch: list[tuple[T, "asyncio.Future[R]"]]) -> None:
-        answers = await self._send([item for item, _ in batch])
-        for (_, future), answer in zip(batch, answers, strict=True):
+    async def _commit(self, batch: list[tuple[T, "asyncio.Future[None]"]]) -> None:
+        await self._send([item for item, _ in batch])
+        for _, future in batch:
             if not future.done():
-                future.set_result(answer)
+                future.set_result(None)
 
 
-def _fail(batch: "list[tuple[T, asyncio.Future[R]]]", exc: Exception) -> None:
+def _fail(batch: list[tuple[T, "asyncio.Future[None]"]], exc: Exception) -> None:
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)

@@ -14,7 +14,7 @@ import httpx
 from app.actions.runner import _CLAIM
 from app.config import Settings
 from app.db import asyncpg_dsn, create_pool
-from app.processing.enrichment import ContactStore
+from app.processing.enrichment import ContactWrites
 from app.processing.processor import EventProcessor
 from tests.conftest import RegisteredApp, Simulator
 from tests.processing_helpers import deliver, sessionmaker_for
@@ -96,7 +96,7 @@ async def test_an_enrichment_keeps_tags_marked_after_wecom_answered_it(
     }
     assert settings.database_url is not None
     async with create_pool(asyncpg_dsn(settings.database_url), settings, max_size=2) as pool:
-        writes = ContactStore(pool)
+        writes = ContactWrites(pool)
         # WeCom answered before the tag was marked: its (empty) list is older.
         asked = marked_at - timedelta(seconds=1)
         await writes.store(wecom_app.corp_id, "wmA", answer, asked)
@@ -127,25 +127,16 @@ async def test_enrichments_that_finish_together_are_stored_together_and_the_late
 
     assert settings.database_url is not None
     async with create_pool(asyncpg_dsn(settings.database_url), settings, max_size=2) as pool:
-        store = ContactStore(pool)
+        writes = ContactWrites(pool)
         later, earlier = asked + timedelta(seconds=1), asked - timedelta(seconds=1)
         await asyncio.gather(
             *(
-                store.store(wecom_app.corp_id, f"wm{i}", answer(f"wm{i}", f"客户{i}"), asked)
+                writes.store(wecom_app.corp_id, f"wm{i}", answer(f"wm{i}", f"客户{i}"), asked)
                 for i in range(20)
             ),
-            store.store(wecom_app.corp_id, "wm0", answer("wm0", "新名字"), later),
-            store.store(wecom_app.corp_id, "wm1", answer("wm1", "旧名字"), earlier),
+            writes.store(wecom_app.corp_id, "wm0", answer("wm0", "新名字"), later),
+            writes.store(wecom_app.corp_id, "wm1", answer("wm1", "旧名字"), earlier),
         )
-        # Asked together, each customer gets its own answer (one lookup, in order).
-        since = await asyncio.gather(
-            store.enriched_since(wecom_app.corp_id, "wm0", asked),  # enriched at `later`
-            store.enriched_since(wecom_app.corp_id, "wm0", later + timedelta(seconds=1)),
-            store.enriched_since(wecom_app.corp_id, "wm5", asked),
-            store.enriched_since(wecom_app.corp_id, "wm5", later),
-            store.enriched_since(wecom_app.corp_id, "wmUNKNOWN", earlier),
-        )
-        assert list(since) == [True, False, True, False, False]
     # Rows written by one statement share its transaction id.
     transactions = await db.fetchval("SELECT count(DISTINCT xmin::text) FROM external_contacts")
     assert transactions <= 2, transactions

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.actions.errors import ActionError, Reply
 from app.actions.kinds import POLICIES, ActionKind, ActionStatus, RetryPolicy
-from app.batching import Batcher
+from app.batching import GroupCommit
 from app.metrics import ACTION_ERRORS, ACTIONS_FINISHED, action_error_label
 from app.notify import ACTIONS_CHANNEL, ClaimSpacing, Listener, worker_id
 from app.wecom.calls import CallCount, counting
@@ -139,12 +139,11 @@ _Outcome = tuple[
 ]
 
 
-async def _record(db: asyncpg.Pool, batch: list[_Outcome]) -> list[None]:
+async def _record(db: asyncpg.Pool, batch: list[_Outcome]) -> None:
     """Outcomes that finished together, in one statement (app/batching.py). An action
     appears at most once in a batch: one runner holds it, and its caller waits."""
     columns = zip(*batch, strict=True)
     await db.execute(_RELEASE, *(list(column) for column in columns))
-    return [None] * len(batch)
 
 
 _GIVE_BACK = """
@@ -239,7 +238,7 @@ class ActionRunner:
         # The first outcome waits a moment for company: actions claimed together mostly end
         # within a few milliseconds of each other, and one statement for all of them costs
         # Postgres little more than one for each (ADR 0008).
-        self._outcomes = Batcher(functools.partial(_record, db), window=claim_interval / 4)
+        self._outcomes = GroupCommit(functools.partial(_record, db), window=claim_interval / 4)
         self._sessionmaker = sessionmaker
         self._handlers = handlers
         # kinds: only these (a runner of their own, e.g. webhooks, whose slow receivers must

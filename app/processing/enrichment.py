@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.actions.kinds import ActionStatus
 from app.actions.runner import Outcome
 from app.actions.wecom import WecomHandler, WecomRun
-from app.batching import Batcher
+from app.batching import GroupCommit
 from app.models import CustomerGroup, ExternalContact, Follow, GroupMember, Tag, TagGroup
 from app.wecom.errors import WecomApiError
 
@@ -101,10 +101,10 @@ async def apply_follows(
 
 
 # enrich_contact's write: each customer and every follow WeCom listed, for every enrichment
-# that finished together, in one statement (ContactStore). enriched_at is when WeCom was
+# that finished together, in one statement (ContactWrites). enriched_at is when WeCom was
 # asked: its answer is the state as of then, and a tag a mark_tag action set after that
 # (tags_marked_at) is newer than the answer's list. A row is only ever named once per
-# statement (ContactStore keeps the latest answer), as an upsert may not touch it twice.
+# statement (ContactWrites keeps the latest answer), as an upsert may not touch it twice.
 _ENRICHED_CONTACTS = f"""
     WITH contact AS (
         INSERT INTO external_contacts AS c (corp_id, external_userid, {", ".join(_CONTACT_FIELDS)},
@@ -142,39 +142,14 @@ class _Enriched:
     asked_at: datetime
 
 
-# When each customer asked about was last enriched, in the order asked.
-_ENRICHED_SINCE = """
-    SELECT c.enriched_at
-    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(corp_id, external_userid, i)
-    LEFT JOIN external_contacts AS c
-           ON c.corp_id = u.corp_id AND c.external_userid = u.external_userid
-    ORDER BY u.i
-"""
-
-
-class ContactStore:
-    """What enrich_contact reads and writes, for every enrichment of the process together:
-    whether a customer was enriched since (one lookup for all that ask while the last one
-    is in flight), and what WeCom answered (every answer that came meanwhile in one
-    statement and one commit). At 200 new customers a second a statement and a commit each
-    was a large share of Postgres's CPU and of the runner's (ADR 0008)."""
+class ContactWrites:
+    """Where enrich_contact stores what WeCom answered: every answer that came in while the
+    last write was in flight goes in the next one, one statement and one commit (at 200 new
+    customers a second a commit each was a large share of Postgres's CPU, ADR 0008)."""
 
     def __init__(self, db: asyncpg.Pool) -> None:
         self._db = db
-        self._lookups = Batcher(self._enriched_at)
-        self._writes = Batcher(self._write)
-
-    async def enriched_since(self, corp_id: str, external_userid: str, since: datetime) -> bool:
-        """Enriched after `since` (a burst of events for one customer writes one action
-        each; the first one to run covers the rest)."""
-        enriched = await self._lookups.submit((corp_id, external_userid))
-        return enriched is not None and enriched >= since
-
-    async def _enriched_at(self, batch: list[tuple[str, str]]) -> list[datetime | None]:
-        rows = await self._db.fetch(
-            _ENRICHED_SINCE, [corp for corp, _ in batch], [userid for _, userid in batch]
-        )
-        return [row[0] for row in rows]
+        self._writes = GroupCommit(self._write)
 
     async def store(
         self, corp_id: str, external_userid: str, body: dict[str, Any], asked_at: datetime
@@ -190,7 +165,7 @@ class ContactStore:
         follows = list({f["userid"]: f for f in follows}.values())
         await self._writes.submit(_Enriched(contact, follows, asked_at))
 
-    async def _write(self, batch: list[_Enriched]) -> list[None]:
+    async def _write(self, batch: list[_Enriched]) -> None:
         # The latest answer for a customer asked twice in one batch, and for each follow.
         latest = sorted(batch, key=lambda e: e.asked_at)
         contacts = {(e.contact["corp_id"], e.contact["external_userid"]): e for e in latest}
@@ -219,7 +194,6 @@ class ContactStore:
             [json.dumps(f["tag_ids"]) for f, _ in follows.values()],
             [asked_at for _, asked_at in follows.values()],
         )
-        return [None] * len(batch)
 
 
 async def apply_group(session: AsyncSession, corp_id: str, group: dict[str, Any]) -> None:
@@ -322,22 +296,27 @@ async def apply_tags(session: AsyncSession, corp_id: str, tag_groups: list[dict[
 # enrichment actions -----------------------------------------------------------------------
 
 
-_GROUP_ENRICHED_AT = "SELECT enriched_at FROM customer_groups WHERE corp_id = $1 AND chat_id = $2"
+_ENRICHED_AT = {
+    "contact": "SELECT enriched_at FROM external_contacts"
+    " WHERE corp_id = $1 AND external_userid = $2",
+    "group": "SELECT enriched_at FROM customer_groups WHERE corp_id = $1 AND chat_id = $2",
+}
 
 
-async def _group_fresh_since(run: WecomRun) -> bool:
-    """Already enriched after this action was written (a burst of events for one group
-    writes one action each; the first one to run covers the rest)."""
-    enriched = await run.db.fetchval(_GROUP_ENRICHED_AT, run.corp_id, run.action.target)
+async def _fresh_since(run: WecomRun, what: str) -> bool:
+    """Already enriched after this action was written (a burst of events for one customer
+    writes one action each; the first one to run covers the rest). One prepared statement
+    on the runner's pool: a session cost five times the query (bench/welcome.py)."""
+    enriched = await run.db.fetchval(_ENRICHED_AT[what], run.corp_id, run.action.target)
     return enriched is not None and enriched >= run.action.created_at
 
 
-def contact_enricher(contacts: ContactStore) -> WecomHandler:
-    """The enrich_contact handler of a process, reading and storing through its store."""
+def contact_enricher(writes: ContactWrites) -> WecomHandler:
+    """The enrich_contact handler of a process, storing through its ContactWrites."""
 
     async def enrich_contact(run: WecomRun) -> Outcome:
         external_userid = run.action.target
-        if await contacts.enriched_since(run.corp_id, external_userid, run.action.created_at):
+        if await _fresh_since(run, "contact"):
             return Outcome(ActionStatus.SKIPPED, "already enriched after this change")
         asked_at = datetime.now(UTC)
         try:
@@ -352,14 +331,14 @@ def contact_enricher(contacts: ContactStore) -> WecomHandler:
             if exc.errcode == 84061:  # no relation left: the customer deleted every member
                 return Outcome(ActionStatus.SKIPPED, "84061: no external-contact relation any more")
             raise
-        await contacts.store(run.corp_id, external_userid, body, asked_at)
+        await writes.store(run.corp_id, external_userid, body, asked_at)
         return Outcome(ActionStatus.SUCCEEDED)
 
     return enrich_contact
 
 
 async def enrich_group(run: WecomRun) -> Outcome:
-    if await _group_fresh_since(run):
+    if await _fresh_since(run, "group"):
         return Outcome(ActionStatus.SKIPPED, "already enriched after this change")
     body = await run.client.call(
         run.credentials,

@@ -77,13 +77,13 @@ def handlers(
 ) -> dict[ActionKind, Handler]:
     """Every kind's handler; those that call WeCom get their app's credentials (cached for
     app_cache_seconds, so a rotated secret is in use within that time). The enrichments of
-    the process read and store together (enrichment.ContactStore)."""
+    the process store what they learn together (enrichment.ContactWrites)."""
     wecom = WecomHandlers(
         client, CredentialCache(sessionmaker, box, ttl=settings.app_cache_seconds)
     )
     table: dict[ActionKind, WecomHandler] = {
         **WECOM_HANDLERS,
-        ActionKind.ENRICH_CONTACT: enrichment.contact_enricher(enrichment.ContactStore(db)),
+        ActionKind.ENRICH_CONTACT: enrichment.contact_enricher(enrichment.ContactWrites(db)),
     }
     return {kind: wecom.wrap(handler) for kind, handler in table.items()}
 
