@@ -447,6 +447,15 @@ class LimitsIn(BaseModel):
 def control_router(sim: SimState) -> APIRouter:
     router = APIRouter(prefix="/sim", tags=["simulator control"])
 
+    def _add(corp_id: str, customer: CustomerIn) -> str:
+        return sim.add_customer(
+            corp_id,
+            userid=customer.userid,
+            external_userid=customer.external_userid,
+            name=customer.name,
+            state=customer.state,
+        )
+
     @router.post("/corps")
     async def add_corp(corp: CorpIn) -> dict[str, str]:
         sim.corp(corp.corp_id).secrets.add(corp.secret)
@@ -472,14 +481,7 @@ def control_router(sim: SimState) -> APIRouter:
     async def add_customer(corp_id: str, customer: CustomerIn) -> dict[str, str]:
         """A customer adds a member: the contact exists, and a fresh welcome_code is issued
         for the callback that the sender then delivers."""
-        code = sim.add_customer(
-            corp_id,
-            userid=customer.userid,
-            external_userid=customer.external_userid,
-            name=customer.name,
-            state=customer.state,
-        )
-        return {"welcome_code": code}
+        return {"welcome_code": _add(corp_id, customer)}
 
     @router.delete("/corps/{corp_id}/customers/{external_userid}/follows/{userid}")
     async def remove_follow(corp_id: str, external_userid: str, userid: str) -> dict[str, Any]:
@@ -566,16 +568,7 @@ def control_router(sim: SimState) -> APIRouter:
         """Many customers at once, as `customers` adds one (the contact exists, a welcome
         code each, in their order): for load tests, whose customers must be real ones that
         externalcontact/get then finds."""
-        return [
-            sim.add_customer(
-                corp_id,
-                userid=c.userid,
-                external_userid=c.external_userid,
-                name=c.name,
-                state=c.state,
-            )
-            for c in customers[:10_000]
-        ]
+        return [_add(corp_id, customer) for customer in customers[:10_000]]
 
     @router.post("/corps/{corp_id}/welcome_codes")
     async def issue_welcome_codes(corp_id: str, count: int = 1) -> list[str]:
