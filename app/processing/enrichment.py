@@ -174,6 +174,10 @@ class ContactWrites:
             for e in latest
             for f in e.follows
         }
+        # In key order: two processes writing overlapping batches take their row locks in
+        # one order, instead of deadlocking now and then.
+        contacts = dict(sorted(contacts.items()))
+        follows = dict(sorted(follows.items()))
         rows = [e.contact for e in contacts.values()]
         await self._db.execute(
             _ENRICHED_CONTACTS,
