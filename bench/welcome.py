@@ -168,9 +168,9 @@ async def statements(dsn: str, customers: int, before: Counters) -> None:
     """Calls, execution and planning time per customer of the statements that cost most
     (wall time: under load it holds waits for a CPU too, so the ranking counts, not the
     sum; Postgres's CPU is the Meter's); then each busy table's inserts and updates, how
-    many updates were HOT, and the WAL written. pg_stat_statements is reset before the
-    stream (in settle's first call), the other counters read then (`before`), so only the
-    stream's are counted."""
+    many updates were HOT, and the WAL written. pg_stat_statements is reset just before
+    the stream (reset_statements), which also reads the other counters then (`before`), so
+    only the stream's are counted."""
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(

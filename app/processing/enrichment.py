@@ -119,12 +119,12 @@ _ENRICHED_CONTACTS = f"""
                               remark, description, oper_userid, tag_ids, enriched_at)
     SELECT u.corp_id, u.userid, u.external_userid, 'active', u.added_at, u.add_way, u.state,
            u.remark, u.description, u.oper_userid,
-           ARRAY(SELECT jsonb_array_elements_text(u.tag_ids::jsonb)), u.asked_at
+           ARRAY(SELECT jsonb_array_elements_text(u.tag_ids::jsonb)), u.enriched_at
     FROM unnest($12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::integer[],
                 $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
                 $22::timestamptz[])
          AS u(corp_id, external_userid, userid, added_at, add_way, state, remark, description,
-              oper_userid, tag_ids, asked_at)
+              oper_userid, tag_ids, enriched_at)
     ON CONFLICT (corp_id, userid, external_userid) DO UPDATE
     SET {", ".join(f"{f} = excluded.{f}" for f in (*_FOLLOW_FIELDS[:-1], "enriched_at"))},
         added_at = coalesce(f.added_at, excluded.added_at),
@@ -133,13 +133,27 @@ _ENRICHED_CONTACTS = f"""
 """  # noqa: S608 - only the constant field names are interpolated
 
 
+# The follow columns of _ENRICHED_CONTACTS's second unnest, up to tag_ids.
+_FOLLOW_COLUMNS = (
+    "corp_id",
+    "external_userid",
+    "userid",
+    "added_at",
+    "add_way",
+    "state",
+    "remark",
+    "description",
+    "oper_userid",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class _Enriched:
-    """One externalcontact/get answer, as rows for _ENRICHED_CONTACTS."""
+    """One externalcontact/get answer, as rows for _ENRICHED_CONTACTS (each row's
+    enriched_at is when WeCom was asked)."""
 
     contact: dict[str, Any]
     follows: list[dict[str, Any]]
-    asked_at: datetime
 
 
 class ContactWrites:
@@ -159,26 +173,22 @@ class ContactWrites:
         follows = [
             _follow_row(corp_id, external_userid, follow, asked_at)
             for follow in body.get("follow_user", [])
-            # one row per member: a repeated member would make the upsert touch a row twice
             if follow.get("userid")
         ]
-        follows = list({f["userid"]: f for f in follows}.values())
-        await self._writes.submit(_Enriched(contact, follows, asked_at))
+        await self._writes.submit(_Enriched(contact, follows))
 
     async def _write(self, batch: list[_Enriched]) -> None:
-        # The latest answer for a customer asked twice in one batch, and for each follow.
-        latest = sorted(batch, key=lambda e: e.asked_at)
-        contacts = {(e.contact["corp_id"], e.contact["external_userid"]): e for e in latest}
+        # One row per key, the latest answer's: a customer asked twice in one batch, or a
+        # member listed twice in one answer, would make the upsert touch a row twice.
+        latest = sorted(batch, key=lambda e: e.contact["enriched_at"])
+        contacts = {(c["corp_id"], c["external_userid"]): c for c in (e.contact for e in latest)}
         follows = {
-            (f["corp_id"], f["userid"], f["external_userid"]): (f, e.asked_at)
-            for e in latest
-            for f in e.follows
+            (f["corp_id"], f["userid"], f["external_userid"]): f for e in latest for f in e.follows
         }
         # In key order: two processes writing overlapping batches take their row locks in
         # one order, instead of deadlocking now and then.
-        contacts = dict(sorted(contacts.items()))
-        follows = dict(sorted(follows.items()))
-        rows = [e.contact for e in contacts.values()]
+        rows = [contacts[key] for key in sorted(contacts)]
+        follow_rows = [follows[key] for key in sorted(follows)]
         await self._db.execute(
             _ENRICHED_CONTACTS,
             [r["corp_id"] for r in rows],
@@ -186,17 +196,9 @@ class ContactWrites:
             *([r[f] for r in rows] for f in _CONTACT_FIELDS),
             [r["unionid"] for r in rows],
             [r["enriched_at"] for r in rows],
-            [f["corp_id"] for f, _ in follows.values()],
-            [f["external_userid"] for f, _ in follows.values()],
-            [f["userid"] for f, _ in follows.values()],
-            [f["added_at"] for f, _ in follows.values()],
-            [f["add_way"] for f, _ in follows.values()],
-            [f["state"] for f, _ in follows.values()],
-            [f["remark"] for f, _ in follows.values()],
-            [f["description"] for f, _ in follows.values()],
-            [f["oper_userid"] for f, _ in follows.values()],
-            [json.dumps(f["tag_ids"]) for f, _ in follows.values()],
-            [asked_at for _, asked_at in follows.values()],
+            *([f[c] for f in follow_rows] for c in _FOLLOW_COLUMNS),
+            [json.dumps(f["tag_ids"]) for f in follow_rows],
+            [f["enriched_at"] for f in follow_rows],
         )
 
 
