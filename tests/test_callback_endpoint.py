@@ -4,15 +4,19 @@ import asyncio
 import json
 import logging
 import time
+from urllib.parse import parse_qsl
 
 import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from app.callbacks import safexml
 from app.config import Settings
+from app.routers.callback import _query
 from app.simulator.callbacks import (
     add_external_contact,
     build_callback,
@@ -264,3 +268,13 @@ async def test_an_operator_sees_at_info_that_callbacks_arrive(
         (logging.INFO, "first callback from app since start", wecom_app.slug, "text"),
     ]
     assert "secret words" not in caplog.text
+
+
+@given(query=st.lists(st.sampled_from(["msg_signature", "=", "&", "a", "1", "%2B", "+", "é", ""])))
+def test_the_query_is_read_as_parse_qsl_reads_it(query: list[str]) -> None:
+    """The callback's own reading of its query (no decoding when there is nothing to decode)
+    against the standard library's, which Starlette's query_params also use."""
+    text = "".join(query)
+    scope = {"query_string": text.encode()}
+    expected = dict(parse_qsl(text.encode().decode("latin-1"), keep_blank_values=True))
+    assert _query(scope) == expected

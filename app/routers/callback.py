@@ -175,7 +175,13 @@ class CallbackEndpoint:
 def _query(scope: Scope) -> dict[str, str]:
     """Decoded exactly once, the last value of a repeated name winning, as Starlette's
     query_params do (verify.CallbackQuery.from_params says why once matters)."""
-    return dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    query = scope["query_string"].decode("latin-1")
+    if "%" in query or "+" in query:
+        return dict(parse_qsl(query, keep_blank_values=True))
+    # Nothing to decode (a POST's hex signature, digits and nonce): what parse_qsl gives,
+    # at a third of its cost.
+    pairs = (pair.partition("=") for pair in query.split("&") if pair)
+    return {name: value for name, _, value in pairs}
 
 
 async def _app_keys(apps: AppDirectory, slug: str) -> AppKeys:
