@@ -30,6 +30,7 @@ from app.routers import (
     request_id,
     security_headers,
 )
+from app.routers.body_deadlines import BodyDeadlines
 from app.wecom.client import WecomClient
 from app.wecom.factory import open_client
 from app.wecom_apps import AppDirectory
@@ -52,6 +53,7 @@ class Hub:
     # For the calls a request waits on (a channel's QR code, a broadcast's remind or
     # cancel); the rest go through actions, run by the action runner's own client.
     wecom: WecomClient
+    body_deadlines: BodyDeadlines  # callback bodies that stall are cut off
 
 
 class HubApp(FastAPI):
@@ -110,6 +112,7 @@ def create_app(
             api_keys=ApiKeyVerifier(sessionmaker),
             box=box,
             wecom=wecom,
+            body_deadlines=BodyDeadlines(config.callback_body_timeout_seconds),
         )
         try:
             async with background:

@@ -10,7 +10,6 @@ bound to every log line), the security headers, a bounded body, and an
 `application/problem+json` answer for every refusal and every unexpected error.
 """
 
-import asyncio
 import json
 import logging
 import time
@@ -29,6 +28,7 @@ from app.db import DatabaseUnavailable, is_unavailable
 from app.events.identity import classify
 from app.metrics import CALLBACK_SECONDS, CALLBACKS
 from app.routers import request_id, security_headers
+from app.routers.body_deadlines import BodyDeadlines
 from app.routers.problems import last_resort, problem_body, title_for
 from app.wecom_apps import AppDirectory, AppKeys
 
@@ -131,10 +131,7 @@ class CallbackEndpoint:
         query = verify.CallbackQuery.from_params(_query(scope), url_verification=False)
         app = await _app_keys(hub.apps, slug)
         body = await _read_body(
-            scope,
-            receive,
-            hub.settings.callback_max_body_bytes,
-            within=hub.settings.callback_body_timeout_seconds,
+            scope, receive, hub.settings.callback_max_body_bytes, hub.body_deadlines
         )
         delivery = verify.open_delivery(
             app.crypt, query, body, now=time.time(), window=hub.settings.callback_timestamp_window
@@ -203,7 +200,7 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int, *, within: float) -> bytes:
+async def _read_body(scope: Scope, receive: Receive, limit: int, deadlines: BodyDeadlines) -> bytes:
     """Read at most `limit` bytes, the whole body within callback_body_timeout_seconds: a
     larger body is refused without being buffered, a slower one (a client that stalls
     halfway) is cut off instead of holding its connection and buffers for ever."""
@@ -215,7 +212,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, *, within: floa
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(within):
+        with deadlines.within():
             while True:
                 message: Message = await receive()
                 if message["type"] == "http.disconnect":
@@ -228,7 +225,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, *, within: floa
                 if not message.get("more_body", False):
                     break
     except TimeoutError:
-        raise errors.body_timeout(within) from None
+        raise errors.body_timeout(deadlines.seconds) from None
     return b"".join(chunks)
 
 
