@@ -94,6 +94,10 @@ HOSTILE_ENVELOPES = {
     "wide": b"<xml>" + b"<a/>" * (ENVELOPE_SIZE // 4 - 3) + b"</xml>",
     "attributes": b"<xml " + b" ".join(b"a%d=''" % i for i in range(ENVELOPE_SIZE // 10)) + b"/>",
     "deep inside Encrypt": b"<xml><Encrypt>" + b"<a>" * (ENVELOPE_SIZE // 7) + b"</Encrypt></xml>",
+    # Each runs into the end of the body in the middle of WeCom's shape (_ENVELOPE).
+    "spaces": b"<xml>" + b" " * ENVELOPE_SIZE,
+    "a long AgentID": b"<xml><AgentID>" + b"1" * ENVELOPE_SIZE,
+    "a long Encrypt": b"<xml><Encrypt><![CDATA[" + b"A" * ENVELOPE_SIZE,
 }
 
 
