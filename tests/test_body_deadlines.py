@@ -72,3 +72,12 @@ async def test_a_cancellation_that_comes_with_the_cut_off_stays_a_cancellation(
         task.cancel()  # … and the shutdown asks too, before the task has run again
     with pytest.raises(asyncio.CancelledError if also_cancelled else TimeoutError):
         await task
+
+
+def test_a_second_event_loop_gets_a_timer_of_its_own() -> None:
+    """A loop that closed with the timer armed leaves a handle that never fires; the next
+    loop must not take it for its own (tests and embedders run one app on several loops)."""
+    deadlines = BodyDeadlines(SECONDS)
+    assert asyncio.run(_read(deadlines, 0.01)) < SECONDS  # closes with the timer armed
+    with pytest.raises(TimeoutError):
+        asyncio.run(_read(deadlines, 10))

@@ -19,14 +19,16 @@ from types import TracebackType
 
 
 class BodyDeadlines:
-    """Per event loop (the lifespan makes one): its timer belongs to the loop that armed it."""
+    """The lifespan makes one per event loop; used from another loop, it arms a timer there."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._tick = min(1.0, seconds / 10)
-        self._reads: dict[asyncio.Task[object], float] = {}  # task → deadline (loop time)
+        self._tick = min(1.0, max(seconds / 10, 0.01))
+        # task → deadline (loop time): in the order the reads began, so in deadline order.
+        self._reads: dict[asyncio.Task[object], float] = {}
         self._cut_off: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def within(self) -> "BodyRead":
         """`with deadlines.within():` around the reads of one body."""
@@ -35,8 +37,8 @@ class BodyDeadlines:
     def _start(self, task: asyncio.Task[object]) -> None:
         loop = asyncio.get_running_loop()
         self._reads[task] = loop.time() + self.seconds
-        if self._timer is None:
-            self._timer = loop.call_later(self._tick, self._sweep)
+        if self._timer is None or self._timer_loop is not loop:  # a closed loop's never fires
+            self._timer, self._timer_loop = loop.call_later(self._tick, self._sweep), loop
 
     def _end(self, task: asyncio.Task[object]) -> bool:
         """Whether the read was cut off."""
@@ -49,11 +51,15 @@ class BodyDeadlines:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for task, deadline in list(self._reads.items()):
-            if deadline <= now:
-                del self._reads[task]
-                self._cut_off.add(task)
-                task.cancel()
+        due = []
+        for task, deadline in self._reads.items():
+            if deadline > now:
+                break  # the rest began later
+            due.append(task)
+        for task in due:
+            del self._reads[task]
+            self._cut_off.add(task)
+            task.cancel()
         # Idle once no read is under way: no wake-ups for a process nobody calls.
         self._timer = loop.call_later(self._tick, self._sweep) if self._reads else None
 
