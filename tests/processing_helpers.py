@@ -50,11 +50,20 @@ async def row(db: asyncpg.Connection, query: str, *args: object) -> asyncpg.Reco
     return found
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 10) -> None:
-    """Poll a condition until it holds, failing after `within` seconds."""
+async def wait_for(
+    check: Callable[[], Awaitable[bool]],
+    within: float = 10,
+    *,
+    context: Callable[[], str] | None = None,
+) -> None:
+    """Poll a condition until it holds, failing after `within` seconds (with what `context`
+    says then: a process's output, say)."""
     deadline = time.monotonic() + within
     while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                "condition not reached in time" + (f"\n{context()}" if context else "")
+            )
         await asyncio.sleep(0.05)
 
 

@@ -6,8 +6,10 @@ import asyncio
 import os
 import signal
 import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import IO
 
 import asyncpg
 import pytest
@@ -65,28 +67,38 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
     )
 
     for _ in range(STOPS):
-        worker = await asyncio.create_subprocess_exec(
-            WECOM_HUB,
-            "worker",
-            "--only",
-            "actions",
-            env=worker_env(settings, simulator),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            await wait_for(more_succeeded(db, than=await succeeded(db) + 10), within=30)
-            worker.send_signal(signal.SIGTERM)
-            output = (await asyncio.wait_for(worker.communicate(), STOP_BOUND_SECONDS))[0]
-        finally:
-            if worker.returncode is None:
-                worker.kill()
-                await worker.wait()
-        assert worker.returncode == 0, output.decode()
-        assert b"Traceback" not in output, output.decode()
+        # Its output goes to a file, not a pipe nobody reads until the end: a worker that
+        # logs more than a pipe holds would block on its next line, and not stop on time.
+        with tempfile.TemporaryFile() as log:
+            worker = await asyncio.create_subprocess_exec(
+                WECOM_HUB,
+                "worker",
+                "--only",
+                "actions",
+                env=worker_env(settings, simulator),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                more = more_succeeded(db, than=await succeeded(db) + 10)
+                await wait_for(more, within=30, context=lambda: _read(log))
+                worker.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(worker.wait(), STOP_BOUND_SECONDS)
+            finally:
+                if worker.returncode is None:
+                    worker.kill()
+                    await worker.wait()
+            output = _read(log)
+        assert worker.returncode == 0, output
+        assert "Traceback" not in output, output
         # Nothing is left held: another process may take over at once.
         assert await db.fetchval("SELECT count(*) FROM actions WHERE locked_by IS NOT NULL") == 0
     assert await db.fetchval("SELECT count(*) FROM actions WHERE status = 'failed'") == 0
+
+
+def _read(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")
 
 
 def _postmaster(pgdata: Path) -> int | None:
