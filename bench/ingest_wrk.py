@@ -193,6 +193,29 @@ async def checkpoint(dsn: str) -> None:
     print(f"  CHECKPOINT before the stream: {time.monotonic() - started:.1f} s", flush=True)
 
 
+# What Postgres did besides the stream's own commits, read before and after it, to tell a
+# stall's cause: WAL segments created (each zero-filled while commits wait), autovacuum and
+# autoanalyze of the events the rounds wrote, checkpoints.
+_POSTGRES_WORK = """
+    SELECT (SELECT coalesce(sum(writes), 0) FROM pg_stat_io
+            WHERE object = 'wal' AND context = 'init') AS "WAL segments created",
+           autovacuum_count AS "autovacuums of events",
+           autoanalyze_count AS "autoanalyzes of events",
+           (SELECT num_timed + num_requested FROM pg_stat_checkpointer) AS checkpoints
+    FROM pg_stat_user_tables WHERE relname = 'events'
+"""
+
+
+async def postgres_work(dsn: str) -> dict[str, float]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("SELECT pg_stat_clear_snapshot()")
+        row = await connection.fetchrow(_POSTGRES_WORK)
+    finally:
+        await connection.close()
+    return {} if row is None else {k: float(v) for k, v in row.items()}
+
+
 def median(results: list[WrkResult]) -> WrkResult:
     return sorted(results, key=lambda r: r.rate)[len(results) // 2]
 
@@ -266,6 +289,7 @@ def main() -> None:
         "BENCH_DSN": dsn,
     }
     rows: dict[str, list[WrkResult]] = {"floor": [], "noop": [], "naive": [], "hub": []}
+    during: dict[str, float] = {}
     try:
         with server(
             [wecom_hub, "serve", "--port", str(hub_port)],
@@ -350,7 +374,9 @@ def main() -> None:
             if half is None:
                 if not args.no_checkpoint:
                     uvloop.run(checkpoint(dsn))
+                before = uvloop.run(postgres_work(dsn))
                 half, client_cpu = paced_run(hub_port, median(rows["hub"]).rate / 2, args)
+                during = {k: v - before[k] for k, v in uvloop.run(postgres_work(dsn)).items()}
             stored = uvloop.run(count_events(data_dir))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -391,6 +417,11 @@ def main() -> None:
         f"p99, {half.name}: {half.percentile(99):.1f} ms (target < 20 ms at half max);"
         f" p99.9 {half.percentile(99.9):.1f} ms, max {half.percentile(100):.1f} ms"
     )
+    if during:
+        print(
+            "Postgres during that stream: "
+            + ", ".join(f"{name} {value:g}" for name, value in during.items())
+        )
     acknowledged = sum(round(r.rate * r.seconds) for r in rows["hub"]) + half.requests
     print(f"events stored: {stored:,} (acknowledged by the measured runs: about {acknowledged:,})")
 
