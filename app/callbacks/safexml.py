@@ -68,13 +68,17 @@ class _Builder:
         if not self.stack:
             self.root = children
             return
-        siblings = self.stack[-1][1]
-        if tag not in siblings:
-            siblings[tag] = value
-        elif isinstance(existing := siblings[tag], list):
-            existing.append(value)
-        else:
-            siblings[tag] = [existing, value]
+        _add(self.stack[-1][1], tag, value)
+
+
+def _add(siblings: dict[str, XmlValue], tag: str, value: XmlValue) -> None:
+    """A repeated tag becomes a list, in document order."""
+    if tag not in siblings:
+        siblings[tag] = value
+    elif isinstance(existing := siblings[tag], list):
+        existing.append(value)
+    else:
+        siblings[tag] = [existing, value]
 
 
 class _Handlers(Protocol):
@@ -123,13 +127,7 @@ def _flat(text: str) -> dict[str, XmlValue] | None:
         return None
     fields: dict[str, XmlValue] = {}
     for tag, cdata, plain in _ELEMENTS.findall(text, len("<xml>"), text.rindex("</xml>")):
-        value = (cdata or plain).strip()  # one of the two is always empty
-        if tag not in fields:
-            fields[tag] = value
-        elif isinstance(existing := fields[tag], list):
-            existing.append(value)
-        else:
-            fields[tag] = [existing, value]
+        _add(fields, tag, (cdata or plain).strip())  # one of the two is always empty
     return fields
 
 
