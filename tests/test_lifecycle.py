@@ -81,7 +81,10 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
             )
             try:
                 more = more_succeeded(db, than=await succeeded(db) + 10)
-                await wait_for(more, within=30, context=lambda: _read(log))
+                try:
+                    await wait_for(more, within=30, context=lambda: _read(log))
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\n{await _state(db)}") from None
                 worker.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(worker.wait(), STOP_BOUND_SECONDS)
             finally:
@@ -94,6 +97,20 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
         # Nothing is left held: another process may take over at once.
         assert await db.fetchval("SELECT count(*) FROM actions WHERE locked_by IS NOT NULL") == 0
     assert await db.fetchval("SELECT count(*) FROM actions WHERE status = 'failed'") == 0
+
+
+async def _state(db: asyncpg.Connection) -> str:
+    """What the actions and the database's sessions were doing when progress stopped."""
+    actions = await db.fetch(
+        "SELECT status, locked_by IS NOT NULL AS held, locked_until > now() AS leased,"
+        " next_attempt_at > now() AS later, error_code, count(*)"
+        " FROM actions GROUP BY 1, 2, 3, 4, 5"
+    )
+    sessions = await db.fetch(
+        "SELECT pid, application_name, state, wait_event_type, wait_event, left(query, 80) AS q"
+        " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    return "\n".join(str(dict(row)) for row in [*actions, *sessions])
 
 
 def _read(log: IO[bytes]) -> str:
