@@ -56,7 +56,10 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
 ) -> None:
     corp = simulator.state.corp(wecom_app.corp_id)
     corp.secrets.add(wecom_app.secret)
-    simulator.state.seed(wecom_app.corp_id, members=1, customers_per_member=600, groups=0)
+    # Enough that no stop finds the work done: a worker makes up to 160 calls a second here
+    # (eight at a time a corp, 50 ms each). With 600, full runs now and then found all of
+    # them done before a later stop (the stop before came seconds late; why, not found).
+    simulator.state.seed(wecom_app.corp_id, members=1, customers_per_member=4000, groups=0)
     # Each call takes a while, so that a stop always finds some in flight.
     simulator.state.faults = [Fault(api="externalcontact/get", delay=0.05)]
     await db.execute(
@@ -80,6 +83,8 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
                 stderr=subprocess.STDOUT,
             )
             try:
+                left = await db.fetchval("SELECT count(*) FROM actions WHERE status = 'pending'")
+                assert left > 100, f"only {left} actions left: the test needs more to stop"
                 more = more_succeeded(db, than=await succeeded(db) + 10)
                 try:
                     await wait_for(more, within=30, context=lambda: _read(log))
