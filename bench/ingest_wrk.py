@@ -209,7 +209,6 @@ _POSTGRES_WORK = """
 async def postgres_work(dsn: str) -> dict[str, float]:
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute("SELECT pg_stat_clear_snapshot()")
         row = await connection.fetchrow(_POSTGRES_WORK)
     finally:
         await connection.close()

@@ -54,16 +54,15 @@ async def wait_for(
     check: Callable[[], Awaitable[bool]],
     within: float = 10,
     *,
-    context: Callable[[], str] | None = None,
+    context: Callable[[], Awaitable[str]] | None = None,
 ) -> None:
     """Poll a condition until it holds, failing after `within` seconds (with what `context`
-    says then: a process's output, say)."""
+    says then: a process's output, the rows it left, say)."""
     deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() >= deadline:
-            raise AssertionError(
-                "condition not reached in time" + (f"\n{context()}" if context else "")
-            )
+            said = f"\n{await context()}" if context else ""
+            raise AssertionError("condition not reached in time" + said)
         await asyncio.sleep(0.05)
 
 

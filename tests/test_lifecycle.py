@@ -86,10 +86,7 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
                 left = await db.fetchval("SELECT count(*) FROM actions WHERE status = 'pending'")
                 assert left > 100, f"only {left} actions left: the test needs more to stop"
                 more = more_succeeded(db, than=await succeeded(db) + 10)
-                try:
-                    await wait_for(more, within=30, context=lambda: _read(log))
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}\n{await _state(db)}") from None
+                await wait_for(more, within=30, context=lambda: _state(db, log))
                 worker.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(worker.wait(), STOP_BOUND_SECONDS)
             finally:
@@ -104,8 +101,9 @@ async def test_a_worker_busy_with_wecom_calls_stops_on_sigterm_every_time(
     assert await db.fetchval("SELECT count(*) FROM actions WHERE status = 'failed'") == 0
 
 
-async def _state(db: asyncpg.Connection) -> str:
-    """What the actions and the database's sessions were doing when progress stopped."""
+async def _state(db: asyncpg.Connection, log: IO[bytes]) -> str:
+    """What the worker said, and what the actions and the database's sessions were doing,
+    when progress stopped."""
     actions = await db.fetch(
         "SELECT status, locked_by IS NOT NULL AS held, locked_until > now() AS leased,"
         " next_attempt_at > now() AS later, error_code, count(*)"
@@ -115,7 +113,7 @@ async def _state(db: asyncpg.Connection) -> str:
         "SELECT pid, application_name, state, wait_event_type, wait_event, left(query, 80) AS q"
         " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )
-    return "\n".join(str(dict(row)) for row in [*actions, *sessions])
+    return "\n".join([_read(log), *(str(dict(row)) for row in [*actions, *sessions])])
 
 
 def _read(log: IO[bytes]) -> str:
